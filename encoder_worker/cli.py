@@ -1,0 +1,58 @@
+"""`encoder-worker run`: start a Celery worker that takes encode jobs from the farm."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+
+from encoder_worker.broker import BrokerUnreachable, check_broker
+from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
+from encoder_worker.settings import WorkerSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="encoder-worker", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="take encode jobs from the farm until stopped")
+    add_settings_arguments(run, WorkerSettings)
+    run.add_argument("--hostname", default=None,
+                     help="Celery node name (default encoder@HOST-PID)")
+    run.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"],
+                     help="Celery pool; prefork isolates encodes in child processes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = settings_from_args(parser, WorkerSettings, args)
+    logging.basicConfig(level=settings.loglevel.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        check_broker(settings.broker)
+    except (BrokerUnreachable, ValueError) as exc:
+        print(f"encoder-worker: {exc}", file=sys.stderr)
+        return 1
+    return run_worker(settings, hostname=args.hostname, pool=args.pool)
+
+
+def run_worker(settings: WorkerSettings, *, hostname: str | None, pool: str) -> int:
+    from encoder_worker.celery_app import make_app
+
+    app = make_app(settings.broker, settings=settings)
+    app.conf.farm_worker_settings = settings.model_dump(mode="json")
+    import encoder_worker.tasks  # noqa: F401  - registers the encode task
+
+    node = hostname or f"encoder@{socket.gethostname()}-%p"
+    app.worker_main([
+        "worker", f"--concurrency={settings.concurrency}", f"--queues={settings.queue}",
+        f"--loglevel={settings.loglevel}", f"--hostname={node}", f"--pool={pool}",
+        "--without-gossip", "--without-mingle",
+    ])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Encode one raw episode to MP4 with PyAV: fetch, encode, verify by decoding, publish.
+
+The same function serves the worker task and the recorder's inline (sync) baseline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+# SVT-AV1 prints banners on stderr per encode unless told to keep to errors.
+os.environ.setdefault("SVT_LOG", "1")
+
+import av  # noqa: E402
+
+from encoder_worker.jobs import EncodeJob, EncodeResult, Status, Timings  # noqa: E402
+from encoder_worker.raw_episode import Manifest, RawEpisodeError, RawEpisodeReader  # noqa: E402
+from encoder_worker.storage import Storage, open_storage  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+class EncodeError(Exception):
+    """The encoder failed or its output did not verify; the message says how."""
+
+
+def encode_job(job: EncodeJob, *, scratch_dir: Path | None = None) -> EncodeResult:
+    """Run one EncodeJob to a published, verified MP4.
+
+    Failures that retrying cannot fix (missing or corrupt raw data, a codec error, an
+    output that does not verify) come back as a FAILED result with the reason; storage
+    and network errors are raised so that the caller can retry.
+    """
+    started = time.time()
+    result = EncodeResult(
+        job_id=job.job_id, episode=job.episode, camera=job.camera, status=Status.FAILED,
+        output_storage=job.output_storage, output_key=job.output_key, codec=job.options.codec,
+        worker_host=socket.gethostname(), worker_pid=os.getpid(), started_at=started,
+    )
+    result.timings.queue_wait_s = max(0.0, started - job.submitted_at)
+    try:
+        _encode_into(result, job, scratch_dir=scratch_dir)
+    except (RawEpisodeError, EncodeError, av.FFmpegError) as exc:
+        result.status = Status.FAILED
+        result.error = f"{type(exc).__name__}: {exc}"
+        logger.error("job %s (episode %d, camera %s) failed: %s",
+                     job.job_id, job.episode, job.camera, result.error)
+    result.finished_at = time.time()
+    result.timings.total_s = result.finished_at - started
+    return result
+
+
+def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | None) -> None:
+    raw_storage = open_storage(job.raw_storage)
+    output_storage = open_storage(job.output_storage)
+    reader = RawEpisodeReader(raw_storage, job.raw_prefix)
+    manifest = reader.manifest
+    if manifest.interrupted:
+        raise RawEpisodeError(
+            f"{job.raw_prefix} was interrupted while recording ({manifest.frame_count} frames "
+            "kept); it is not encoded as a complete episode"
+        )
+    if manifest.frame_count == 0:
+        raise RawEpisodeError(f"{job.raw_prefix} has no frames")
+    if output_storage.exists(job.output_key):
+        # Published outputs were verified before publishing: a second copy of this job
+        # (a redelivery) has nothing left to do.
+        result.status = Status.ALREADY_DONE
+        result.frames = manifest.frame_count
+        result.bytes = output_storage.size(job.output_key)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="encode-", dir=scratch_dir) as tmp:
+        video = Path(tmp) / "episode.mp4"
+        fetch_s, encode_s = encode_frames(reader, video, job)
+        result.timings.fetch_s = fetch_s
+        result.timings.encode_s = encode_s
+
+        t0 = time.perf_counter()
+        verify_video(video, manifest)
+        result.timings.verify_s = time.perf_counter() - t0
+
+        result.bytes = video.stat().st_size
+        t0 = time.perf_counter()
+        publish(output_storage, job.output_key, video)
+        result.timings.publish_s = time.perf_counter() - t0
+    result.frames = manifest.frame_count
+    result.status = Status.SUCCEEDED
+
+
+def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob) -> tuple[float, float]:
+    """Encode every frame of reader into video; returns (fetch_s, encode_s)."""
+    manifest = reader.manifest
+    options = job.options
+    rate = Fraction(manifest.fps).limit_denominator(1001)
+    fetch_s = encode_s = 0.0
+    try:
+        with av.open(str(video), mode="w", format="mp4") as container:
+            stream = container.add_stream(options.codec, rate=rate,
+                                          options=options.codec_options())
+            stream.width = manifest.width
+            stream.height = manifest.height
+            stream.pix_fmt = options.pix_fmt
+            # Constant frame rate: frame i is shown at i / fps.
+            stream.time_base = Fraction(1, 1) / rate
+            frames = reader.frames()
+            index = 0
+            while True:
+                t0 = time.perf_counter()
+                array = next(frames, None)
+                t1 = time.perf_counter()
+                fetch_s += t1 - t0
+                if array is None:
+                    break
+                frame = av.VideoFrame.from_ndarray(array, format=manifest.pix_fmt)
+                frame.pts = index
+                container.mux(stream.encode(frame.reformat(format=options.pix_fmt)))
+                encode_s += time.perf_counter() - t1
+                index += 1
+            t0 = time.perf_counter()
+            container.mux(stream.encode(None))  # flush the encoder's delayed frames
+        encode_s += time.perf_counter() - t0
+    except av.FFmpegError as exc:
+        raise EncodeError(
+            f"{options.codec} failed on {manifest.width}x{manifest.height} "
+            f"{options.pix_fmt}: {exc}"
+        ) from exc
+    return fetch_s, encode_s
+
+
+def verify_video(video: Path, manifest: Manifest) -> None:
+    """Decode the video back: frame count must equal the manifest's, pts must increase.
+
+    Raises:
+        EncodeError: the video does not decode, or count, size or order disagree.
+    """
+    count = 0
+    last_pts: int | None = None
+    try:
+        with av.open(str(video)) as container:
+            stream = container.streams.video[0]
+            if (stream.width, stream.height) != (manifest.width, manifest.height):
+                raise EncodeError(f"video is {stream.width}x{stream.height}, "
+                                  f"raw is {manifest.width}x{manifest.height}")
+            for frame in container.decode(stream):
+                if frame.pts is None or (last_pts is not None and frame.pts <= last_pts):
+                    raise EncodeError(f"frame {count} has pts {frame.pts} after {last_pts}")
+                last_pts = frame.pts
+                count += 1
+    except av.FFmpegError as exc:
+        raise EncodeError(f"the encoded video does not decode: {exc}") from exc
+    if count != manifest.frame_count:
+        raise EncodeError(f"video has {count} frames, the raw episode {manifest.frame_count}")
+
+
+def publish(storage: Storage, key: str, video: Path) -> None:
+    """Put the verified video under its final key in one atomic step."""
+    storage.publish_file(key, video)
+    logger.info("published %s/%s", storage.url, key)

@@ -1,0 +1,111 @@
+"""The wire contract between recorder and workers: EncodeJob in, EncodeResult out (JSON)."""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+
+# LeRobot v2.1 per-episode layout; override with EncoderOptions.output_template.
+DEFAULT_OUTPUT_TEMPLATE = (
+    "videos/chunk-{chunk:03d}/observation.images.{camera}/episode_{episode:06d}.mp4"
+)
+DEFAULT_CHUNK_SIZE = 1000
+
+
+class Status(str, Enum):
+    SUCCEEDED = "succeeded"
+    # The verified output was already published by an earlier copy of this job.
+    ALREADY_DONE = "already_done"
+    FAILED = "failed"
+
+
+class EncoderOptions(BaseModel):
+    """Codec settings; the defaults equal LeRobot's (libsvtav1, crf 30, g 2, preset 12)."""
+
+    codec: str = "libsvtav1"
+    crf: int | None = Field(default=30, ge=0, le=63)
+    gop: int | None = Field(default=2, ge=1, description="keyframe interval (ffmpeg's -g)")
+    pix_fmt: str = "yuv420p"
+    preset: str | None = "12"
+    # Extra ffmpeg codec options, passed through as strings.
+    extra: dict[str, str] = Field(default_factory=dict)
+    output_template: str = DEFAULT_OUTPUT_TEMPLATE
+    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1)
+
+    def codec_options(self) -> dict[str, str]:
+        """The ffmpeg options for this codec, as PyAV takes them."""
+        options: dict[str, str] = {}
+        if self.gop is not None:
+            options["g"] = str(self.gop)
+        if self.crf is not None:
+            # The NVENC encoders take a constant-quality target as "cq", not "crf".
+            options["cq" if self.codec.endswith("_nvenc") else "crf"] = str(self.crf)
+        if self.preset is not None:
+            options["preset"] = self._preset_for_codec(self.preset)
+        options.update(self.extra)
+        return options
+
+    def _preset_for_codec(self, preset: str) -> str:
+        # libsvtav1 counts presets 0..13; x264/x265 name them. Map the default sensibly.
+        if self.codec in ("libx264", "libx265") and preset.isdigit():
+            return "ultrafast" if int(preset) >= 8 else "medium"
+        if self.codec.endswith("_nvenc") and preset.isdigit():
+            return "p1" if int(preset) >= 8 else "p4"
+        return preset
+
+    def output_key(self, *, episode: int, camera: str) -> str:
+        """Where the video of one (episode, camera) goes, relative to the output root."""
+        return self.output_template.format(
+            chunk=episode // self.chunk_size, episode=episode, camera=camera
+        )
+
+
+class EncodeJob(BaseModel):
+    """One (episode, camera) to encode: where its raw frames are and where the MP4 goes."""
+
+    schema_version: int = SCHEMA_VERSION
+    job_id: str
+    episode: int = Field(ge=0)
+    camera: str
+    raw_storage: str = Field(description="storage URL holding the raw episode")
+    raw_prefix: str = Field(description="key prefix of the raw episode in raw_storage")
+    output_storage: str
+    output_key: str
+    options: EncoderOptions = Field(default_factory=EncoderOptions)
+    submitted_at: float = Field(default_factory=time.time, description="unix time")
+
+
+class Timings(BaseModel):
+    queue_wait_s: float = 0.0
+    fetch_s: float = 0.0
+    encode_s: float = 0.0
+    verify_s: float = 0.0
+    publish_s: float = 0.0
+    total_s: float = 0.0
+
+
+class EncodeResult(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    job_id: str
+    episode: int
+    camera: str
+    status: Status
+    error: str | None = None
+    output_storage: str
+    output_key: str
+    frames: int = 0
+    bytes: int = 0
+    codec: str = ""
+    timings: Timings = Field(default_factory=Timings)
+    worker_host: str = ""
+    worker_pid: int = 0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (Status.SUCCEEDED, Status.ALREADY_DONE)

@@ -1,0 +1,276 @@
+"""The raw episode format: segment files of raw frames plus a manifest committed last.
+
+One prefix per (episode, camera). The manifest's presence means the episode is complete;
+it lists every segment with its first frame, frame count, size and CRC-32.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import numpy as np
+from pydantic import BaseModel, Field, ValidationError
+
+from encoder_worker.storage import KeyNotFound, Storage
+
+MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+# Bytes per pixel of the raw pixel formats this format carries.
+BYTES_PER_PIXEL = {"rgb24": 3, "bgr24": 3, "gray": 1}
+
+
+class RawEpisodeError(Exception):
+    """The raw episode cannot be read: missing, incomplete or corrupt (the message says)."""
+
+
+class ManifestMissing(RawEpisodeError):
+    pass
+
+
+def raw_prefix(*, episode: int, camera: str) -> str:
+    return f"raw/episode_{episode:06d}/{camera}"
+
+
+def manifest_key(prefix: str) -> str:
+    return f"{prefix}/{MANIFEST_NAME}"
+
+
+def segment_name(index: int) -> str:
+    return f"segment_{index:05d}.raw"
+
+
+class SegmentInfo(BaseModel):
+    name: str
+    first_frame: int = Field(ge=0)
+    frame_count: int = Field(ge=1)
+    bytes: int = Field(ge=0)
+    crc32: int
+
+
+class Manifest(BaseModel):
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+    episode: int
+    camera: str
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    pix_fmt: str = "rgb24"
+    fps: float = Field(gt=0)
+    frame_count: int = Field(ge=0)
+    # Capture time of each frame, seconds from the episode's first deadline.
+    timestamps: list[float]
+    segments: list[SegmentInfo]
+    # True when recording stopped early (Ctrl-C, an error): kept, but never encoded as is.
+    interrupted: bool = False
+    recorded_at: float = Field(default_factory=time.time)
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.width * self.height * BYTES_PER_PIXEL[self.pix_fmt]
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        channels = BYTES_PER_PIXEL[self.pix_fmt]
+        return (self.height, self.width) if channels == 1 else (self.height, self.width, channels)
+
+
+class SegmentSink(Protocol):
+    """Where a writer's segments and manifest go; decides when they are durable."""
+
+    def open_segment(self, name: str) -> BinaryIO:
+        """A local file to write the segment's bytes into."""
+
+    def commit_segment(self, name: str, file: BinaryIO) -> None:
+        """Close the segment file and make it part of the episode (may finish later)."""
+
+    def commit_manifest(self, manifest: Manifest) -> None:
+        """Store the manifest after every committed segment is stored."""
+
+
+class DirectSink:
+    """Writes segments straight into the storage: in place for a local folder."""
+
+    def __init__(self, storage: Storage, prefix: str, *, scratch_dir: Path | None = None) -> None:
+        self.storage = storage
+        self.prefix = prefix
+        folder = storage.local_dir(prefix)
+        self._in_place = folder is not None
+        self._dir = folder if folder is not None else scratch_dir
+        if self._dir is None:
+            raise ValueError(f"{storage.url} is not a local folder: give a scratch_dir")
+        self._dir.mkdir(parents=True, exist_ok=True)
+
+    def open_segment(self, name: str) -> BinaryIO:
+        assert self._dir is not None
+        return open(self._dir / f".{name}.partial", "wb")  # noqa: SIM115
+
+    def commit_segment(self, name: str, file: BinaryIO) -> None:
+        file.close()
+        self.storage.publish_file(f"{self.prefix}/{name}", Path(file.name))
+
+    def commit_manifest(self, manifest: Manifest) -> None:
+        self.storage.put_bytes(manifest_key(self.prefix), manifest.model_dump_json().encode())
+
+
+class RawEpisodeWriter:
+    """Appends frames of one (episode, camera) to segments; close() commits the manifest."""
+
+    def __init__(
+        self,
+        sink: SegmentSink,
+        *,
+        episode: int,
+        camera: str,
+        width: int,
+        height: int,
+        fps: float,
+        pix_fmt: str = "rgb24",
+        segment_frames: int = 30,
+    ) -> None:
+        if pix_fmt not in BYTES_PER_PIXEL:
+            raise ValueError(f"pixel format {pix_fmt!r} is not one of {sorted(BYTES_PER_PIXEL)}")
+        self.sink = sink
+        self.segment_frames = segment_frames
+        self._manifest = Manifest(
+            episode=episode, camera=camera, width=width, height=height, pix_fmt=pix_fmt,
+            fps=fps, frame_count=0, timestamps=[], segments=[],
+        )
+        self._file: BinaryIO | None = None
+        self._segment_first = 0
+        self._segment_bytes = 0
+        self._crc = 0
+        self._closed = False
+
+    @property
+    def frame_count(self) -> int:
+        return self._manifest.frame_count
+
+    @property
+    def camera(self) -> str:
+        return self._manifest.camera
+
+    def write(self, frame: np.ndarray, timestamp_s: float) -> None:
+        """Append one frame; raises ValueError when its shape or type do not match."""
+        manifest = self._manifest
+        if frame.shape != manifest.frame_shape or frame.dtype != np.uint8:
+            raise ValueError(
+                f"camera {manifest.camera}: frame of shape {frame.shape} {frame.dtype}, "
+                f"expected {manifest.frame_shape} uint8"
+            )
+        if self._file is None:
+            self._file = self.sink.open_segment(segment_name(len(manifest.segments)))
+            self._segment_first = manifest.frame_count
+            self._segment_bytes = 0
+            self._crc = 0
+        data = np.ascontiguousarray(frame).data
+        self._file.write(data)
+        self._crc = zlib.crc32(data, self._crc)
+        self._segment_bytes += manifest.frame_bytes
+        manifest.frame_count += 1
+        manifest.timestamps.append(round(timestamp_s, 6))
+        if manifest.frame_count - self._segment_first >= self.segment_frames:
+            self._commit_segment()
+
+    def _commit_segment(self) -> None:
+        assert self._file is not None
+        manifest = self._manifest
+        info = SegmentInfo(
+            name=segment_name(len(manifest.segments)),
+            first_frame=self._segment_first,
+            frame_count=manifest.frame_count - self._segment_first,
+            bytes=self._segment_bytes,
+            crc32=self._crc,
+        )
+        self.sink.commit_segment(info.name, self._file)
+        manifest.segments.append(info)
+        self._file = None
+
+    def close(self, *, interrupted: bool = False) -> Manifest:
+        """Commit the last segment, then the manifest; returns the manifest."""
+        if self._closed:
+            return self._manifest
+        if self._file is not None:
+            self._commit_segment()
+        self._manifest.interrupted = interrupted
+        self._manifest.recorded_at = time.time()
+        self.sink.commit_manifest(self._manifest)
+        self._closed = True
+        return self._manifest
+
+
+class RawEpisodeReader:
+    """Reads a committed raw episode back, frame by frame, checking sizes and checksums."""
+
+    def __init__(self, storage: Storage, prefix: str) -> None:
+        self.storage = storage
+        self.prefix = prefix
+        self.manifest = self._load_manifest()
+
+    def _load_manifest(self) -> Manifest:
+        key = manifest_key(self.prefix)
+        try:
+            data = self.storage.get_bytes(key)
+        except KeyNotFound as exc:
+            raise ManifestMissing(
+                f"no manifest at {self.storage.url}/{key}: the episode was never committed"
+            ) from exc
+        try:
+            manifest = Manifest.model_validate_json(data)
+        except ValidationError as exc:
+            raise RawEpisodeError(f"manifest {self.storage.url}/{key} is invalid: {exc}") from exc
+        if manifest.schema_version != MANIFEST_SCHEMA_VERSION:
+            raise RawEpisodeError(
+                f"manifest {key} has schema_version {manifest.schema_version}; this worker "
+                f"reads {MANIFEST_SCHEMA_VERSION}: upgrade the worker"
+            )
+        if manifest.frame_count != len(manifest.timestamps) or manifest.frame_count != sum(
+            s.frame_count for s in manifest.segments
+        ):
+            raise RawEpisodeError(f"manifest {key}: frame counts of segments and timestamps differ")
+        return manifest
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """Yield frames in order; raises RawEpisodeError on a missing or corrupt segment."""
+        manifest = self.manifest
+        frame_bytes = manifest.frame_bytes
+        for segment in manifest.segments:
+            key = f"{self.prefix}/{segment.name}"
+            if segment.bytes != segment.frame_count * frame_bytes:
+                raise RawEpisodeError(f"segment {key}: manifest size disagrees with its frames")
+            crc = 0
+            try:
+                stream = self.storage.open_read(key)
+            except KeyNotFound as exc:
+                raise RawEpisodeError(f"segment {key} is missing") from exc
+            with stream:
+                for index in range(segment.frame_count):
+                    data = _read_exactly(stream, frame_bytes)
+                    if len(data) != frame_bytes:
+                        raise RawEpisodeError(
+                            f"segment {key} is truncated: frame {segment.first_frame + index} "
+                            f"has {len(data)} of {frame_bytes} bytes"
+                        )
+                    crc = zlib.crc32(data, crc)
+                    yield np.frombuffer(data, dtype=np.uint8).reshape(manifest.frame_shape)
+                if stream.read(1):
+                    raise RawEpisodeError(f"segment {key} is longer than its manifest says")
+            if crc != segment.crc32:
+                raise RawEpisodeError(
+                    f"segment {key} is corrupt: CRC-32 {crc:#010x}, manifest says "
+                    f"{segment.crc32:#010x}"
+                )
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    chunks = []
+    remaining = size
+    while remaining:
+        chunk = stream.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks) if len(chunks) != 1 else chunks[0]

@@ -1,0 +1,67 @@
+"""Where raw episodes and videos live: one small protocol, one module per backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+
+class StorageError(Exception):
+    """A storage operation failed; the message says which key and why."""
+
+
+class KeyNotFound(StorageError):
+    pass
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Keys are '/'-separated paths relative to the storage root."""
+
+    url: str
+    # False when only processes on this host can read it (a local folder).
+    shared_across_hosts: bool
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write a whole object atomically: readers see the old state or all of data."""
+
+    def get_bytes(self, key: str) -> bytes: ...
+
+    def open_read(self, key: str) -> BinaryIO:
+        """A stream over the object, for reading large objects with bounded memory."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def size(self, key: str) -> int: ...
+
+    def list_keys(self, prefix: str) -> list[str]: ...
+
+    def publish_file(self, key: str, path: Path) -> None:
+        """Move a finished local file under key atomically (never a partial object)."""
+
+    def download_file(self, key: str, path: Path) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def local_dir(self, prefix: str) -> Path | None:
+        """The folder behind prefix when the storage is a local folder, else None."""
+
+
+def open_storage(url: str | Path) -> Storage:
+    """The backend for a storage URL: a plain path, file:///path or s3://bucket/prefix.
+
+    Raises:
+        ValueError: the URL's scheme is not supported.
+    """
+    text = str(url)
+    if text.startswith("s3://"):
+        from encoder_worker.storage.s3 import S3Storage
+
+        return S3Storage.from_url(text)
+    if "://" in text and not text.startswith("file://"):
+        scheme = text.split("://", 1)[0]
+        raise ValueError(f"unsupported storage URL {text!r} (scheme {scheme!r}); "
+                         "use a folder path, file:///path or s3://bucket/prefix")
+    from encoder_worker.storage.local import LocalStorage
+
+    return LocalStorage.from_url(text)

@@ -1,0 +1,154 @@
+"""The Celery glue: validate the payload, hold the job's lease, call encode_job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from celery import Celery, Task, shared_task
+from celery.signals import worker_ready, worker_shutdown
+from pydantic import ValidationError
+
+from encoder_worker.broker import redis_client
+from encoder_worker.celery_app import ENCODE_TASK
+from encoder_worker.encode import encode_job
+from encoder_worker.jobs import EncodeJob, EncodeResult, Status
+from encoder_worker.lease import JobLease, lease_held
+from encoder_worker.settings import WorkerSettings
+from encoder_worker.storage import StorageError
+
+logger = logging.getLogger(__name__)
+
+# job_id -> {"task_id", "payload"} for every job some worker is encoding right now.
+CLAIMS_KEY = "farm:claims"
+# Transient failures (storage or network) are retried this often, with backoff.
+MAX_TRANSIENT_RETRIES = 8
+
+
+def worker_settings(app: Celery) -> WorkerSettings:
+    stored = app.conf.get("farm_worker_settings")
+    return WorkerSettings.model_validate(stored) if stored else WorkerSettings()
+
+
+def localize(job: EncodeJob, worker_storage: str | None) -> EncodeJob:
+    """Read local-folder storage where this worker has it mounted (its --storage)."""
+    if not worker_storage or worker_storage.startswith("s3://"):
+        return job
+    updates = {}
+    if not job.raw_storage.startswith("s3://"):
+        updates["raw_storage"] = worker_storage
+    if not job.output_storage.startswith("s3://"):
+        updates["output_storage"] = worker_storage
+    return job.model_copy(update=updates)
+
+
+@shared_task(name=ENCODE_TASK, bind=True, max_retries=None)
+def encode(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+    try:
+        job = EncodeJob.model_validate(payload)
+    except ValidationError as exc:
+        return _invalid_payload(payload, exc).model_dump(mode="json")
+    settings = worker_settings(self.app)
+    job = localize(job, settings.storage)
+    client = redis_client(settings.broker)
+    lease = JobLease(client, job.job_id, ttl_s=settings.lease_ttl_s)
+    if not lease.acquire():
+        # Another copy (a redelivery) is encoding it: come back when it is done.
+        logger.info("job %s is leased by another worker; retrying later", job.job_id)
+        raise self.retry(countdown=settings.lease_ttl_s / 2, max_retries=None)
+    claim = json.dumps({"task_id": self.request.id, "payload": payload})
+    try:
+        client.hset(CLAIMS_KEY, job.job_id, claim)
+        result = encode_job(job, scratch_dir=settings.scratch_dir)
+    except (StorageError, OSError) as exc:
+        retries = self.request.retries
+        if retries >= MAX_TRANSIENT_RETRIES:
+            raise
+        logger.warning("job %s: %s; retry %d", job.job_id, exc, retries + 1)
+        raise self.retry(exc=exc, countdown=min(60, 2**retries), max_retries=None) from exc
+    finally:
+        client.hdel(CLAIMS_KEY, job.job_id)
+        lease.release()
+    return result.model_dump(mode="json")
+
+
+def _invalid_payload(payload: Any, exc: ValidationError) -> EncodeResult:
+    fields = payload if isinstance(payload, dict) else {}
+    return EncodeResult(
+        job_id=str(fields.get("job_id", "?")), episode=int(fields.get("episode", -1) or -1),
+        camera=str(fields.get("camera", "?")), status=Status.FAILED,
+        error=f"invalid EncodeJob payload: {exc}",
+        output_storage=str(fields.get("output_storage", "")),
+        output_key=str(fields.get("output_key", "")),
+        worker_host=socket.gethostname(), worker_pid=os.getpid(),
+        started_at=time.time(), finished_at=time.time(),
+    )
+
+
+class LeaseReaper:
+    """Re-queues the jobs of workers that died mid-encode (their lease lapsed).
+
+    Runs in every worker's main process; HDEL decides which reaper re-queues a job.
+    """
+
+    def __init__(self, app: Celery, settings: WorkerSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-reaper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        client = redis_client(self.settings.broker)
+        while not self._stop.wait(self.settings.lease_ttl_s / 2):
+            try:
+                self.reap_once(client)
+            except Exception:
+                logger.exception("lease reaper pass failed; trying again")
+
+    def reap_once(self, client: Any) -> list[str]:
+        """Re-queue every claimed job whose lease lapsed; returns their job ids."""
+        requeued = []
+        for raw_job_id, raw_claim in client.hgetall(CLAIMS_KEY).items():
+            job_id = raw_job_id.decode()
+            if lease_held(client, job_id):
+                continue
+            claim = json.loads(raw_claim)
+            if self.app.AsyncResult(claim["task_id"]).ready():
+                client.hdel(CLAIMS_KEY, job_id)
+                continue
+            if client.hdel(CLAIMS_KEY, job_id):
+                logger.warning("job %s lost its worker; re-queued", job_id)
+                self.app.send_task(ENCODE_TASK, args=[claim["payload"]],
+                                   task_id=claim["task_id"], queue=self.settings.queue)
+                requeued.append(job_id)
+        return requeued
+
+
+_reapers: list[LeaseReaper] = []
+
+
+@worker_ready.connect
+def _start_reaper(sender: Any = None, **_: Any) -> None:
+    app = sender.app if sender is not None else None
+    if app is None:
+        return
+    reaper = LeaseReaper(app, worker_settings(app))
+    reaper.start()
+    _reapers.append(reaper)
+
+
+@worker_shutdown.connect
+def _stop_reapers(**_: Any) -> None:
+    for reaper in _reapers:
+        reaper.stop()

@@ -1,0 +1,1 @@
+"""Robot-side recorder: capture cameras at a fixed rate, store raw frames, enqueue encodes."""

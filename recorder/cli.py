@@ -1,0 +1,153 @@
+"""`recorder record`: capture episodes, encode them inline or on the farm, print a summary."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from typing import NoReturn
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from encoder_worker.broker import BrokerUnreachable, check_broker
+from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
+from recorder.cameras.synthetic import SyntheticCamera
+from recorder.farm_client import EncodingFarmClient
+from recorder.local_farm import FarmStartError, LocalFarm
+from recorder.session import RecordingSession, SessionReport
+from recorder.settings import RecorderSettings
+
+logger = logging.getLogger("recorder")
+
+# Flags that LeRobot users arrive with.
+DATASET_ALIASES = {
+    "--dataset.async_video_encoding": "async_encoding",
+    "--dataset.video_encoding_workers": "video_encoding_workers",
+    "--dataset.video_encoding_queue_size": "video_encoding_queue_size",
+    "--dataset.num_episodes": "episodes",
+    "--dataset.repo_id": "repo_id",
+    "--dataset.episode_time_s": "episode_time",
+    "--dataset.reset_time_s": "reset_time",
+    "--dataset.fps": "fps",
+}
+
+
+class RecorderError(Exception):
+    """A problem the user can fix; printed without a traceback, exit code 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recorder", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    commands = parser.add_subparsers(dest="command", required=True)
+    record = commands.add_parser("record", help="record episodes and encode their videos")
+    add_settings_arguments(record, RecorderSettings, aliases=DATASET_ALIASES)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_from_args(parser, RecorderSettings, args)
+    if not settings.wait and settings.async_encoding and settings.broker is None:
+        parser.error("--no-wait needs a lasting farm (--broker URL): the private farm of the "
+                     "zero-config default stops when the recorder exits")
+    console = Console()
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = record(settings, console=console)
+    except RecorderError as exc:
+        console.print(f"[red]recorder: {exc}[/red]")
+        return 1
+    except KeyboardInterrupt:
+        console.print(f"[yellow]recorder: interrupted; frames recorded so far are kept under "
+                      f"{settings.raw_storage_url}[/yellow]")
+        return 130
+    print_summary(report, console=console)
+    return 1 if report.failed else 0
+
+
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def record(settings: RecorderSettings, *, console: Console) -> SessionReport:
+    """Run a whole recording session as the settings say; returns its report.
+
+    Raises:
+        RecorderError: the farm cannot be reached or started.
+    """
+    cameras = [SyntheticCamera(f"cam{i}", width=settings.width, height=settings.height,
+                               fps=settings.fps, seed=settings.seed + i)
+               for i in range(settings.cameras)]
+    with _farm(settings) as farm, progress_display(console) as progress:
+        session = RecordingSession(settings, cameras, farm=farm, progress=progress)
+        return session.run()
+
+
+@contextlib.contextmanager
+def _farm(settings: RecorderSettings) -> Iterator[EncodingFarmClient | None]:
+    if not settings.async_encoding:
+        yield None
+        return
+    try:
+        if settings.broker is not None:
+            check_broker(settings.broker)
+            with EncodingFarmClient(settings.broker,
+                                    queue_size=settings.video_encoding_queue_size) as client:
+                yield client
+            return
+        with LocalFarm(workers=settings.video_encoding_workers) as local, \
+                EncodingFarmClient(local.broker_url,
+                                   queue_size=settings.video_encoding_queue_size) as client:
+            yield client
+    except (BrokerUnreachable, FarmStartError, ValueError) as exc:
+        raise RecorderError(str(exc)) from exc
+
+
+def progress_display(console: Console) -> Progress:
+    """A live progress display, silent when output is not a terminal."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, disable=not console.is_terminal,
+                    transient=True)
+
+
+def print_summary(report: SessionReport, *, console: Console) -> None:
+    episodes = Table(title=f"Episodes ({report.mode} encoding)")
+    for column in ("episode", "frames/camera", "late", "capture s", "finalize s",
+                   "submit s" if report.mode == "async" else "inline encode s"):
+        episodes.add_column(column, justify="right")
+    for ep in report.episodes:
+        blocking = ep.submission_s if report.mode == "async" else ep.inline_encode_s
+        episodes.add_row(str(ep.episode), str(ep.capture.frames), str(ep.capture.late_frames),
+                         f"{ep.capture.capture_s:.2f}", f"{ep.finalize_s:.2f}", f"{blocking:.2f}")
+    console.print(episodes)
+
+    videos = Table(title="Videos")
+    for column in ("episode", "camera", "status", "frames", "MB", "worker", "queue s",
+                   "fetch s", "encode s", "verify s", "publish s", "total s"):
+        videos.add_column(column, justify="right")
+    for r in sorted(report.results, key=lambda r: (r.episode, r.camera)):
+        t = r.timings
+        videos.add_row(str(r.episode), r.camera, r.status.value, str(r.frames),
+                       f"{r.bytes / 1e6:.2f}", f"{r.worker_host}:{r.worker_pid}",
+                       f"{t.queue_wait_s:.2f}", f"{t.fetch_s:.2f}", f"{t.encode_s:.2f}",
+                       f"{t.verify_s:.2f}", f"{t.publish_s:.2f}", f"{t.total_s:.2f}")
+    console.print(videos)
+    for r in report.failed:
+        console.print(f"[red]episode {r.episode} camera {r.camera} failed: {r.error}[/red]")
+    console.print(f"recording took {report.total_recording_s:.2f}s; raw episodes in "
+                  f"{report.raw_storage}, videos in {report.output_storage}")
+    if report.all_ready_at is None:
+        console.print("not waiting for the farm (--no-wait): videos appear as workers finish")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""One background writer per camera, so that disk or network never stalls the record loop."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+import numpy as np
+
+from encoder_worker.raw_episode import Manifest, RawEpisodeWriter
+
+logger = logging.getLogger(__name__)
+
+_END = None
+
+
+class WriterFailed(Exception):
+    """A camera's writer could not store frames; recording must stop (message says why)."""
+
+
+class CameraWriter:
+    """Takes frames from the record loop through a bounded queue and writes them.
+
+    put() waits at most one frame period before it reports backpressure; it then keeps
+    waiting, because losing a recorded frame is never an option.
+    """
+
+    def __init__(self, writer: RawEpisodeWriter, *, queue_frames: int) -> None:
+        self.writer = writer
+        self._queue: queue.Queue[tuple[np.ndarray, float] | None] = queue.Queue(queue_frames)
+        self._error: BaseException | None = None
+        self.blocked_s = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"writer-{writer.camera}")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not _END:
+            if self._error is not None:
+                continue  # drain, so that put() never blocks on a dead writer
+            try:
+                self.writer.write(*item)
+            except BaseException as exc:
+                logger.exception("writer for %s failed", self.writer.camera)
+                self._error = exc
+
+    def put(self, frame: np.ndarray, timestamp_s: float, *, period_s: float) -> bool:
+        """Hand a frame over; returns True when the writer was behind and the loop waited.
+
+        Raises:
+            WriterFailed: the writer failed on an earlier frame.
+        """
+        self._raise_if_failed()
+        try:
+            self._queue.put((frame, timestamp_s), timeout=period_s)
+            return False
+        except queue.Full:
+            started = time.perf_counter()
+            self._queue.put((frame, timestamp_s))
+            self.blocked_s += time.perf_counter() - started
+            return True
+
+    def finish(self, *, interrupted: bool = False) -> Manifest:
+        """Write what is queued, commit the last segment and the manifest."""
+        self._queue.put(_END)
+        self._thread.join()
+        self._raise_if_failed()
+        return self.writer.close(interrupted=interrupted)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            camera = self.writer.camera
+            raise WriterFailed(f"camera {camera}: storing frames failed: {self._error}") \
+                from self._error

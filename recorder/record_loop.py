@@ -1,0 +1,61 @@
+"""The fixed-rate capture loop: frame i is due at start + i / fps, late ones are counted."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from recorder.cameras import CameraSource
+from recorder.raw_writer import CameraWriter
+
+
+@dataclass
+class CaptureStats:
+    frames: int = 0  # per camera
+    late_frames: int = 0  # captured after their slot (one period from the deadline) ended
+    writer_waits: int = 0  # frames for which a writer was behind and the loop waited
+    started_at: float = 0.0  # unix time of the first deadline
+    capture_s: float = 0.0
+    interrupted: bool = False
+
+
+def record_episode(
+    cameras: Sequence[CameraSource],
+    writers: Sequence[CameraWriter],
+    *,
+    fps: float,
+    duration_s: float,
+    stop: threading.Event | None = None,
+    on_frame: Callable[[int], None] | None = None,
+) -> CaptureStats:
+    """Capture every camera at fps for duration_s; returns what happened.
+
+    Raises:
+        CameraError, WriterFailed: a camera or a writer failed; frames so far are kept
+        in the writers, which the caller finishes.
+    """
+    period = 1.0 / fps
+    total = round(duration_s * fps)
+    stats = CaptureStats(started_at=time.time())
+    start = time.perf_counter()
+    for index in range(total):
+        if stop is not None and stop.is_set():
+            stats.interrupted = True
+            break
+        deadline = start + index * period
+        delay = deadline - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)  # the pacing of a fixed-rate loop, not a synchronisation
+        timestamp = time.perf_counter() - start
+        for camera, writer in zip(cameras, writers, strict=True):
+            if writer.put(camera.read(), timestamp, period_s=period):
+                stats.writer_waits += 1
+        stats.frames += 1
+        if time.perf_counter() > deadline + period:
+            stats.late_frames += 1
+        if on_frame is not None:
+            on_frame(stats.frames)
+    stats.capture_s = time.perf_counter() - start
+    return stats

@@ -1,0 +1,218 @@
+"""A recording session: episodes captured raw, then encoded inline or sent to the farm."""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from rich.progress import Progress, TaskID
+
+from encoder_worker.encode import encode_job
+from encoder_worker.jobs import EncodeJob, EncodeResult
+from encoder_worker.raw_episode import (
+    DirectSink,
+    Manifest,
+    RawEpisodeWriter,
+    SegmentSink,
+    raw_prefix,
+)
+from encoder_worker.storage import Storage, open_storage
+from recorder.cameras import CameraSource
+from recorder.farm_client import EncodingFarmClient
+from recorder.raw_writer import CameraWriter
+from recorder.record_loop import CaptureStats, record_episode
+from recorder.settings import RecorderSettings
+
+logger = logging.getLogger(__name__)
+
+_EPISODE_DIR = re.compile(r"raw/episode_(\d{6})/")
+
+
+@dataclass
+class EpisodeReport:
+    episode: int
+    capture: CaptureStats
+    frames_recorded: dict[str, int]  # camera -> frames in its manifest
+    finalize_s: float = 0.0  # last segments and manifests committed
+    submission_s: float = 0.0  # async: sending jobs, waiting for queue room included
+    inline_encode_s: float = 0.0  # sync: the recorder blocked on encoding
+    job_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SessionReport:
+    mode: Literal["sync", "async"]
+    episodes: list[EpisodeReport]
+    results: list[EncodeResult]
+    started_at: float  # unix time the first episode started
+    recording_done_at: float  # unix time the recorder was free after the last episode
+    all_ready_at: float | None  # unix time the last video was verified and published
+    raw_storage: str
+    output_storage: str
+
+    @property
+    def total_recording_s(self) -> float:
+        return self.recording_done_at - self.started_at
+
+    @property
+    def failed(self) -> list[EncodeResult]:
+        return [r for r in self.results if not r.ok]
+
+
+def next_episode_index(storage: Storage) -> int:
+    """The first episode index after every committed one: recordings are never overwritten."""
+    indices = [int(m.group(1)) for key in storage.list_keys("raw")
+               if key.endswith("manifest.json") and (m := _EPISODE_DIR.match(key))]
+    return max(indices, default=-1) + 1
+
+
+class RecordingSession:
+    """Records settings.episodes episodes from cameras, encoding each as settings say."""
+
+    def __init__(
+        self,
+        settings: RecorderSettings,
+        cameras: Sequence[CameraSource],
+        *,
+        farm: EncodingFarmClient | None = None,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        if settings.async_encoding and farm is None:
+            raise ValueError("async encoding needs a farm client")
+        self.settings = settings
+        self.cameras = cameras
+        self.farm = farm
+        self.progress = progress
+        self.stop = stop
+        self.raw_storage = open_storage(settings.raw_storage_url)
+        self.output_storage = open_storage(settings.output_storage_url)
+        self.options = settings.encoder_options()
+        self.run_id = uuid.uuid4().hex[:8]
+        self._spool = Path(tempfile.mkdtemp(prefix="recorder-spool-"))
+
+    def run(self) -> SessionReport:
+        settings = self.settings
+        first = next_episode_index(self.raw_storage)
+        episodes: list[EpisodeReport] = []
+        results: list[EncodeResult] = []
+        started_at = time.time()
+        for number in range(settings.episodes):
+            episode = first + number
+            report, inline_results = self._record_one(episode)
+            episodes.append(report)
+            results.extend(inline_results)
+            if self.stop is not None and self.stop.is_set():
+                break
+            if settings.reset_time and number < settings.episodes - 1:
+                time.sleep(settings.reset_time)  # the operator resets the scene
+        recording_done_at = time.time()
+        all_ready_at: float | None = recording_done_at if not settings.async_encoding else None
+        if self.farm is not None and settings.async_encoding:
+            if settings.wait:
+                self._wait_for_farm()
+                all_ready_at = time.time()
+            results = list(self.farm.results)
+        return SessionReport(
+            mode="async" if settings.async_encoding else "sync", episodes=episodes,
+            results=results, started_at=started_at, recording_done_at=recording_done_at,
+            all_ready_at=all_ready_at, raw_storage=self.raw_storage.url,
+            output_storage=self.output_storage.url,
+        )
+
+    def _record_one(self, episode: int) -> tuple[EpisodeReport, list[EncodeResult]]:
+        settings = self.settings
+        writers = [CameraWriter(self._raw_writer(episode, camera),
+                                queue_frames=settings.writer_queue_frames)
+                   for camera in self.cameras]
+        task = None
+        if self.progress is not None:
+            task = self.progress.add_task(f"episode {episode}",
+                                          total=round(settings.episode_time * settings.fps))
+        try:
+            capture = record_episode(self.cameras, writers, fps=settings.fps,
+                                     duration_s=settings.episode_time, stop=self.stop,
+                                     on_frame=self._frame_callback(task))
+        except BaseException:
+            # Keep every frame captured so far, marked as an interrupted episode.
+            for writer in writers:
+                try:
+                    writer.finish(interrupted=True)
+                except Exception:
+                    logger.exception("could not commit the frames of %s", writer.writer.camera)
+            raise
+        finally:
+            if self.progress is not None and task is not None:
+                self.progress.remove_task(task)
+        t0 = time.perf_counter()
+        manifests = [w.finish(interrupted=capture.interrupted) for w in writers]
+        report = EpisodeReport(episode=episode, capture=capture,
+                               frames_recorded={m.camera: m.frame_count for m in manifests},
+                               finalize_s=time.perf_counter() - t0)
+        logger.info("episode %d: %d frames per camera, %d late", episode, capture.frames,
+                    capture.late_frames)
+        if capture.interrupted:
+            return report, []
+        jobs = [self._job(m) for m in manifests]
+        report.job_ids = [job.job_id for job in jobs]
+        t0 = time.perf_counter()
+        if settings.async_encoding:
+            assert self.farm is not None
+            for job in jobs:
+                self.farm.submit(job)
+            report.submission_s = time.perf_counter() - t0
+            return report, []
+        results = [encode_job(job) for job in jobs]
+        report.inline_encode_s = time.perf_counter() - t0
+        for result in results:
+            if not result.ok:
+                logger.error("episode %d camera %s: %s", episode, result.camera, result.error)
+        return report, results
+
+    def _frame_callback(self, task: TaskID | None) -> Callable[[int], None] | None:
+        progress = self.progress
+        if progress is None or task is None:
+            return None
+        return lambda frames: progress.update(task, completed=frames)
+
+    def _raw_writer(self, episode: int, camera: CameraSource) -> RawEpisodeWriter:
+        prefix = raw_prefix(episode=episode, camera=camera.name)
+        return RawEpisodeWriter(
+            self._sink(prefix), episode=episode, camera=camera.name, width=camera.width,
+            height=camera.height, fps=self.settings.fps, segment_frames=self.settings.segment_frames,
+        )
+
+    def _sink(self, prefix: str) -> SegmentSink:
+        return DirectSink(self.raw_storage, prefix, scratch_dir=self._spool / prefix)
+
+    def _job(self, manifest: Manifest) -> EncodeJob:
+        return EncodeJob(
+            job_id=f"{self.run_id}-ep{manifest.episode:06d}-{manifest.camera}",
+            episode=manifest.episode, camera=manifest.camera,
+            raw_storage=self.raw_storage.url,
+            raw_prefix=raw_prefix(episode=manifest.episode, camera=manifest.camera),
+            output_storage=self.output_storage.url,
+            output_key=self.options.output_key(episode=manifest.episode, camera=manifest.camera),
+            options=self.options,
+        )
+
+    def _wait_for_farm(self) -> None:
+        assert self.farm is not None
+        task = None
+        if self.progress is not None:
+            task = self.progress.add_task("encoding on the farm", total=self.farm.submitted,
+                                          completed=len(self.farm.results))
+
+        def advance(_: EncodeResult) -> None:
+            if self.progress is not None and task is not None:
+                self.progress.advance(task)
+
+        self.farm.wait(on_result=advance)

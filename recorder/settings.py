@@ -1,0 +1,73 @@
+"""Recorder settings: FARM_* environment variables and the `recorder` flags of the same names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from encoder_worker.jobs import EncoderOptions
+
+
+class RecorderSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FARM_", extra="ignore")
+
+    episodes: int = Field(default=2, ge=1, description="episodes to record")
+    episode_time: float = Field(default=10.0, gt=0, le=3600, description="seconds per episode")
+    reset_time: float = Field(default=0.0, ge=0, description="seconds between episodes")
+    fps: int = Field(default=30, ge=1, le=240, description="capture rate, frames per second")
+    cameras: int = Field(default=2, ge=1, le=16, description="synthetic cameras")
+    width: int = Field(default=640, ge=16, le=7680, description="frame width, even")
+    height: int = Field(default=480, ge=16, le=4320, description="frame height, even")
+    seed: int = Field(default=0, description="seed of the synthetic cameras")
+
+    async_encoding: bool = Field(default=False, description="encode on the farm, not inline")
+    video_encoding_workers: int = Field(
+        default=2, ge=1, le=64, description="local workers of the zero-config farm")
+    video_encoding_queue_size: int = Field(
+        default=100, ge=1, description="encode jobs outstanding at most; then the recorder waits")
+    wait: bool = Field(default=True, description="wait for every video at the end")
+
+    broker: str | None = Field(
+        default=None, description="Redis URL of a farm; none starts a private one")
+    storage: str | None = Field(
+        default=None, description="where raw episodes go (folder or s3://); default: the dataset")
+    output_storage: str | None = Field(
+        default=None, description="where videos go; default: the raw storage")
+    output_dir: Path = Field(default=Path("recordings"), description="local root of datasets")
+    repo_id: str = Field(default="local/robot_dataset", description="dataset name")
+
+    codec: str = Field(default="libsvtav1", description="libsvtav1, libx264, libx265, h264_nvenc…")
+    crf: int | None = Field(default=30, ge=0, le=63, description="constant rate factor")
+    gop: int | None = Field(default=2, ge=1, description="keyframe interval")
+    preset: str | None = Field(default="12", description="encoder preset")
+    pix_fmt: str = Field(default="yuv420p", description="pixel format of the video")
+
+    segment_frames: int = Field(default=30, ge=1, description="frames per raw segment file")
+    writer_queue_frames: int = Field(
+        default=90, ge=1, description="frames a camera's writer may hold before the loop waits")
+
+    @model_validator(mode="after")
+    def _even_size(self) -> Self:
+        if self.pix_fmt in ("yuv420p", "nv12") and (self.width % 2 or self.height % 2):
+            raise ValueError(f"{self.pix_fmt} needs an even width and height, "
+                             f"got {self.width}x{self.height}")
+        return self
+
+    @property
+    def dataset_root(self) -> Path:
+        return self.output_dir / self.repo_id
+
+    @property
+    def raw_storage_url(self) -> str:
+        return self.storage or str(self.dataset_root)
+
+    @property
+    def output_storage_url(self) -> str:
+        return self.output_storage or self.raw_storage_url
+
+    def encoder_options(self) -> EncoderOptions:
+        return EncoderOptions(codec=self.codec, crf=self.crf, gop=self.gop, preset=self.preset,
+                              pix_fmt=self.pix_fmt)

@@ -1,0 +1,106 @@
+"""Real parts for tests: our own redis-server on a free port, real worker subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from encoder_worker.celery_app import make_app
+from recorder.local_farm import RedisServer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], object], *, timeout_s: float, what: str,
+             interval_s: float = 0.05) -> object:
+    """Poll predicate until it returns something truthy; fail the test after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server owned by this test (TCP, free port, append-only file on)."""
+    server = RedisServer(tmp_path / "redis", port=free_port(), appendonly=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def broker_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+class WorkerProcess:
+    def __init__(self, process: subprocess.Popen[bytes], log: Path, name: str) -> None:
+        self.process = process
+        self.log = log
+        self.name = name
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=60)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Factory: start `encoder-worker run` as a subprocess and wait until it answers pings."""
+    workers: list[WorkerProcess] = []
+
+    def start(broker: str, *args: str, cwd: Path | None = None,
+              env: dict[str, str] | None = None, wait: bool = True,
+              command: list[str] | None = None) -> WorkerProcess:
+        name = f"w{len(workers)}@test"
+        log = tmp_path / f"worker-{len(workers)}.log"
+        workdir = cwd or tmp_path / f"worker-{len(workers)}-cwd"
+        workdir.mkdir(parents=True, exist_ok=True)
+        argv = command or [sys.executable, "-m", "encoder_worker.cli", "run", "--broker", broker,
+                           "--hostname", name, *args]
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
+                env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+                start_new_session=True,
+            )
+        worker = WorkerProcess(process, log, name)
+        workers.append(worker)
+        if wait:
+            app = make_app(broker)
+            try:
+                wait_for(lambda: process.poll() is not None or any(
+                    name in reply for reply in app.control.ping(timeout=0.3)),
+                    timeout_s=60, what=f"worker {name} to answer pings")
+            finally:
+                app.close()
+            if process.poll() is not None:
+                pytest.fail(f"worker exited with {process.returncode}:\n{worker.output()}")
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.kill(signal.SIGTERM)
