@@ -16,11 +16,11 @@ from pathlib import Path
 # SVT-AV1 prints banners on stderr per encode unless told to keep to errors.
 os.environ.setdefault("SVT_LOG", "1")
 
-import av  # noqa: E402
+import av
 
-from encoder_worker.jobs import EncodeJob, EncodeResult, Status, Timings  # noqa: E402
-from encoder_worker.raw_episode import Manifest, RawEpisodeError, RawEpisodeReader  # noqa: E402
-from encoder_worker.storage import Storage, open_storage  # noqa: E402
+from encoder_worker.jobs import EncodeJob, EncodeResult, Status
+from encoder_worker.raw_episode import Manifest, RawEpisodeError, RawEpisodeReader
+from encoder_worker.storage import Storage, open_storage
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
@@ -16,7 +16,7 @@ DEFAULT_OUTPUT_TEMPLATE = (
 DEFAULT_CHUNK_SIZE = 1000
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     SUCCEEDED = "succeeded"
     # The verified output was already published by an earlier copy of this job.
     ALREADY_DONE = "already_done"

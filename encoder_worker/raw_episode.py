@@ -105,7 +105,7 @@ class DirectSink:
 
     def open_segment(self, name: str) -> BinaryIO:
         assert self._dir is not None
-        return open(self._dir / f".{name}.partial", "wb")  # noqa: SIM115
+        return open(self._dir / f".{name}.partial", "wb")
 
     def commit_segment(self, name: str, file: BinaryIO) -> None:
         file.close()

@@ -1,4 +1,4 @@
-"""Worker settings: FARM_* environment variables, overridden by the CLI's flags of the same names."""
+"""Worker settings: FARM_* environment variables, overridden by CLI flags of the same names."""
 
 from __future__ import annotations
 

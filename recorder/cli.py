@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from rich.console import Console
@@ -16,6 +16,7 @@ from rich.table import Table
 
 from encoder_worker.broker import BrokerUnreachable, check_broker
 from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
+from recorder.cameras import CameraSource
 from recorder.cameras.synthetic import SyntheticCamera
 from recorder.farm_client import EncodingFarmClient
 from recorder.local_farm import FarmStartError, LocalFarm
@@ -55,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    commands = {"record": run_record}
+    return commands[args.command](parser, args)
+
+
+def run_record(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     settings = settings_from_args(parser, RecorderSettings, args)
     if not settings.wait and settings.async_encoding and settings.broker is None:
         parser.error("--no-wait needs a lasting farm (--broker URL): the private farm of the "
@@ -78,18 +84,27 @@ def _interrupt(signum: int, frame: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
-def record(settings: RecorderSettings, *, console: Console) -> SessionReport:
+def record(settings: RecorderSettings, *, console: Console,
+           cameras: Sequence[CameraSource] | None = None) -> SessionReport:
     """Run a whole recording session as the settings say; returns its report.
+
+    Args:
+        cameras: the sources to record; default settings.cameras synthetic cameras.
 
     Raises:
         RecorderError: the farm cannot be reached or started.
     """
-    cameras = [SyntheticCamera(f"cam{i}", width=settings.width, height=settings.height,
-                               fps=settings.fps, seed=settings.seed + i)
-               for i in range(settings.cameras)]
+    if cameras is None:
+        cameras = synthetic_cameras(settings)
     with _farm(settings) as farm, progress_display(console) as progress:
         session = RecordingSession(settings, cameras, farm=farm, progress=progress)
         return session.run()
+
+
+def synthetic_cameras(settings: RecorderSettings) -> list[SyntheticCamera]:
+    return [SyntheticCamera(f"cam{i}", width=settings.width, height=settings.height,
+                            fps=settings.fps, seed=settings.seed + i)
+            for i in range(settings.cameras)]
 
 
 @contextlib.contextmanager

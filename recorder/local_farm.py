@@ -6,6 +6,7 @@ recorder run and stopped when it ends, Ctrl-C included.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -68,7 +69,8 @@ class RedisServer:
         args = [find_redis_server(), "--dir", str(self.workdir), "--save", "",
                 "--appendonly", "yes" if self.appendonly else "no"]
         if self.port is None:
-            args += ["--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+            args += ["--port", "0", "--unixsocket", str(self.socket_path),
+                     "--unixsocketperm", "700"]
         else:
             args += ["--port", str(self.port), "--bind", self.host]
         log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - closed with the process
@@ -165,10 +167,8 @@ class LocalFarm:
 
 def _stop_process(proc: subprocess.Popen[bytes], *, sig: int, grace_s: float = 10) -> None:
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:

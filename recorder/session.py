@@ -187,7 +187,8 @@ class RecordingSession:
         prefix = raw_prefix(episode=episode, camera=camera.name)
         return RawEpisodeWriter(
             self._sink(prefix), episode=episode, camera=camera.name, width=camera.width,
-            height=camera.height, fps=self.settings.fps, segment_frames=self.settings.segment_frames,
+            height=camera.height, fps=self.settings.fps,
+            segment_frames=self.settings.segment_frames,
         )
 
     def _sink(self, prefix: str) -> SegmentSink:

@@ -53,7 +53,7 @@ class LocalStorage:
 
     def open_read(self, key: str) -> BinaryIO:
         try:
-            return open(self.path(key), "rb")  # noqa: SIM115 - the caller closes it
+            return open(self.path(key), "rb")
         except FileNotFoundError as exc:
             raise KeyNotFound(f"{self.url}/{key} does not exist") from exc
 
