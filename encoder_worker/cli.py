@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(parser, WorkerSettings, args)
     logging.basicConfig(level=settings.loglevel.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.nice:
+        os.nice(settings.nice)
     try:
         check_broker(settings.broker)
     except (BrokerUnreachable, ValueError) as exc:

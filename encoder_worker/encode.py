@@ -125,7 +125,7 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob) -> tupl
             t0 = time.perf_counter()
             container.mux(stream.encode(None))  # flush the encoder's delayed frames
         encode_s += time.perf_counter() - t0
-    except av.FFmpegError as exc:
+    except (av.FFmpegError, av.codec.codec.UnknownCodecError) as exc:
         raise EncodeError(
             f"{options.codec} failed on {manifest.width}x{manifest.height} "
             f"{options.pix_fmt}: {exc}"

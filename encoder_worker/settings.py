@@ -26,4 +26,6 @@ class WorkerSettings(BaseSettings):
     # Longer than the longest encode: Redis redelivers unacked tasks only after this.
     visibility_timeout_s: int = Field(default=6 * 3600, gt=0)
     result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # Added to the worker's niceness: a worker beside the record loop must yield to it.
+    nice: int = Field(default=0, ge=0, le=19, description="lower the worker's CPU priority")
     loglevel: str = "INFO"

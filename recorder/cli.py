@@ -145,16 +145,16 @@ def print_summary(report: SessionReport, *, console: Console) -> None:
                          f"{ep.capture.capture_s:.2f}", f"{ep.finalize_s:.2f}", f"{blocking:.2f}")
     console.print(episodes)
 
-    videos = Table(title="Videos")
-    for column in ("episode", "camera", "status", "frames", "MB", "worker", "queue s",
-                   "fetch s", "encode s", "verify s", "publish s", "total s"):
+    videos = Table(title="Videos (worker timings in seconds)")
+    for column in ("ep", "camera", "status", "frames", "worker", "queue", "fetch", "encode",
+                   "verify", "publish", "total"):
         videos.add_column(column, justify="right")
     for r in sorted(report.results, key=lambda r: (r.episode, r.camera)):
         t = r.timings
-        videos.add_row(str(r.episode), r.camera, r.status.value, str(r.frames),
-                       f"{r.bytes / 1e6:.2f}", f"{r.worker_host}:{r.worker_pid}",
-                       f"{t.queue_wait_s:.2f}", f"{t.fetch_s:.2f}", f"{t.encode_s:.2f}",
-                       f"{t.verify_s:.2f}", f"{t.publish_s:.2f}", f"{t.total_s:.2f}")
+        status = "ok" if r.ok else "[red]FAILED[/red]"
+        videos.add_row(str(r.episode), r.camera, status, str(r.frames), str(r.worker_pid),
+                       *(f"{v:.2f}" for v in (t.queue_wait_s, t.fetch_s, t.encode_s,
+                                               t.verify_s, t.publish_s, t.total_s)))
     console.print(videos)
     for r in report.failed:
         console.print(f"[red]episode {r.episode} camera {r.camera} failed: {r.error}[/red]")

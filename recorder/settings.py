@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+import av
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from encoder_worker.jobs import EncoderOptions
@@ -48,6 +49,16 @@ class RecorderSettings(BaseSettings):
     segment_frames: int = Field(default=30, ge=1, description="frames per raw segment file")
     writer_queue_frames: int = Field(
         default=90, ge=1, description="frames a camera's writer may hold before the loop waits")
+
+    @field_validator("codec")
+    @classmethod
+    def _known_encoder(cls, codec: str) -> str:
+        try:
+            av.codec.Codec(codec, "w")
+        except av.codec.codec.UnknownCodecError:
+            raise ValueError(f"this PyAV/FFmpeg build has no encoder {codec!r}; try libsvtav1, "
+                             "libx264, libx265 or h264_nvenc") from None
+        return codec
 
     @model_validator(mode="after")
     def _even_size(self) -> Self:
