@@ -48,7 +48,7 @@ def run_worker(settings: WorkerSettings, *, hostname: str | None, pool: str) -> 
     app.conf.farm_worker_settings = settings.model_dump(mode="json")
     import encoder_worker.tasks  # noqa: F401  - registers the encode task
 
-    node = hostname or f"encoder@{socket.gethostname()}-%p"
+    node = hostname or f"encoder@{socket.gethostname()}-{os.getpid()}"
     app.worker_main([
         "worker", f"--concurrency={settings.concurrency}", f"--queues={settings.queue}",
         f"--loglevel={settings.loglevel}", f"--hostname={node}", f"--pool={pool}",
