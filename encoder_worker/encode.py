@@ -108,6 +108,8 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob) -> tupl
             stream.pix_fmt = options.pix_fmt
             # Constant frame rate: frame i is shown at i / fps.
             stream.time_base = Fraction(1, 1) / rate
+            stream.codec_context.open()
+            demote_realtime_threads()
             frames = reader.frames()
             index = 0
             while True:
@@ -131,6 +133,28 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob) -> tupl
             f"{options.pix_fmt}: {exc}"
         ) from exc
     return fetch_s, encode_s
+
+
+def demote_realtime_threads() -> int:
+    """Put this process's real-time threads back to normal scheduling; returns how many.
+
+    SVT-AV1 gives its threads SCHED_FIFO priority 99 when it may (as root): on a robot
+    host they would then preempt the record loop, whatever the worker's nice value.
+    """
+    if not hasattr(os, "sched_getscheduler"):
+        return 0
+    demoted = 0
+    for task in Path("/proc/self/task").iterdir():
+        tid = int(task.name)
+        try:
+            if os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+                demoted += 1
+        except (ProcessLookupError, PermissionError):
+            continue  # the thread ended, or it is not ours to change
+    if demoted:
+        logger.debug("moved %d real-time encoder threads to normal scheduling", demoted)
+    return demoted
 
 
 def verify_video(video: Path, manifest: Manifest) -> None:
