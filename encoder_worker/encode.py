@@ -103,6 +103,7 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob) -> tupl
         with av.open(str(video), mode="w", format="mp4") as container:
             stream = container.add_stream(options.codec, rate=rate,
                                           options=options.codec_options())
+            assert isinstance(stream, av.VideoStream)
             stream.width = manifest.width
             stream.height = manifest.height
             stream.pix_fmt = options.pix_fmt

@@ -51,7 +51,7 @@ def test_corrupt_segment_is_detected(storage):
     data[1234] ^= 0xFF
     segment.write_bytes(bytes(data))
     reader = RawEpisodeReader(storage, raw_prefix(episode=0, camera="cam0"))
-    with pytest.raises(RawEpisodeError, match="segment_00001.raw is corrupt"):
+    with pytest.raises(RawEpisodeError, match=r"segment_00001\.raw is corrupt"):
         list(reader.frames())
 
 
