@@ -13,7 +13,7 @@ from video_checks import check_video_against_raw
 
 from encoder_worker.broker import redis_client
 from encoder_worker.jobs import EncoderOptions, Status
-from encoder_worker.raw_episode import raw_prefix
+from encoder_worker.raw_episode import Manifest, raw_prefix
 from encoder_worker.storage import open_storage
 from encoder_worker.tasks import CLAIMS_KEY
 from recorder.cli import synthetic_cameras
@@ -163,3 +163,32 @@ def test_queued_jobs_survive_a_redis_restart(tmp_path, redis_server, start_worke
         results = farm.wait(timeout_s=120)
     assert sorted(r.job_id for r in results) == ["r0", "r1"]
     assert all(r.status is Status.SUCCEEDED for r in results)
+
+
+def test_ctrl_c_keeps_recorded_frames_and_stops_the_private_farm(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "out"
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "recorder.cli", "record", "--async-encoding", "--episodes", "1",
+         "--episode-time", "60", "--cameras", "1", "--width", "160", "--height", "120",
+         "--segment-frames", "10", "--output-dir", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "TMPDIR": str(tmp)})
+    raw = out / "local/robot_dataset/raw/episode_000000/cam0"
+    try:
+        wait_for(lambda: (raw / "segment_00001.raw").exists(), timeout_s=120,
+                 what="the recorder to capture two segments")
+        recorder.send_signal(signal.SIGINT)
+        output, _ = recorder.communicate(timeout=120)
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+    assert recorder.returncode == 130, output
+    assert "frames recorded so far are kept" in output
+    kept = Manifest.model_validate_json(open_storage(out / "local/robot_dataset").get_bytes(
+        "raw/episode_000000/cam0/manifest.json"))
+    assert kept.interrupted and kept.frame_count >= 20
+    assert sum(s.frame_count for s in kept.segments) == kept.frame_count
+    survivors = subprocess.run(["pgrep", "-f", str(tmp)], capture_output=True, text=True)
+    assert survivors.stdout == "", survivors.stdout
