@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -92,8 +92,10 @@ class VideoFileCamera:
     """
 
     def __init__(self, path: str | Path, *, name: str, width: int | None = None,
-                 height: int | None = None) -> None:
+                 height: int | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.name = name
+        self._clock = clock
         self.source = str(path)
         if not Path(path).is_file():
             raise CameraError(f"camera {name}: video file {path} does not exist")
@@ -139,7 +141,7 @@ class VideoFileCamera:
         return self._last_time_s, frame
 
     def read(self) -> np.ndarray:
-        now = time.perf_counter()
+        now = self._clock()
         if self._origin is None:
             self._origin = now
         due = now - self._origin
