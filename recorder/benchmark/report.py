@@ -124,6 +124,11 @@ def _health_verdicts(result: BenchmarkResult) -> list[Verdict]:
         fix = ("encoding shares this host's CPUs with the capture loop: fewer local workers, "
                "or workers on other machines" if result.mode == "async" else
                "the capture loop cannot keep up at this fps and size on this host")
+        env = result.environment
+        if env.load_average_1m > env.cpu_count:
+            # Other work on the host takes the CPU from the loop: the run says little then.
+            fix += (f" (the host was busy: load average {env.load_average_1m:.2f} on "
+                    f"{env.cpu_count} CPUs at the start; measure again on a quiet host)")
         out.append(Verdict(level="warning", code=f"{name}_late_frames",
                            message=f"{name}: {t.late_frames} of {loop_frames} frames missed "
                                    f"their capture deadline", fix=fix))

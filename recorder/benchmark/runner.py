@@ -51,7 +51,7 @@ def session_settings(settings: BenchmarkSettings, mode: Mode, name: str) -> Reco
     """The recorder settings of one run: a fresh dataset under output_dir (or storage)."""
     fields = settings.model_dump(include=set(RecorderSettings.model_fields))
     fields.update(async_encoding=mode == "async", wait=True, repo_id="dataset",
-                  output_dir=settings.output_dir / "runs" / name,
+                  output_dir=settings.output_dir.resolve() / "runs" / name,
                   cameras=settings.camera_count)
     # On shared storage each run gets its own prefix, so runs never see each other's episodes.
     if settings.storage is not None:
