@@ -141,3 +141,20 @@ def test_async_against_an_existing_farm(broker_url: str, start_worker: Callable[
     # The run went to its own prefix of the farm's storage.
     assert result.raw_storage.startswith(f"file://{storage}/benchmark/async-")
     assert len(list(storage.glob("benchmark/async-*/videos/**/*.mp4"))) == 1
+
+
+@pytest.mark.integration
+def test_demo_compares_then_sweeps_workers(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results"
+    code = main(["benchmark", "demo", *SMALL, "--output-dir", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "PERFORMANCE COMPARISON RESULTS" in printed
+    assert "Async encoding by number of workers" in printed
+    results = [load(path) for path in sorted(out.glob("*_benchmark_*.json"))]
+    assert sorted(r.config.video_encoding_workers for r in results if r.mode == "async") \
+        == [1, 2, 4]
+    assert [r.mode for r in results].count("sync") == 1
+    assert len(list(out.glob("timeline_*.png"))) == 1
+    assert len(list(out.glob("workers_*.png"))) == 1

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -100,22 +101,31 @@ def _timeline(ax: plt.Axes, result: BenchmarkResult) -> None:
 
 
 def workers_chart(results: Sequence[BenchmarkResult], path: Path) -> Path:
-    """Async runs by worker count: recording time, background encode and drain time."""
-    runs = sorted((r for r in results if r.mode == "async"),
-                  key=lambda r: r.config.video_encoding_workers)
-    workers = [r.config.video_encoding_workers for r in runs]
+    """Async runs by worker count: recording time, background encode and drain time (the
+    mean of the runs with that count)."""
+    runs = [r for r in results if r.mode == "async"]
+    # Several runs with the same worker count: their mean.
+    by_workers: dict[int, list[BenchmarkResult]] = {}
+    for r in runs:
+        by_workers.setdefault(r.config.video_encoding_workers, []).append(r)
+    workers = sorted(by_workers)
+
+    def mean(value: Callable[[BenchmarkResult], float | None]) -> list[float]:
+        return [statistics.fmean(v if (v := value(r)) is not None else 0.0
+                                 for r in by_workers[w]) for w in workers]
+
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(workers, [r.totals.total_recording_s for r in runs], "o-",
+    ax.plot(workers, mean(lambda r: r.totals.total_recording_s), "o-",
             label="recording time (recorder busy)")
-    ax.plot(workers, [r.totals.drain_from_first_frame_s or 0 for r in runs], "s-",
+    ax.plot(workers, mean(lambda r: r.totals.drain_from_first_frame_s), "s-",
             label="all videos ready, from first frame")
-    ax.plot(workers, [r.totals.encoding_s for r in runs], "^-",
+    ax.plot(workers, mean(lambda r: r.totals.encoding_s), "^-",
             label="background encoding (worker time, summed)")
     syncs = [r for r in results if r.mode == "sync"]
     if syncs:
         ax.axhline(syncs[0].totals.total_recording_s, color="grey", linestyle="--",
                    label="sync recording time")
-    ax.set_xticks(sorted(set(workers)))
+    ax.set_xticks(workers)
     ax.set_xlabel("workers (--video-encoding-workers)")
     ax.set_ylabel("seconds")
     ax.set_ylim(bottom=0)
