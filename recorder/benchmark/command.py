@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from rich.console import Console
@@ -42,7 +43,7 @@ def run_benchmark_command(parser: argparse.ArgumentParser, args: argparse.Namesp
     # Imported here: the runner uses recorder.cli's farm helpers, and recorder.cli imports us.
     from recorder.benchmark import report, runner
     from recorder.cameras import CameraError
-    from recorder.cli import RecorderError
+    from recorder.cli import RecorderError, _interrupt
 
     settings = settings_from_args(parser, BenchmarkSettings, args)
     if settings.mode == "real" and not settings.camera:
@@ -54,6 +55,8 @@ def run_benchmark_command(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error("benchmark demo sweeps the workers of the zero-config farm; leave out "
                      "--broker (an external farm's workers are its own)")
     console = _console()
+    # As `recorder record`: SIGTERM unwinds like Ctrl-C, so the local farm is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.action == "demo":
             results = run_demo(settings, console=console)

@@ -21,7 +21,8 @@ class BenchmarkSettings(RecorderSettings):
     output_dir: Path = Field(default=Path("benchmark_results"),
                              description="results files, charts and the runs' datasets")
 
-    compare: bool = Field(default=False, description="run sync and async, print the comparison")
+    compare: bool = Field(
+        default=False, description="run sync, then async, and compare (overrides --async-encoding)")
     mode: Literal["synthetic", "real"] = Field(
         default="synthetic", description="synthetic cameras, or the --camera sources")
     camera: list[str] = Field(
