@@ -16,6 +16,12 @@ from rich.table import Table
 
 from encoder_worker.broker import BrokerUnreachable, check_broker
 from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
+from recorder.benchmark.command import (
+    add_analyze_arguments,
+    add_benchmark_arguments,
+    run_analyze_command,
+    run_benchmark_command,
+)
 from recorder.cameras import CameraSource
 from recorder.cameras.synthetic import SyntheticCamera
 from recorder.farm_client import EncodingFarmClient
@@ -48,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     record = commands.add_parser("record", help="record episodes and encode their videos")
     add_settings_arguments(record, RecorderSettings, aliases=DATASET_ALIASES)
+    add_benchmark_arguments(commands.add_parser(
+        "benchmark", help="measure inline (sync) against farm (async) encoding"),
+        aliases=DATASET_ALIASES)
+    add_analyze_arguments(commands.add_parser(
+        "analyze", help="summarise benchmark results files and chart them"))
     return parser
 
 
@@ -56,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"record": run_record}
+    commands = {"record": run_record, "benchmark": run_benchmark_command,
+                "analyze": run_analyze_command}
     return commands[args.command](parser, args)
 
 
