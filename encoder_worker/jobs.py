@@ -80,6 +80,9 @@ class EncodeJob(BaseModel):
 
 
 class Timings(BaseModel):
+    """Seconds per stage. total_s is the worker's time, start to publish; the queue wait
+    comes before it (submission to start; clocks of two hosts, so only roughly)."""
+
     queue_wait_s: float = 0.0
     fetch_s: float = 0.0
     encode_s: float = 0.0

@@ -108,7 +108,7 @@ def record(settings: RecorderSettings, *, console: Console,
     """
     if cameras is None:
         cameras = synthetic_cameras(settings)
-    with _farm(settings) as farm, progress_display(console) as progress:
+    with farm_for(settings) as farm, progress_display(console) as progress:
         session = RecordingSession(settings, cameras, farm=farm, progress=progress)
         return session.run()
 
@@ -120,7 +120,7 @@ def synthetic_cameras(settings: RecorderSettings) -> list[SyntheticCamera]:
 
 
 @contextlib.contextmanager
-def _farm(settings: RecorderSettings) -> Iterator[EncodingFarmClient | None]:
+def farm_for(settings: RecorderSettings) -> Iterator[EncodingFarmClient | None]:
     if not settings.async_encoding:
         yield None
         return

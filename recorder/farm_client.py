@@ -130,7 +130,7 @@ class EncodingFarmClient:
         return int(self._redis.llen(self.queue))
 
     def get_stats(self) -> FarmStats:
-        worker_times = [r.timings.total_s - r.timings.queue_wait_s for r in self.results if r.ok]
+        worker_times = [r.timings.total_s for r in self.results if r.ok]
         return FarmStats(
             tasks_submitted=self.submitted,
             tasks_completed=sum(r.ok for r in self.results),

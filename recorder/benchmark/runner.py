@@ -28,7 +28,7 @@ from recorder.benchmark.results import (
 from recorder.benchmark.settings import BenchmarkSettings
 from recorder.cameras import CameraError, CameraSource
 from recorder.cameras.video import open_camera
-from recorder.cli import _farm, progress_display, synthetic_cameras
+from recorder.cli import farm_for, progress_display, synthetic_cameras
 from recorder.farm_client import EncodingFarmClient
 from recorder.session import RecordingSession
 from recorder.settings import RecorderSettings
@@ -109,7 +109,7 @@ def run_once(settings: BenchmarkSettings, mode: Mode, *, console: Console,
     run_settings = session_settings(settings, mode, name)
     cameras = open_cameras(settings)
     try:
-        with _farm(run_settings) as farm, progress_display(console) as progress:
+        with farm_for(run_settings) as farm, progress_display(console) as progress:
             answering = 0
             if farm is not None:
                 answering = len(farm.app.control.ping(timeout=PING_TIMEOUT_S) or [])
