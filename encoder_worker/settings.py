@@ -23,6 +23,9 @@ class WorkerSettings(BaseSettings):
     scratch_dir: Path | None = Field(default=None, description="temp folder for encodes")
     # Seconds of silence after which a worker's job lease lapses and its job is re-queued.
     lease_ttl_s: float = Field(default=60.0, gt=1)
+    # How long after submission a job waits for its raw manifest (a recorder uploading in
+    # the background, or riding out an outage) before it fails as never committed.
+    manifest_wait_s: float = Field(default=3600.0, ge=0)
     # Longer than the longest encode: Redis redelivers unacked tasks only after this.
     visibility_timeout_s: int = Field(default=6 * 3600, gt=0)
     result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)

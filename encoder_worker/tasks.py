@@ -19,8 +19,9 @@ from encoder_worker.celery_app import ENCODE_TASK
 from encoder_worker.encode import encode_job
 from encoder_worker.jobs import EncodeJob, EncodeResult, Status
 from encoder_worker.lease import JobLease, lease_held
+from encoder_worker.raw_episode import manifest_key
 from encoder_worker.settings import WorkerSettings
-from encoder_worker.storage import StorageError
+from encoder_worker.storage import StorageError, open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 CLAIMS_KEY = "farm:claims"
 # Transient failures (storage or network) are retried this often, with backoff.
 MAX_TRANSIENT_RETRIES = 8
+# While a job's manifest is not stored yet, look again after at most this long.
+MANIFEST_POLL_MAX_S = 10.0
 
 
 def worker_settings(app: Celery) -> WorkerSettings:
@@ -47,6 +50,18 @@ def localize(job: EncodeJob, worker_storage: str | None) -> EncodeJob:
     return job.model_copy(update=updates)
 
 
+def manifest_pending(job: EncodeJob, settings: WorkerSettings) -> bool:
+    """True while the job's manifest is not stored yet and may still come.
+
+    Recorders upload raw episodes in the background and send the job at episode end, so
+    a worker can be faster than the upload. After manifest_wait_s, encode_job reports
+    the missing manifest as a failure.
+    """
+    if time.time() - job.submitted_at > settings.manifest_wait_s:
+        return False
+    return not open_storage(job.raw_storage).exists(manifest_key(job.raw_prefix))
+
+
 @shared_task(name=ENCODE_TASK, bind=True, max_retries=None)
 def encode(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     try:
@@ -64,6 +79,11 @@ def encode(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     claim = json.dumps({"task_id": self.request.id, "payload": payload})
     try:
         client.hset(CLAIMS_KEY, job.job_id, claim)
+        if manifest_pending(job, settings):
+            countdown = min(MANIFEST_POLL_MAX_S, 0.5 * 2**self.request.retries)
+            logger.info("job %s: raw manifest not uploaded yet; looking again in %.1fs",
+                        job.job_id, countdown)
+            raise self.retry(countdown=countdown, max_retries=None)
         result = encode_job(job, scratch_dir=settings.scratch_dir)
     except (StorageError, OSError) as exc:
         retries = self.request.retries

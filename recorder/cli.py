@@ -19,6 +19,7 @@ from encoder_worker.cli_settings import add_settings_arguments, settings_from_ar
 from recorder.cameras import CameraSource
 from recorder.cameras.synthetic import SyntheticCamera
 from recorder.farm_client import EncodingFarmClient
+from recorder.farm_storage import check_farm_storage
 from recorder.local_farm import FarmStartError, LocalFarm
 from recorder.session import RecordingSession, SessionReport
 from recorder.settings import RecorderSettings
@@ -113,6 +114,7 @@ def _farm(settings: RecorderSettings) -> Iterator[EncodingFarmClient | None]:
         yield None
         return
     try:
+        check_farm_storage(settings)
         if settings.broker is not None:
             check_broker(settings.broker)
             with EncodingFarmClient(settings.broker,
