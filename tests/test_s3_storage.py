@@ -153,3 +153,12 @@ def test_moto_server_restarts_with_its_objects(moto_server: MotoServer, s3_url: 
         storage.get_bytes("k")
     moto_server.start()
     assert storage.get_bytes("k") == b"v"
+
+
+def test_worker_refuses_unreachable_bucket(s3_url: str, capsys: pytest.CaptureFixture[str],
+                                           broker_url: str) -> None:
+    from encoder_worker import cli as worker_cli
+
+    code = worker_cli.main(["run", "--broker", broker_url, "--storage", "s3://no-such-bucket/x"])
+    assert code == 1
+    assert "NoSuchBucket" in capsys.readouterr().err

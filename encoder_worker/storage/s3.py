@@ -229,6 +229,13 @@ class S3Storage:
         """
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except (BotoCoreError, ClientError) as exc:
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _NOT_FOUND or code == "NoSuchBucket":
+                endpoint = self.settings.endpoint_url or "AWS S3"
+                raise StorageError(f"NoSuchBucket: bucket {self.bucket!r} does not exist at "
+                                   f"{endpoint}; create it or fix the storage URL") from exc
+            raise self._error("checking bucket of", "", exc) from exc
+        except BotoCoreError as exc:
             raise self._error("checking bucket of", "", exc) from exc
 
