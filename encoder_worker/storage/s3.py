@@ -180,7 +180,7 @@ class S3Storage:
         full = root + prefix.strip("/")
         if prefix and not full.endswith("/"):
             full += "/"  # like a folder: "raw" must not match "raw2/..."
-        keys = []
+        keys: list[str] = []
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=full)
