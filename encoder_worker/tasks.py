@@ -63,7 +63,7 @@ def manifest_pending(job: EncodeJob, settings: WorkerSettings) -> bool:
 
 
 @shared_task(name=ENCODE_TASK, bind=True, max_retries=None)
-def encode(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+def encode(self: Task, payload: dict[str, Any], transient_failures: int = 0) -> dict[str, Any]:
     try:
         job = EncodeJob.model_validate(payload)
     except ValidationError as exc:
@@ -80,17 +80,19 @@ def encode(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         client.hset(CLAIMS_KEY, job.job_id, claim)
         if manifest_pending(job, settings):
-            countdown = min(MANIFEST_POLL_MAX_S, 0.5 * 2**self.request.retries)
+            # Often at first (a lagging upload), then every MANIFEST_POLL_MAX_S (an outage).
+            countdown = min(MANIFEST_POLL_MAX_S, max(0.5, (time.time() - job.submitted_at) / 4))
             logger.info("job %s: raw manifest not uploaded yet; looking again in %.1fs",
                         job.job_id, countdown)
             raise self.retry(countdown=countdown, max_retries=None)
         result = encode_job(job, scratch_dir=settings.scratch_dir)
     except (StorageError, OSError) as exc:
-        retries = self.request.retries
-        if retries >= MAX_TRANSIENT_RETRIES:
+        # Counted apart from Celery's retries, which waits for a lease or a manifest add to.
+        if transient_failures >= MAX_TRANSIENT_RETRIES:
             raise
-        logger.warning("job %s: %s; retry %d", job.job_id, exc, retries + 1)
-        raise self.retry(exc=exc, countdown=min(60, 2**retries), max_retries=None) from exc
+        logger.warning("job %s: %s; retry %d", job.job_id, exc, transient_failures + 1)
+        raise self.retry(exc=exc, countdown=min(60, 2**transient_failures), max_retries=None,
+                         kwargs={"transient_failures": transient_failures + 1}) from exc
     finally:
         client.hdel(CLAIMS_KEY, job.job_id)
         lease.release()
