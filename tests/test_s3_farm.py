@@ -163,6 +163,8 @@ def test_recorder_and_workers_share_only_s3_and_redis(
 def test_s3_outage_during_recording(moto_server: MotoServer, s3_url: str, broker_url: str,
                                     start_worker: Callable[..., object],
                                     tmp_path: Path) -> None:
+    # moto runs in this process, so its objects outlive the stop: what was uploaded before
+    # the outage stays, and what was recorded during it must come from the recorder's spool.
     for index in range(2):
         start_worker(broker_url, "--storage", s3_url, "--concurrency", "1",
                      **worker_args(tmp_path, index, s3_url))

@@ -162,3 +162,11 @@ def test_worker_refuses_unreachable_bucket(s3_url: str, capsys: pytest.CaptureFi
     code = worker_cli.main(["run", "--broker", broker_url, "--storage", "s3://no-such-bucket/x"])
     assert code == 1
     assert "NoSuchBucket" in capsys.readouterr().err
+
+
+def test_checksum_setting_reaches_boto3(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FARM_S3_CHECKSUM", "when_required")
+    storage = S3Storage.from_url(s3_url)
+    assert storage.client.meta.config.request_checksum_calculation == "when_required"
+    storage.put_bytes("k", b"v")
+    assert storage.get_bytes("k") == b"v"
