@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(parser, WorkerSettings, args)
     logging.basicConfig(level=settings.loglevel.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.nice:
+        os.nice(settings.nice)
     try:
         check_broker(settings.broker)
     except (BrokerUnreachable, ValueError) as exc:
@@ -55,7 +58,7 @@ def run_worker(settings: WorkerSettings, *, hostname: str | None, pool: str) -> 
     app.conf.farm_worker_settings = settings.model_dump(mode="json")
     import encoder_worker.tasks  # noqa: F401  - registers the encode task
 
-    node = hostname or f"encoder@{socket.gethostname()}-%p"
+    node = hostname or f"encoder@{socket.gethostname()}-{os.getpid()}"
     app.worker_main([
         "worker", f"--concurrency={settings.concurrency}", f"--queues={settings.queue}",
         f"--loglevel={settings.loglevel}", f"--hostname={node}", f"--pool={pool}",

@@ -4,7 +4,7 @@ flag and its FARM_NAME_WITH_DASHES environment variable always carry the same na
 from __future__ import annotations
 
 import argparse
-from typing import TypeVar, get_args
+from typing import Any, TypeVar, get_args
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
@@ -56,9 +56,9 @@ def settings_from_args(
     A value the model rejects ends the program through parser.error (exit code 2), with
     the flag's name in the message.
     """
-    given = {k: v for k, v in vars(args).items() if k in model.model_fields}
+    given: dict[str, Any] = {k: v for k, v in vars(args).items() if k in model.model_fields}
     try:
-        return model(**given, **extra)
+        return model(**given, **extra)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

@@ -103,11 +103,14 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob) -> tupl
         with av.open(str(video), mode="w", format="mp4") as container:
             stream = container.add_stream(options.codec, rate=rate,
                                           options=options.codec_options())
+            assert isinstance(stream, av.VideoStream)
             stream.width = manifest.width
             stream.height = manifest.height
             stream.pix_fmt = options.pix_fmt
             # Constant frame rate: frame i is shown at i / fps.
             stream.time_base = Fraction(1, 1) / rate
+            stream.codec_context.open()
+            demote_realtime_threads()
             frames = reader.frames()
             index = 0
             while True:
@@ -125,12 +128,34 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob) -> tupl
             t0 = time.perf_counter()
             container.mux(stream.encode(None))  # flush the encoder's delayed frames
         encode_s += time.perf_counter() - t0
-    except av.FFmpegError as exc:
+    except (av.FFmpegError, av.codec.codec.UnknownCodecError) as exc:
         raise EncodeError(
             f"{options.codec} failed on {manifest.width}x{manifest.height} "
             f"{options.pix_fmt}: {exc}"
         ) from exc
     return fetch_s, encode_s
+
+
+def demote_realtime_threads() -> int:
+    """Put this process's real-time threads back to normal scheduling; returns how many.
+
+    SVT-AV1 gives its threads SCHED_FIFO priority 99 when it may (as root): on a robot
+    host they would then preempt the record loop, whatever the worker's nice value.
+    """
+    if not hasattr(os, "sched_getscheduler"):
+        return 0
+    demoted = 0
+    for task in Path("/proc/self/task").iterdir():
+        tid = int(task.name)
+        try:
+            if os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+                demoted += 1
+        except (ProcessLookupError, PermissionError):
+            continue  # the thread ended, or it is not ours to change
+    if demoted:
+        logger.debug("moved %d real-time encoder threads to normal scheduling", demoted)
+    return demoted
 
 
 def verify_video(video: Path, manifest: Manifest) -> None:

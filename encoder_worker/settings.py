@@ -15,18 +15,25 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FARM_", extra="ignore")
 
     broker: str = Field(default=DEFAULT_BROKER, description="Redis URL of the farm")
-    # The worker's own view of a local storage folder (e.g. where a shared disk is mounted):
-    # it replaces the folder named in jobs. S3 URLs in jobs are used as sent.
-    storage: str | None = None
+    storage: str | None = Field(
+        default=None,
+        description="this worker's path to a local storage folder named in jobs (a shared "
+                    "disk mounted elsewhere); s3:// URLs in jobs are used as sent")
     concurrency: int = Field(default=1, ge=1, description="encodes run at once on this worker")
-    queue: str = ENCODE_QUEUE
+    queue: str = Field(default=ENCODE_QUEUE, description="queue to take jobs from")
     scratch_dir: Path | None = Field(default=None, description="temp folder for encodes")
-    # Seconds of silence after which a worker's job lease lapses and its job is re-queued.
-    lease_ttl_s: float = Field(default=60.0, gt=1)
-    # How long after submission a job waits for its raw manifest (a recorder uploading in
-    # the background, or riding out an outage) before it fails as never committed.
-    manifest_wait_s: float = Field(default=3600.0, ge=0)
-    # Longer than the longest encode: Redis redelivers unacked tasks only after this.
-    visibility_timeout_s: int = Field(default=6 * 3600, gt=0)
-    result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
-    loglevel: str = "INFO"
+    lease_ttl_s: float = Field(
+        default=60.0, gt=1,
+        description="seconds after a worker's last heartbeat before its job is re-queued")
+    manifest_wait_s: float = Field(
+        default=3600.0, ge=0,
+        description="seconds a job waits for its raw manifest (a recorder still uploading "
+                    "or riding out an outage) before it fails")
+    visibility_timeout_s: int = Field(
+        default=6 * 3600, gt=0,
+        description="Redis redelivers unacked tasks after this; keep above the longest encode")
+    result_expires_s: int = Field(default=7 * 24 * 3600, gt=0,
+                                  description="seconds results are kept")
+    nice: int = Field(default=0, ge=0, le=19,
+                      description="lower the worker's CPU priority (beside a record loop)")
+    loglevel: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")

@@ -16,6 +16,12 @@ from rich.table import Table
 
 from encoder_worker.broker import BrokerUnreachable, check_broker
 from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
+from recorder.benchmark.command import (
+    add_analyze_arguments,
+    add_benchmark_arguments,
+    run_analyze_command,
+    run_benchmark_command,
+)
 from recorder.cameras import CameraSource
 from recorder.cameras.synthetic import SyntheticCamera
 from recorder.farm_client import EncodingFarmClient
@@ -49,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     record = commands.add_parser("record", help="record episodes and encode their videos")
     add_settings_arguments(record, RecorderSettings, aliases=DATASET_ALIASES)
+    add_benchmark_arguments(commands.add_parser(
+        "benchmark", help="measure inline (sync) against farm (async) encoding"),
+        aliases=DATASET_ALIASES)
+    add_analyze_arguments(commands.add_parser(
+        "analyze", help="summarise benchmark results files and chart them"))
     return parser
 
 
@@ -57,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"record": run_record}
+    commands = {"record": run_record, "benchmark": run_benchmark_command,
+                "analyze": run_analyze_command}
     return commands[args.command](parser, args)
 
 
@@ -147,16 +159,16 @@ def print_summary(report: SessionReport, *, console: Console) -> None:
                          f"{ep.capture.capture_s:.2f}", f"{ep.finalize_s:.2f}", f"{blocking:.2f}")
     console.print(episodes)
 
-    videos = Table(title="Videos")
-    for column in ("episode", "camera", "status", "frames", "MB", "worker", "queue s",
-                   "fetch s", "encode s", "verify s", "publish s", "total s"):
+    videos = Table(title="Videos (worker timings in seconds)")
+    for column in ("ep", "camera", "status", "frames", "worker", "queue", "fetch", "encode",
+                   "verify", "publish", "total"):
         videos.add_column(column, justify="right")
     for r in sorted(report.results, key=lambda r: (r.episode, r.camera)):
         t = r.timings
-        videos.add_row(str(r.episode), r.camera, r.status.value, str(r.frames),
-                       f"{r.bytes / 1e6:.2f}", f"{r.worker_host}:{r.worker_pid}",
-                       f"{t.queue_wait_s:.2f}", f"{t.fetch_s:.2f}", f"{t.encode_s:.2f}",
-                       f"{t.verify_s:.2f}", f"{t.publish_s:.2f}", f"{t.total_s:.2f}")
+        status = "ok" if r.ok else "[red]FAILED[/red]"
+        videos.add_row(str(r.episode), r.camera, status, str(r.frames), str(r.worker_pid),
+                       *(f"{v:.2f}" for v in (t.queue_wait_s, t.fetch_s, t.encode_s,
+                                               t.verify_s, t.publish_s, t.total_s)))
     console.print(videos)
     for r in report.failed:
         console.print(f"[red]episode {r.episode} camera {r.camera} failed: {r.error}[/red]")

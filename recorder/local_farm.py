@@ -119,7 +119,9 @@ class LocalFarm:
             log = open(self._tmp / f"worker-{index}.log", "ab")  # noqa: SIM115
             self._procs.append(subprocess.Popen(
                 [sys.executable, "-m", "encoder_worker.cli", "run", "--broker", self.broker_url,
-                 "--concurrency", "1", "--hostname", f"local{index}@%h"],
+                 "--concurrency", "1", "--hostname", f"local{index}@%h",
+                 # Encoding must never starve the record loop on the same host.
+                 "--nice", "10"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 # Own session: Ctrl-C reaches only the recorder, which stops us in order.
                 start_new_session=True,

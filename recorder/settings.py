@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+import av
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from encoder_worker.jobs import EncoderOptions
@@ -51,6 +52,16 @@ class RecorderSettings(BaseSettings):
     spool_max_mb: int = Field(
         default=4096, ge=1,
         description="raw MB waiting for upload (s3 storage) before recording waits for uploads")
+
+    @field_validator("codec")
+    @classmethod
+    def _known_encoder(cls, codec: str) -> str:
+        try:
+            av.codec.Codec(codec, "w")
+        except av.codec.codec.UnknownCodecError:
+            raise ValueError(f"this PyAV/FFmpeg build has no encoder {codec!r}; try libsvtav1, "
+                             "libx264, libx265 or h264_nvenc") from None
+        return codec
 
     @model_validator(mode="after")
     def _even_size(self) -> Self:

@@ -82,8 +82,8 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         log = tmp_path / f"worker-{len(workers)}.log"
         workdir = cwd or tmp_path / f"worker-{len(workers)}-cwd"
         workdir.mkdir(parents=True, exist_ok=True)
-        argv = command or [sys.executable, "-m", "encoder_worker.cli", "run", "--broker", broker,
-                           "--hostname", name, *args]
+        base = command or [sys.executable, "-m", "encoder_worker.cli", "run", "--broker", broker]
+        argv = [*base, "--hostname", name, *args]
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,

@@ -1,0 +1,277 @@
+"""The benchmark's results files: one JSON document per run, a pydantic model with a version."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from encoder_worker.jobs import EncodeResult
+from recorder.session import EpisodeReport, SessionReport
+
+SCHEMA_VERSION = 1
+STAGES = ("queue_wait", "fetch", "encode", "verify", "publish")
+
+Mode = Literal["sync", "async"]
+
+
+class BenchmarkConfig(BaseModel):
+    """What was asked for: the settings the run was made with."""
+
+    mode: Mode
+    camera_mode: Literal["synthetic", "real"] = "synthetic"
+    camera_sources: list[str] = Field(default_factory=list, description="real mode only")
+    episodes: int
+    episode_time_s: float
+    reset_time_s: float = 0.0
+    fps: int
+    cameras: int
+    width: int
+    height: int
+    codec: str
+    crf: int | None
+    gop: int | None
+    preset: str | None
+    pix_fmt: str
+    segment_frames: int
+    video_encoding_workers: int = Field(description="local workers started; with --broker only "
+                                                    "recorded, the farm's own workers are used")
+    video_encoding_queue_size: int
+    broker: str | None = Field(default=None, description="external farm, password removed")
+    storage: str = Field(description="where this run's raw episodes and videos went")
+
+
+class EnvironmentInfo(BaseModel):
+    hostname: str
+    platform: str
+    cpu_model: str
+    cpu_count: int
+    python: str
+    pyav: str
+    ffmpeg: str
+    ffmpeg_libraries: dict[str, str]
+    codec: str
+    codec_description: str
+    broker_kind: str
+    workers_answering: int = Field(
+        default=0, description="workers that answered a ping before recording (async)")
+    recorder_pid: int
+    load_average_1m: float = Field(
+        default=0.0, description="host load when the run started: other work skews timings")
+
+
+class EpisodeTiming(BaseModel):
+    episode: int
+    started_at: float = Field(description="unix time of the first frame's deadline")
+    capture_s: float
+    frames: int = Field(description="frames captured per camera")
+    late_frames: int
+    writer_waits: int
+    frames_recorded: dict[str, int] = Field(description="camera -> frames in its manifest")
+    finalize_s: float
+    submission_s: float
+    inline_encode_s: float
+    job_ids: list[str]
+
+    @property
+    def capture_end(self) -> float:
+        return self.started_at + self.capture_s
+
+
+class TaskTiming(BaseModel):
+    """One encode job as the worker (or, for sync, the recorder) reported it."""
+
+    job_id: str
+    episode: int
+    camera: str
+    status: str
+    error: str | None = None
+    frames: int
+    bytes: int
+    worker: str = Field(description="host:pid that ran the encode")
+    submitted_at: float
+    started_at: float
+    finished_at: float
+    queue_wait_s: float
+    fetch_s: float
+    encode_s: float
+    verify_s: float
+    publish_s: float
+    total_s: float
+
+    @property
+    def worker_s(self) -> float:
+        """Seconds a worker spent on the job, its start to its finish; no queue wait in it.
+
+        Measured from the worker's own timestamps: EncodeResult.timings.total_s already
+        leaves the queue wait out, so total_s - queue_wait_s would count it twice.
+        """
+        return self.finished_at - self.started_at
+
+
+class StageStats(BaseModel):
+    mean_s: float
+    max_s: float
+
+
+class Totals(BaseModel):
+    total_recording_s: float = Field(description="recorder busy: capture + blocking encode or "
+                                                 "submission, first frame to recorder free")
+    capture_s: float
+    encoding_s: float = Field(description="sync: recorder blocked encoding; async: worker time")
+    blocking_s: float = Field(description="sync: inline encode; async: task submission")
+    submission_s: float
+    blocking_pct: float = Field(description="blocking_s as a share of total_recording_s")
+    drain_from_first_frame_s: float | None = Field(
+        description="first frame to every video verified and published")
+    drain_from_last_frame_s: float | None = Field(
+        description="last frame to every video verified and published")
+    frames_captured: int = Field(description="all cameras")
+    frames_recorded: int = Field(description="frames in the committed manifests")
+    frames_in_videos: int = Field(description="frames in verified videos")
+    late_frames: int = Field(description="loop iterations that missed their capture slot")
+    tasks: int
+    tasks_failed: int
+    stages: dict[str, StageStats] = Field(description="per-stage worker timings over the tasks")
+    workers_used: list[str]
+
+
+class Verdict(BaseModel):
+    level: Literal["good", "info", "warning"]
+    code: str
+    message: str
+    fix: str | None = None
+
+
+class BenchmarkResult(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    mode: Mode
+    created_at: float = Field(default_factory=time.time)
+    config: BenchmarkConfig
+    environment: EnvironmentInfo
+    started_at: float
+    recording_done_at: float
+    all_ready_at: float | None
+    episodes: list[EpisodeTiming]
+    tasks: list[TaskTiming]
+    totals: Totals
+    verdicts: list[Verdict] = Field(default_factory=list)
+    compared_with: str | None = Field(default=None, description="results file of the other mode")
+    raw_storage: str
+    output_storage: str
+    raw_kept: bool = False
+
+
+def episode_timing(ep: EpisodeReport) -> EpisodeTiming:
+    c = ep.capture
+    return EpisodeTiming(
+        episode=ep.episode, started_at=c.started_at, capture_s=c.capture_s, frames=c.frames,
+        late_frames=c.late_frames, writer_waits=c.writer_waits,
+        frames_recorded=dict(ep.frames_recorded), finalize_s=ep.finalize_s,
+        submission_s=ep.submission_s, inline_encode_s=ep.inline_encode_s,
+        job_ids=list(ep.job_ids),
+    )
+
+
+def task_timing(r: EncodeResult) -> TaskTiming:
+    t = r.timings
+    return TaskTiming(
+        job_id=r.job_id, episode=r.episode, camera=r.camera, status=r.status.value,
+        error=r.error, frames=r.frames, bytes=r.bytes, worker=f"{r.worker_host}:{r.worker_pid}",
+        submitted_at=r.started_at - t.queue_wait_s, started_at=r.started_at,
+        finished_at=r.finished_at, queue_wait_s=t.queue_wait_s, fetch_s=t.fetch_s,
+        encode_s=t.encode_s, verify_s=t.verify_s, publish_s=t.publish_s, total_s=t.total_s,
+    )
+
+
+def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[TaskTiming], *,
+              cameras: int, started_at: float, recording_done_at: float,
+              all_ready_at: float | None) -> Totals:
+    """The run's totals, from what was measured per episode and per task."""
+    submission = sum(ep.submission_s for ep in episodes)
+    if mode == "sync":
+        encoding = blocking = sum(ep.inline_encode_s for ep in episodes)
+    else:
+        encoding = sum(t.worker_s for t in tasks if t.status != "failed")
+        blocking = submission
+    total = recording_done_at - started_at
+    stages = {}
+    for stage in STAGES:
+        values = [getattr(t, f"{stage}_s") for t in tasks]
+        if values:
+            stages[stage] = StageStats(mean_s=statistics.fmean(values), max_s=max(values))
+    first = min((ep.started_at for ep in episodes), default=None)
+    last = max((ep.capture_end for ep in episodes), default=None)
+    return Totals(
+        total_recording_s=total, capture_s=sum(ep.capture_s for ep in episodes),
+        encoding_s=encoding, blocking_s=blocking, submission_s=submission,
+        blocking_pct=100 * blocking / total if total > 0 else 0.0,
+        drain_from_first_frame_s=None if all_ready_at is None or first is None
+        else all_ready_at - first,
+        drain_from_last_frame_s=None if all_ready_at is None or last is None
+        else all_ready_at - last,
+        frames_captured=sum(ep.frames for ep in episodes) * cameras,
+        frames_recorded=sum(sum(ep.frames_recorded.values()) for ep in episodes),
+        frames_in_videos=sum(t.frames for t in tasks if t.status != "failed"),
+        late_frames=sum(ep.late_frames for ep in episodes),
+        tasks=len(tasks), tasks_failed=sum(t.status == "failed" for t in tasks),
+        stages=stages, workers_used=sorted({t.worker for t in tasks}),
+    )
+
+
+def from_session(report: SessionReport, *, config: BenchmarkConfig,
+                 environment: EnvironmentInfo, raw_kept: bool = False) -> BenchmarkResult:
+    """A BenchmarkResult from a finished recording session."""
+    episodes = [episode_timing(ep) for ep in report.episodes]
+    tasks = sorted((task_timing(r) for r in report.results), key=lambda t: t.started_at)
+    totals = summarize(report.mode, episodes, tasks, cameras=config.cameras,
+                       started_at=report.started_at, recording_done_at=report.recording_done_at,
+                       all_ready_at=report.all_ready_at)
+    return BenchmarkResult(
+        mode=report.mode, config=config, environment=environment, started_at=report.started_at,
+        recording_done_at=report.recording_done_at, all_ready_at=report.all_ready_at,
+        episodes=episodes, tasks=tasks, totals=totals, raw_storage=report.raw_storage,
+        output_storage=report.output_storage, raw_kept=raw_kept,
+    )
+
+
+def result_path(output_dir: Path, result: BenchmarkResult) -> Path:
+    """<mode>_benchmark_<unix-ts>.json, the unix time being when the run started."""
+    return output_dir / f"{result.mode}_benchmark_{int(result.started_at)}.json"
+
+
+def save(result: BenchmarkResult, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(result.model_dump_json(indent=2) + "\n")
+    tmp.replace(path)  # a reader never sees half a file
+    return path
+
+
+class ResultsFileError(Exception):
+    """A file is not a benchmark results file this version can read."""
+
+
+def load(path: Path) -> BenchmarkResult:
+    """Read a results file.
+
+    Raises:
+        ResultsFileError: missing, not JSON of this schema, or of a newer schema version.
+    """
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ResultsFileError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        result = BenchmarkResult.model_validate_json(text)
+    except ValueError as exc:
+        raise ResultsFileError(f"{path} is not a benchmark results file: "
+                               f"{str(exc).splitlines()[0]}") from exc
+    if result.schema_version > SCHEMA_VERSION:
+        raise ResultsFileError(f"{path} has schema_version {result.schema_version}; this "
+                               f"version reads up to {SCHEMA_VERSION}: upgrade the recorder")
+    return result

@@ -1,0 +1,34 @@
+"""Small raw episodes for tests, written with the recorder's own writer."""
+
+from __future__ import annotations
+
+from encoder_worker.jobs import EncodeJob, EncoderOptions
+from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeWriter, raw_prefix
+from encoder_worker.storage import Storage
+from recorder.cameras.synthetic import SyntheticCamera
+
+
+def write_episode(storage: Storage, *, episode: int = 0, camera: str = "cam0", frames: int = 30,
+                  width: int = 320, height: int = 240, fps: int = 30,
+                  segment_frames: int = 10, interrupted: bool = False) -> Manifest:
+    source = SyntheticCamera(camera, width=width, height=height, fps=fps, seed=episode)
+    prefix = raw_prefix(episode=episode, camera=camera)
+    writer = RawEpisodeWriter(DirectSink(storage, prefix), episode=episode, camera=camera,
+                              width=width, height=height, fps=fps,
+                              segment_frames=segment_frames)
+    for index in range(frames):
+        writer.write(source.read(), index / fps)
+    return writer.close(interrupted=interrupted)
+
+
+def job_for(storage: Storage, manifest: Manifest, *, job_id: str | None = None,
+            options: EncoderOptions | None = None) -> EncodeJob:
+    options = options or EncoderOptions()
+    return EncodeJob(
+        job_id=job_id or f"test-ep{manifest.episode}-{manifest.camera}",
+        episode=manifest.episode, camera=manifest.camera, raw_storage=storage.url,
+        raw_prefix=raw_prefix(episode=manifest.episode, camera=manifest.camera),
+        output_storage=storage.url,
+        output_key=options.output_key(episode=manifest.episode, camera=manifest.camera),
+        options=options,
+    )

@@ -1,0 +1,75 @@
+"""Flags, environment variables and bad input of the two CLIs."""
+
+import subprocess
+import sys
+
+import pytest
+
+from recorder.cli import build_parser
+from recorder.settings import RecorderSettings
+
+
+def run_cli(*args: str, module: str = "recorder.cli", timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--fps", "0"], "--fps: Input should be greater than or equal to 1"),
+    (["--episodes", "two"], "--episodes: Input should be a valid integer"),
+    (["--width", "641"], "even width and height"),
+    (["--codec", "nosuchcodec"], "no encoder 'nosuchcodec'"),
+    (["--video-encoding-queue-size", "0"], "--video-encoding-queue-size"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--async-encoding", "--no-wait"], "--no-wait needs a lasting farm"),
+])
+def test_bad_flags_exit_2_with_a_clear_message(flags, message, tmp_path):
+    done = run_cli("record", "--output-dir", str(tmp_path), *flags)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert not any(tmp_path.iterdir()), "nothing is recorded on bad input"
+
+
+def test_worker_bad_flag_exits_2():
+    done = run_cli("run", "--concurrency", "0", module="encoder_worker.cli")
+    assert done.returncode == 2
+    assert "--concurrency" in done.stderr
+
+
+def test_unreachable_broker_is_reported_not_waited_on(tmp_path):
+    # A port nothing listens on; the hang guard is the subprocess timeout, not a timing check.
+    done = run_cli("record", "--async-encoding", "--broker", "redis://127.0.0.1:1/0",
+                   "--episodes", "1", "--episode-time", "1", "--output-dir", str(tmp_path),
+                   timeout=60)
+    assert done.returncode == 1
+    assert "cannot reach the broker at redis://127.0.0.1:1/0" in done.stdout + done.stderr
+    worker = run_cli("run", "--broker", "redis://127.0.0.1:1/0", module="encoder_worker.cli")
+    assert worker.returncode == 1
+    assert "cannot reach the broker" in worker.stderr
+
+
+def test_lerobot_dotted_aliases_are_accepted():
+    parser = build_parser()
+    args = parser.parse_args(["record", "--dataset.async_video_encoding=true",
+                              "--dataset.video_encoding_workers", "3",
+                              "--dataset.video_encoding_queue_size=7",
+                              "--dataset.num_episodes", "4", "--dataset.repo_id", "me/set"])
+    settings = RecorderSettings(**{k: v for k, v in vars(args).items()
+                                   if k in RecorderSettings.model_fields})
+    assert settings.async_encoding is True
+    assert settings.video_encoding_workers == 3
+    assert settings.video_encoding_queue_size == 7
+    assert settings.episodes == 4
+    assert settings.repo_id == "me/set"
+
+
+def test_environment_variables_carry_the_flag_names(monkeypatch):
+    monkeypatch.setenv("FARM_EPISODES", "5")
+    monkeypatch.setenv("FARM_VIDEO_ENCODING_WORKERS", "3")
+    monkeypatch.setenv("FARM_ASYNC_ENCODING", "true")
+    settings = RecorderSettings()
+    assert (settings.episodes, settings.video_encoding_workers, settings.async_encoding) == (
+        5, 3, True)
+    # A flag wins over the environment.
+    assert RecorderSettings(episodes=2).episodes == 2

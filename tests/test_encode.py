@@ -1,0 +1,87 @@
+"""The one encode function, called directly: real PyAV encodes decoded back."""
+
+import pytest
+from episodes import job_for, write_episode
+from video_checks import check_video_against_raw
+
+from encoder_worker.encode import encode_job
+from encoder_worker.jobs import EncoderOptions, Status
+from encoder_worker.raw_episode import raw_prefix
+from encoder_worker.storage import open_storage
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return open_storage(tmp_path / "dataset")
+
+
+@pytest.mark.parametrize("codec", ["libsvtav1", "libx264", "libx265"])
+def test_encodes_verifies_and_publishes(storage, codec):
+    manifest = write_episode(storage, frames=30)
+    options = EncoderOptions(codec=codec) if codec != "libsvtav1" else EncoderOptions()
+    result = encode_job(job_for(storage, manifest, options=options))
+    assert result.status is Status.SUCCEEDED, result.error
+    assert result.frames == 30
+    video = storage.path(result.output_key)
+    assert result.output_key == (
+        "videos/chunk-000/observation.images.cam0/episode_000000.mp4")
+    assert result.bytes == video.stat().st_size > 0
+    assert result.timings.encode_s > 0 and result.timings.verify_s > 0
+    assert result.timings.total_s >= result.timings.encode_s
+    check_video_against_raw(video, storage.url, raw_prefix(episode=0, camera="cam0"))
+    # Nothing but the video is left beside it (temp files were renamed or removed).
+    assert [p.name for p in video.parent.iterdir()] == [video.name]
+
+
+def test_default_options_equal_lerobots():
+    options = EncoderOptions()
+    assert options.codec == "libsvtav1"
+    assert options.codec_options() == {"g": "2", "crf": "30", "preset": "12"}
+    assert options.pix_fmt == "yuv420p"
+
+
+def test_corrupt_segment_fails_with_reason_and_publishes_nothing(storage):
+    manifest = write_episode(storage, frames=20)
+    segment = storage.path(raw_prefix(episode=0, camera="cam0") + "/segment_00001.raw")
+    data = bytearray(segment.read_bytes())
+    data[500] ^= 0x55
+    segment.write_bytes(bytes(data))
+    job = job_for(storage, manifest, options=EncoderOptions(codec="libx264"))
+    result = encode_job(job)
+    assert result.status is Status.FAILED
+    assert "segment_00001.raw is corrupt" in (result.error or "")
+    assert not storage.exists(job.output_key)
+    # The recorded frames are still there.
+    assert storage.exists(raw_prefix(episode=0, camera="cam0") + "/segment_00001.raw")
+
+
+def test_missing_raw_episode_fails_with_reason(storage):
+    manifest = write_episode(storage, frames=5)
+    job = job_for(storage, manifest).model_copy(update={"raw_prefix": "raw/episode_000099/x"})
+    result = encode_job(job)
+    assert result.status is Status.FAILED
+    assert "never committed" in (result.error or "")
+
+
+def test_second_copy_of_a_job_finds_it_done(storage):
+    manifest = write_episode(storage, frames=10)
+    job = job_for(storage, manifest, options=EncoderOptions(codec="libx264"))
+    first = encode_job(job)
+    second = encode_job(job)
+    assert first.status is Status.SUCCEEDED
+    assert second.status is Status.ALREADY_DONE
+    assert second.frames == 10 and second.bytes == first.bytes
+
+
+def test_interrupted_episode_is_kept_but_not_encoded(storage):
+    manifest = write_episode(storage, frames=10, interrupted=True)
+    result = encode_job(job_for(storage, manifest))
+    assert result.status is Status.FAILED
+    assert "interrupted" in (result.error or "")
+
+
+def test_unknown_codec_fails_with_reason(storage):
+    manifest = write_episode(storage, frames=5)
+    result = encode_job(job_for(storage, manifest, options=EncoderOptions(codec="nosuchcodec")))
+    assert result.status is Status.FAILED
+    assert "nosuchcodec" in (result.error or "")

@@ -1,0 +1,194 @@
+"""End to end on one machine: our own redis-server, real worker subprocesses, real encodes."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+from episodes import job_for, write_episode
+from video_checks import check_video_against_raw
+
+from encoder_worker.broker import redis_client
+from encoder_worker.jobs import EncoderOptions, Status
+from encoder_worker.raw_episode import Manifest, raw_prefix
+from encoder_worker.storage import open_storage
+from encoder_worker.tasks import CLAIMS_KEY
+from recorder.cli import synthetic_cameras
+from recorder.farm_client import EncodingFarmClient
+from recorder.session import RecordingSession
+from recorder.settings import RecorderSettings
+
+pytestmark = pytest.mark.integration
+
+
+def small_settings(tmp_path: Path, **overrides) -> RecorderSettings:
+    values = dict(episodes=2, episode_time=1, cameras=2, width=320, height=240, fps=30,
+                  output_dir=tmp_path / "out")
+    values.update(overrides)
+    return RecorderSettings(**values)
+
+
+def check_all_videos(settings: RecorderSettings, report) -> None:
+    """4 videos, each decoding to exactly its recorded frames, in order, PSNR > 30 dB."""
+    assert len(report.results) == settings.episodes * settings.cameras
+    storage = open_storage(settings.output_storage_url)
+    for result in report.results:
+        assert result.status is Status.SUCCEEDED, result.error
+        recorded = next(e for e in report.episodes if e.episode == result.episode)
+        assert result.frames == recorded.frames_recorded[result.camera] == 30
+        check_video_against_raw(storage.path(result.output_key), settings.raw_storage_url,
+                                raw_prefix(episode=result.episode, camera=result.camera))
+
+
+def test_inline_session_encodes_every_episode(tmp_path):
+    settings = small_settings(tmp_path)
+    report = RecordingSession(settings, synthetic_cameras(settings)).run()
+    assert report.mode == "sync"
+    assert all(e.inline_encode_s > 0 for e in report.episodes)
+    check_all_videos(settings, report)
+
+
+def test_async_session_on_worker_processes(tmp_path, broker_url, start_worker):
+    start_worker(broker_url)
+    start_worker(broker_url)
+    settings = small_settings(tmp_path, async_encoding=True, broker=broker_url)
+    with EncodingFarmClient(broker_url, queue_size=settings.video_encoding_queue_size) as farm:
+        report = RecordingSession(settings, synthetic_cameras(settings), farm=farm).run()
+        stats = farm.get_stats()
+    assert report.mode == "async"
+    assert report.all_ready_at is not None and report.all_ready_at >= report.recording_done_at
+    check_all_videos(settings, report)
+    assert (stats.tasks_submitted, stats.tasks_completed, stats.tasks_failed) == (4, 4, 0)
+    assert stats.in_flight == 0 and stats.queue_depth == 0
+    assert stats.average_encoding_time > 0
+    # Worker pids are real and not the recorder's.
+    assert all(r.worker_pid not in (0, os.getpid()) for r in report.results)
+
+
+def test_queue_limit_makes_the_recorder_wait(tmp_path, broker_url, start_worker):
+    storage = open_storage(tmp_path / "data")
+    jobs = [job_for(storage, write_episode(storage, episode=i, frames=10), job_id=f"q{i}",
+                    options=EncoderOptions(codec="libx264")) for i in range(3)]
+    with EncodingFarmClient(broker_url, queue_size=1) as farm:
+        farm.submit(jobs[0])
+        assert farm.get_stats().in_flight == 1
+        start_worker(broker_url)
+        # The second submit can only return once the first job is finished.
+        farm.submit(jobs[1])
+        assert [r.job_id for r in farm.results] == ["q0"]
+        farm.submit(jobs[2])
+        results = farm.wait(timeout_s=120)
+    assert [r.status for r in results] == [Status.SUCCEEDED] * 3
+
+
+def test_corrupt_segment_gives_a_failed_result_with_reason(tmp_path, broker_url, start_worker):
+    storage = open_storage(tmp_path / "data")
+    manifest = write_episode(storage, frames=20)
+    segment = storage.path(raw_prefix(episode=0, camera="cam0") + "/segment_00000.raw")
+    data = bytearray(segment.read_bytes())
+    data[-1] ^= 0x01
+    segment.write_bytes(bytes(data))
+    start_worker(broker_url)
+    with EncodingFarmClient(broker_url) as farm:
+        farm.submit(job_for(storage, manifest, options=EncoderOptions(codec="libx264")))
+        [result] = farm.wait(timeout_s=120)
+    assert result.status is Status.FAILED
+    assert "segment_00000.raw is corrupt" in (result.error or "")
+    assert segment.exists()
+
+
+def test_zero_config_cli_starts_and_stops_its_own_farm(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "out"
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    done = subprocess.run(
+        [sys.executable, "-m", "recorder.cli", "record", "--async-encoding", "--episodes", "2",
+         "--episode-time", "1", "--cameras", "2", "--width", "320", "--height", "240",
+         "--video-encoding-workers", "2", "--output-dir", str(out)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    dataset = out / "local" / "robot_dataset"
+    videos = sorted(dataset.glob("videos/chunk-000/observation.images.*/episode_*.mp4"))
+    assert [v.relative_to(dataset / "videos/chunk-000").as_posix() for v in videos] == [
+        "observation.images.cam0/episode_000000.mp4", "observation.images.cam0/episode_000001.mp4",
+        "observation.images.cam1/episode_000000.mp4", "observation.images.cam1/episode_000001.mp4"]
+    for video in videos:
+        camera = video.parent.name.removeprefix("observation.images.")
+        episode = int(video.stem.removeprefix("episode_"))
+        assert check_video_against_raw(video, str(dataset),
+                                       raw_prefix(episode=episode, camera=camera)) == 30
+    # The private Redis and workers ran from TMPDIR; none of them outlive the recorder.
+    survivors = subprocess.run(["pgrep", "-f", str(tmp)], capture_output=True, text=True)
+    assert survivors.stdout == "", survivors.stdout
+    assert not list(tmp.glob("encoding-farm-*"))
+
+
+def test_killed_worker_job_is_taken_over_by_another(tmp_path, broker_url, start_worker):
+    storage = open_storage(tmp_path / "data")
+    # Long enough to still be encoding when the worker is killed.
+    manifest = write_episode(storage, frames=240, width=640, height=480, segment_frames=30)
+    job = job_for(storage, manifest, job_id="takeover",
+                  options=EncoderOptions(codec="libx264", preset="veryslow", gop=30))
+    env = {"FARM_LEASE_TTL_S": "2"}
+    first = start_worker(broker_url, env=env)
+    client = redis_client(broker_url)
+    with EncodingFarmClient(broker_url) as farm:
+        farm.submit(job)
+        wait_for(lambda: client.hexists(CLAIMS_KEY, "takeover"), timeout_s=60,
+                 what="the first worker to claim the job")
+        first.kill(signal.SIGKILL)
+        second = start_worker(broker_url, env=env)
+        [result] = farm.wait(timeout_s=240)
+    assert result.status is Status.SUCCEEDED, result.error
+    assert result.worker_pid != first.process.pid
+    assert "re-queued" in second.output() or "re-queued" in first.output()
+    check_video_against_raw(storage.path(job.output_key), storage.url,
+                            raw_prefix(episode=0, camera="cam0"), min_psnr_db=25)
+
+
+def test_queued_jobs_survive_a_redis_restart(tmp_path, redis_server, start_worker):
+    storage = open_storage(tmp_path / "data")
+    jobs = [job_for(storage, write_episode(storage, episode=i, frames=10), job_id=f"r{i}",
+                    options=EncoderOptions(codec="libx264")) for i in range(2)]
+    with EncodingFarmClient(redis_server.url) as farm:
+        for job in jobs:
+            farm.submit(job)
+        redis_server.stop()  # SIGTERM: Redis writes its append-only file and exits
+        redis_server.start()
+        start_worker(redis_server.url)
+        results = farm.wait(timeout_s=120)
+    assert sorted(r.job_id for r in results) == ["r0", "r1"]
+    assert all(r.status is Status.SUCCEEDED for r in results)
+
+
+def test_ctrl_c_keeps_recorded_frames_and_stops_the_private_farm(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "out"
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "recorder.cli", "record", "--async-encoding", "--episodes", "1",
+         "--episode-time", "60", "--cameras", "1", "--width", "160", "--height", "120",
+         "--segment-frames", "10", "--output-dir", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "TMPDIR": str(tmp)})
+    raw = out / "local/robot_dataset/raw/episode_000000/cam0"
+    try:
+        wait_for(lambda: (raw / "segment_00001.raw").exists(), timeout_s=120,
+                 what="the recorder to capture two segments")
+        recorder.send_signal(signal.SIGINT)
+        output, _ = recorder.communicate(timeout=120)
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+    assert recorder.returncode == 130, output
+    assert "frames recorded so far are kept" in output
+    kept = Manifest.model_validate_json(open_storage(out / "local/robot_dataset").get_bytes(
+        "raw/episode_000000/cam0/manifest.json"))
+    assert kept.interrupted and kept.frame_count >= 20
+    assert sum(s.frame_count for s in kept.segments) == kept.frame_count
+    survivors = subprocess.run(["pgrep", "-f", str(tmp)], capture_output=True, text=True)
+    assert survivors.stdout == "", survivors.stdout

@@ -1,0 +1,37 @@
+"""The job lease's logic, on fakeredis (the real-Redis path is in test_farm.py)."""
+
+import fakeredis
+
+from encoder_worker.lease import JobLease, lease_held
+
+
+def test_only_one_holder_at_a_time_and_release_frees_it():
+    client = fakeredis.FakeRedis()
+    first = JobLease(client, "job", ttl_s=30)
+    second = JobLease(client, "job", ttl_s=30)
+    assert first.acquire()
+    assert not second.acquire()
+    assert lease_held(client, "job")
+    first.release()
+    assert not lease_held(client, "job")
+    assert second.acquire()
+    second.release()
+
+
+def test_release_never_frees_someone_elses_lease():
+    client = fakeredis.FakeRedis()
+    lease = JobLease(client, "job", ttl_s=30)
+    assert lease.acquire()
+    # The lease lapsed and another worker took the job over.
+    client.set(lease.key, "other-token")
+    lease.release()
+    assert client.get(lease.key) == b"other-token"
+
+
+def test_lease_expires_without_heartbeat():
+    client = fakeredis.FakeRedis()
+    lease = JobLease(client, "job", ttl_s=30)
+    assert lease.acquire()
+    ttl_ms = client.pttl(lease.key)
+    assert 0 < ttl_ms <= 30_000
+    lease.release()

@@ -1,0 +1,22 @@
+import numpy as np
+
+from recorder.cameras.synthetic import SyntheticCamera
+
+
+def test_deterministic_per_seed():
+    a = SyntheticCamera("a", width=160, height=120, fps=30, seed=7)
+    b = SyntheticCamera("b", width=160, height=120, fps=30, seed=7)
+    c = SyntheticCamera("c", width=160, height=120, fps=30, seed=8)
+    np.testing.assert_array_equal(a.frame_at(42), b.frame_at(42))
+    assert not np.array_equal(a.frame_at(42), c.frame_at(42))
+
+
+def test_content_moves_but_is_not_noise():
+    camera = SyntheticCamera("a", width=320, height=240, fps=30, seed=1)
+    first, later = camera.frame_at(0).astype(float), camera.frame_at(30).astype(float)
+    assert first.shape == (240, 320, 3)
+    # Moves: a second later the picture differs clearly.
+    assert np.mean(np.abs(first - later)) > 3
+    # Natural-looking: neighbouring pixels are strongly correlated, unlike random noise.
+    left, right = first[:, :-1].ravel(), first[:, 1:].ravel()
+    assert np.corrcoef(left, right)[0, 1] > 0.8
