@@ -133,6 +133,9 @@ class UploadSpool:
                 return
             except Exception as exc:
                 failures += 1
+                if failures == 1:
+                    # It will wait in the spool: now it must survive a power cut.
+                    _fsync(upload.path)
                 with self._cond:
                     self.failed_attempts += 1
                 log = logger.warning if failures == 1 or failures % 10 == 0 else logger.debug
@@ -191,9 +194,8 @@ class SpoolSink:
         return open(self._dir / f".{name}.partial", "wb")
 
     def commit_segment(self, name: str, file: BinaryIO) -> None:
-        # On disk before it counts as spooled: the spool is what survives an outage.
-        file.flush()
-        os.fsync(file.fileno())
+        # No fsync here: it stalls capture on a busy host, and most segments leave the
+        # spool within seconds. The uploader syncs a file once it has to wait.
         file.close()
         path = self._dir / name
         os.replace(file.name, path)
@@ -202,11 +204,16 @@ class SpoolSink:
     def commit_manifest(self, manifest: Manifest) -> None:
         path = self._dir / MANIFEST_NAME
         tmp = path.with_name(f".{MANIFEST_NAME}.partial")
-        with open(tmp, "wb") as f:
-            f.write(manifest.model_dump_json().encode())
-            f.flush()
-            os.fsync(f.fileno())
+        tmp.write_bytes(manifest.model_dump_json().encode())
         os.replace(tmp, path)
         upload = self.spool.enqueue(manifest_key(self.prefix), path, after=self._segments)
         if self.durable_manifest:
             upload.done.wait()
+
+
+def _fsync(path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    except OSError:
+        logger.warning("could not flush %s to disk", path, exc_info=True)

@@ -102,10 +102,11 @@ def test_two_worker_hosts_share_the_work(lab: NetnsLab, tmp_path: Path,
 
         workers = []
         for host in ("w1", "w2"):
-            argv = [sys.executable, "-m", "encoder_worker.cli", "run", "--broker", broker,
-                    "--storage", s3_url, "--concurrency", "1", "--hostname", f"{host}@%h"]
+            # The fixture appends --hostname and these arguments to the command.
+            argv = [sys.executable, "-m", "encoder_worker.cli", "run", "--broker", broker]
             workers.append(start_worker(
-                broker, command=lab.command(host, argv, hostname=f"farm-{host}"), wait=False,
+                broker, "--storage", s3_url, "--concurrency", "1",
+                command=lab.command(host, argv, hostname=f"farm-{host}"), wait=False,
                 cwd=tmp_path / f"{host}-home", env=host_env(endpoint, tmp_path / f"{host}-tmp")))
         for worker in workers:
             wait_for(lambda w=worker: " ready." in w.output() or w.process.poll() is not None,
