@@ -115,3 +115,17 @@ def test_durable_manifest_is_stored_when_close_returns(tmp_path: Path) -> None:
     write_episode(spool, episode=0, camera="cam0", frames=5, durable=True)
     assert storage.exists("raw/episode_000000/cam0/manifest.json")
     assert spool.close()
+
+
+def test_close_with_timeout_keeps_what_is_not_uploaded(tmp_path: Path) -> None:
+    storage = FlakyStorage(tmp_path / "bucket")
+    storage.down.set()
+    spool = UploadSpool(storage, tmp_path / "spool", max_bytes=10**9, retry_initial_s=0.01,
+                        retry_max_s=0.05)
+    write_episode(spool, episode=0, camera="cam0", frames=6)
+    assert not spool.close(timeout_s=0.2)
+    kept = sorted(p.name for p in (tmp_path / "spool").rglob("*") if p.is_file())
+    assert kept == ["manifest.json", "segment_00000.raw", "segment_00001.raw"]
+    storage.down.clear()  # the threads keep trying while the process lives
+    assert spool.close()
+    assert storage.exists("raw/episode_000000/cam0/manifest.json")
