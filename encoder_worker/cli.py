@@ -38,6 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     except (BrokerUnreachable, ValueError) as exc:
         print(f"encoder-worker: {exc}", file=sys.stderr)
         return 1
+    if settings.storage and settings.storage.startswith("s3://"):
+        # A wrong endpoint, bucket or credentials show now, not as failed jobs later.
+        from encoder_worker.storage import StorageError
+        from encoder_worker.storage.s3 import S3Storage
+
+        try:
+            S3Storage.from_url(settings.storage).check_access()
+        except (StorageError, ValueError) as exc:
+            print(f"encoder-worker: --storage {settings.storage}: {exc}", file=sys.stderr)
+            return 1
     return run_worker(settings, hostname=args.hostname, pool=args.pool)
 
 

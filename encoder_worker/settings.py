@@ -25,6 +25,10 @@ class WorkerSettings(BaseSettings):
     lease_ttl_s: float = Field(
         default=60.0, gt=1,
         description="seconds after a worker's last heartbeat before its job is re-queued")
+    manifest_wait_s: float = Field(
+        default=3600.0, ge=0,
+        description="seconds a job waits for its raw manifest (a recorder still uploading "
+                    "or riding out an outage) before it fails")
     visibility_timeout_s: int = Field(
         default=6 * 3600, gt=0,
         description="Redis redelivers unacked tasks after this; keep above the longest encode")

@@ -19,8 +19,9 @@ from encoder_worker.celery_app import ENCODE_TASK
 from encoder_worker.encode import encode_job
 from encoder_worker.jobs import EncodeJob, EncodeResult, Status
 from encoder_worker.lease import JobLease, lease_held
+from encoder_worker.raw_episode import manifest_key
 from encoder_worker.settings import WorkerSettings
-from encoder_worker.storage import StorageError
+from encoder_worker.storage import StorageError, open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 CLAIMS_KEY = "farm:claims"
 # Transient failures (storage or network) are retried this often, with backoff.
 MAX_TRANSIENT_RETRIES = 8
+# While a job's manifest is not stored yet, look again after at most this long.
+MANIFEST_POLL_MAX_S = 10.0
 
 
 def worker_settings(app: Celery) -> WorkerSettings:
@@ -47,8 +50,20 @@ def localize(job: EncodeJob, worker_storage: str | None) -> EncodeJob:
     return job.model_copy(update=updates)
 
 
+def manifest_pending(job: EncodeJob, settings: WorkerSettings) -> bool:
+    """True while the job's manifest is not stored yet and may still come.
+
+    Recorders upload raw episodes in the background and send the job at episode end, so
+    a worker can be faster than the upload. After manifest_wait_s, encode_job reports
+    the missing manifest as a failure.
+    """
+    if time.time() - job.submitted_at > settings.manifest_wait_s:
+        return False
+    return not open_storage(job.raw_storage).exists(manifest_key(job.raw_prefix))
+
+
 @shared_task(name=ENCODE_TASK, bind=True, max_retries=None)
-def encode(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+def encode(self: Task, payload: dict[str, Any], transient_failures: int = 0) -> dict[str, Any]:
     try:
         job = EncodeJob.model_validate(payload)
     except ValidationError as exc:
@@ -64,13 +79,20 @@ def encode(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     claim = json.dumps({"task_id": self.request.id, "payload": payload})
     try:
         client.hset(CLAIMS_KEY, job.job_id, claim)
+        if manifest_pending(job, settings):
+            # Often at first (a lagging upload), then every MANIFEST_POLL_MAX_S (an outage).
+            countdown = min(MANIFEST_POLL_MAX_S, max(0.5, (time.time() - job.submitted_at) / 4))
+            logger.info("job %s: raw manifest not uploaded yet; looking again in %.1fs",
+                        job.job_id, countdown)
+            raise self.retry(countdown=countdown, max_retries=None)
         result = encode_job(job, scratch_dir=settings.scratch_dir)
     except (StorageError, OSError) as exc:
-        retries = self.request.retries
-        if retries >= MAX_TRANSIENT_RETRIES:
+        # Counted apart from Celery's retries, which waits for a lease or a manifest add to.
+        if transient_failures >= MAX_TRANSIENT_RETRIES:
             raise
-        logger.warning("job %s: %s; retry %d", job.job_id, exc, retries + 1)
-        raise self.retry(exc=exc, countdown=min(60, 2**retries), max_retries=None) from exc
+        logger.warning("job %s: %s; retry %d", job.job_id, exc, transient_failures + 1)
+        raise self.retry(exc=exc, countdown=min(60, 2**transient_failures), max_retries=None,
+                         kwargs={"transient_failures": transient_failures + 1}) from exc
     finally:
         client.hdel(CLAIMS_KEY, job.job_id)
         lease.release()

@@ -25,6 +25,7 @@ from recorder.benchmark.command import (
 from recorder.cameras import CameraSource
 from recorder.cameras.synthetic import SyntheticCamera
 from recorder.farm_client import EncodingFarmClient
+from recorder.farm_storage import check_farm_storage
 from recorder.local_farm import FarmStartError, LocalFarm
 from recorder.session import RecordingSession, SessionReport
 from recorder.settings import RecorderSettings
@@ -125,6 +126,7 @@ def farm_for(settings: RecorderSettings) -> Iterator[EncodingFarmClient | None]:
         yield None
         return
     try:
+        check_farm_storage(settings)
         if settings.broker is not None:
             check_broker(settings.broker)
             with EncodingFarmClient(settings.broker,

@@ -30,10 +30,13 @@ from recorder.farm_client import EncodingFarmClient
 from recorder.raw_writer import CameraWriter
 from recorder.record_loop import CaptureStats, record_episode
 from recorder.settings import RecorderSettings
+from recorder.upload_spool import UploadSpool
 
 logger = logging.getLogger(__name__)
 
 _EPISODE_DIR = re.compile(r"raw/episode_(\d{6})/")
+# After Ctrl-C, how long the recorder still tries to upload what is in its spool.
+INTERRUPT_UPLOAD_GRACE_S = 10.0
 
 
 @dataclass
@@ -98,6 +101,7 @@ class RecordingSession:
         self.options = settings.encoder_options()
         self.run_id = uuid.uuid4().hex[:8]
         self._spool = Path(tempfile.mkdtemp(prefix="recorder-spool-"))
+        self._uploads: UploadSpool | None = None  # for raw storage that is not a local folder
 
     def run(self) -> SessionReport:
         settings = self.settings
@@ -105,16 +109,22 @@ class RecordingSession:
         episodes: list[EpisodeReport] = []
         results: list[EncodeResult] = []
         started_at = time.time()
-        for number in range(settings.episodes):
-            episode = first + number
-            report, inline_results = self._record_one(episode)
-            episodes.append(report)
-            results.extend(inline_results)
-            if self.stop is not None and self.stop.is_set():
-                break
-            if settings.reset_time and number < settings.episodes - 1:
-                time.sleep(settings.reset_time)  # the operator resets the scene
+        try:
+            for number in range(settings.episodes):
+                episode = first + number
+                report, inline_results = self._record_one(episode)
+                episodes.append(report)
+                results.extend(inline_results)
+                if self.stop is not None and self.stop.is_set():
+                    break
+                if settings.reset_time and number < settings.episodes - 1:
+                    time.sleep(settings.reset_time)  # the operator resets the scene
+        except BaseException:
+            self._finish_uploads(timeout_s=INTERRUPT_UPLOAD_GRACE_S)
+            raise
         recording_done_at = time.time()
+        # Raw data is durable in its storage before the report says where it is.
+        self._finish_uploads()
         all_ready_at: float | None = recording_done_at if not settings.async_encoding else None
         if self.farm is not None and settings.async_encoding:
             if settings.wait:
@@ -192,7 +202,19 @@ class RecordingSession:
         )
 
     def _sink(self, prefix: str) -> SegmentSink:
-        return DirectSink(self.raw_storage, prefix, scratch_dir=self._spool / prefix)
+        if self.raw_storage.local_dir(prefix) is not None:
+            return DirectSink(self.raw_storage, prefix, scratch_dir=self._spool / prefix)
+        # Remote storage: upload in the background, so the record loop never waits for
+        # the network. Inline encoding reads the episode back at once: its manifest must
+        # be stored before the writer's close() returns.
+        if self._uploads is None:
+            self._uploads = UploadSpool(self.raw_storage, self._spool / "upload",
+                                        max_bytes=self.settings.spool_max_mb * 1_000_000)
+        return self._uploads.sink(prefix, durable_manifest=not self.settings.async_encoding)
+
+    def _finish_uploads(self, *, timeout_s: float | None = None) -> None:
+        if self._uploads is not None and self._uploads.close(timeout_s):
+            self._uploads = None
 
     def _job(self, manifest: Manifest) -> EncodeJob:
         return EncodeJob(

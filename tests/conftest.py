@@ -18,6 +18,9 @@ from recorder.local_farm import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 
+# moto S3 server fixtures (moto_server, s3_url) live in their own module.
+pytest_plugins = ["s3_fixtures"]
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:

@@ -1,0 +1,40 @@
+"""Whether a farm's workers can reach the recorder's storage: refuse setups where not."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from encoder_worker.storage import open_storage
+from recorder.settings import RecorderSettings
+
+
+def broker_is_local(broker: str) -> bool:
+    """True for a broker on this machine (unix socket or loopback): its workers are local."""
+    if broker.startswith(("redis+socket://", "socket://", "unix://")):
+        return True
+    host = urlparse(broker).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def check_farm_storage(settings: RecorderSettings) -> None:
+    """Refuse a local folder for raw data or videos when workers may be on other machines.
+
+    Inline encoding and the private local farm run on this machine and can use any
+    storage; so can a farm whose broker is on this machine. A farm elsewhere can have
+    workers on other machines, which cannot read or write this machine's folders.
+
+    Raises:
+        ValueError: the combination cannot work; the message says what to use instead.
+    """
+    broker = settings.broker
+    if not settings.async_encoding or broker is None or broker_is_local(broker):
+        return
+    for flag, url in (("--storage", settings.raw_storage_url),
+                      ("--output-storage", settings.output_storage_url)):
+        if not open_storage(url).shared_across_hosts:
+            raise ValueError(
+                f"{flag} {url} is a folder on this machine, but workers of the farm at "
+                f"{broker} can run on other machines and cannot reach it: use {flag} "
+                "s3://bucket/prefix, or a broker on this machine (localhost) with local "
+                "workers"
+            )

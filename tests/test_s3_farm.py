@@ -1,0 +1,196 @@
+"""Recording to S3 with workers that share no files with the recorder; S3 outages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import REPO, wait_for
+from rich.console import Console
+from s3_fixtures import MotoServer
+from video_checks import check_video_against_raw
+
+from encoder_worker.jobs import EncodeJob
+from encoder_worker.raw_episode import raw_prefix
+from encoder_worker.settings import WorkerSettings
+from encoder_worker.storage import open_storage
+from encoder_worker.storage.local import LocalStorage
+from encoder_worker.tasks import manifest_pending
+from recorder import cli
+from recorder.farm_storage import broker_is_local, check_farm_storage
+from recorder.settings import RecorderSettings
+
+SMALL = ["--width", "160", "--height", "120", "--fps", "15", "--codec", "libx264",
+         "--segment-frames", "5"]
+
+
+def check_outputs(output_url: str, raw_url: str, *, episodes: int, cameras: int,
+                  tmp_path: Path) -> dict[tuple[int, str], int]:
+    """Download every expected video and check it against its raw episode."""
+    output = open_storage(output_url)
+    options = RecorderSettings().encoder_options()
+    counts = {}
+    for episode in range(episodes):
+        for camera in (f"cam{i}" for i in range(cameras)):
+            video = tmp_path / f"check-{episode}-{camera}.mp4"
+            output.download_file(options.output_key(episode=episode, camera=camera), video)
+            counts[episode, camera] = check_video_against_raw(
+                video, raw_url, raw_prefix(episode=episode, camera=camera))
+    return counts
+
+
+def start_recorder(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """`recorder record` in its own working and temp folders; returns (process, log, tmp)."""
+    workdir = tmp_path / "recorder-cwd"
+    tmp = tmp_path / "recorder-tmp"
+    workdir.mkdir()
+    tmp.mkdir()
+    log = tmp_path / "recorder.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "recorder.cli", "record", *args], cwd=workdir,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)})
+    return process, log, tmp
+
+
+def worker_args(tmp_path: Path, index: int, storage: str) -> dict[str, object]:
+    """A worker's own working and temp folders: it shares no files with the recorder."""
+    tmp = tmp_path / f"worker-{index}-tmp"
+    tmp.mkdir()
+    return {"cwd": tmp_path / f"worker-{index}-home", "env": {"TMPDIR": str(tmp)}}
+
+
+# --- fast checks, no servers ---------------------------------------------------------
+
+def test_broker_is_local() -> None:
+    assert broker_is_local("redis://localhost:6379/0")
+    assert broker_is_local("redis://127.0.0.1:6379/0")
+    assert broker_is_local("redis+socket:///tmp/x/redis.sock")
+    assert not broker_is_local("redis://farm-host:6379/0")
+    assert not broker_is_local("redis://10.77.0.1:6379/0")
+
+
+def test_local_folder_with_remote_farm_is_refused(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    remote = "redis://farm-host:6379/0"
+    ok = [
+        RecorderSettings(storage="s3://b/p", async_encoding=True, broker=remote),
+        RecorderSettings(storage=str(tmp_path), async_encoding=True),  # private local farm
+        RecorderSettings(storage=str(tmp_path), async_encoding=True,
+                         broker="redis://localhost:6379/0"),
+        RecorderSettings(storage=str(tmp_path), output_storage="s3://b/p"),  # inline
+    ]
+    for settings in ok:
+        check_farm_storage(settings)
+    with pytest.raises(ValueError, match=r"--storage .* folder on this machine"):
+        check_farm_storage(RecorderSettings(storage=str(tmp_path), async_encoding=True,
+                                            broker=remote))
+    with pytest.raises(ValueError, match="--output-storage"):
+        check_farm_storage(RecorderSettings(storage="s3://b/p", output_storage=str(tmp_path),
+                                            async_encoding=True, broker=remote))
+
+    # The recorder refuses before it contacts the broker.
+    def no_broker(*_: object, **__: object) -> None:
+        raise AssertionError("the broker must not be contacted")
+
+    monkeypatch.setattr(cli, "check_broker", no_broker)
+    settings = RecorderSettings(storage=str(tmp_path), async_encoding=True, broker=remote)
+    with pytest.raises(cli.RecorderError, match="s3://bucket/prefix"), cli._farm(settings):
+        pass
+
+
+def test_manifest_pending_until_uploaded(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    job = EncodeJob(job_id="j", episode=0, camera="cam0", raw_storage=storage.url,
+                    raw_prefix="raw/episode_000000/cam0", output_storage=storage.url,
+                    output_key="v.mp4")
+    settings = WorkerSettings(manifest_wait_s=3600)
+    assert manifest_pending(job, settings)
+    storage.put_bytes("raw/episode_000000/cam0/manifest.json", b"{}")
+    assert not manifest_pending(job, settings)
+    old = job.model_copy(update={"submitted_at": time.time() - 7200})
+    assert not manifest_pending(old, WorkerSettings(manifest_wait_s=3600)), "gives up"
+
+
+# --- with moto and Redis --------------------------------------------------------------
+
+@pytest.mark.integration
+def test_inline_encoding_with_s3_storage(s3_url: str, tmp_path: Path) -> None:
+    settings = RecorderSettings(storage=s3_url, episodes=1, episode_time=1, cameras=1,
+                                width=160, height=120, fps=15, codec="libx264",
+                                segment_frames=5)
+    report = cli.record(settings, console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
+    assert not report.failed and len(report.results) == 1
+    counts = check_outputs(s3_url, s3_url, episodes=1, cameras=1, tmp_path=tmp_path)
+    assert counts == {(0, "cam0"): report.episodes[0].frames_recorded["cam0"]}
+
+
+@pytest.mark.integration
+def test_raw_local_videos_to_s3_with_local_farm(s3_url: str, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    settings = RecorderSettings(storage=str(raw), output_storage=s3_url, async_encoding=True,
+                                video_encoding_workers=1, episodes=1, episode_time=1,
+                                cameras=1, width=160, height=120, fps=15, codec="libx264")
+    report = cli.record(settings, console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
+    assert not report.failed and len(report.results) == 1
+    check_outputs(s3_url, str(raw), episodes=1, cameras=1, tmp_path=tmp_path)
+
+
+@pytest.mark.integration
+def test_recorder_and_workers_share_only_s3_and_redis(
+        s3_url: str, broker_url: str, start_worker: Callable[..., object],
+        tmp_path: Path) -> None:
+    for index in range(2):
+        start_worker(broker_url, "--storage", s3_url, "--concurrency", "1",
+                     **worker_args(tmp_path, index, s3_url))
+    process, log, tmp = start_recorder(
+        tmp_path, "--storage", s3_url, "--async-encoding", "--broker", broker_url,
+        "--episodes", "2", "--episode-time", "1", "--cameras", "2", *SMALL)
+    assert process.wait(timeout=240) == 0, log.read_text()
+    counts = check_outputs(s3_url, s3_url, episodes=2, cameras=2, tmp_path=tmp_path)
+    assert len(counts) == 4 and all(counts.values())
+    # Nothing was left in the recorder's spool; the raw data lives in S3 only.
+    assert not [p for p in tmp.rglob("*.raw")]
+
+
+@pytest.mark.integration
+def test_s3_outage_during_recording(moto_server: MotoServer, s3_url: str, broker_url: str,
+                                    start_worker: Callable[..., object],
+                                    tmp_path: Path) -> None:
+    # moto runs in this process, so its objects outlive the stop: what was uploaded before
+    # the outage stays, and what was recorded during it must come from the recorder's spool.
+    for index in range(2):
+        start_worker(broker_url, "--storage", s3_url, "--concurrency", "1",
+                     **worker_args(tmp_path, index, s3_url))
+    episodes, cameras = 3, 2
+    process, log, tmp = start_recorder(
+        tmp_path, "--storage", s3_url, "--async-encoding", "--broker", broker_url,
+        "--episodes", str(episodes), "--episode-time", "1.5", "--cameras", str(cameras),
+        *SMALL)
+    try:
+        # The first segment is in the spool: the recorder is past its start-up listing.
+        wait_for(lambda: any(tmp.rglob("segment_*.raw")) or process.poll() is not None,
+                 timeout_s=60, what="the first raw segment")
+        assert process.poll() is None, log.read_text()
+        moto_server.stop()
+        # Recording goes on into the local spool: every episode's manifest lands there.
+        wait_for(lambda: process.poll() is not None
+                 or len(list(tmp.rglob("manifest.json"))) == episodes * cameras,
+                 timeout_s=60, what="all manifests in the recorder's spool")
+        assert process.poll() is None, f"recorder ended during the outage:\n{log.read_text()}"
+        moto_server.start()
+        assert process.wait(timeout=240) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "failed (attempt 1" in log.read_text(), "uploads failed during the outage"
+    counts = check_outputs(s3_url, s3_url, episodes=episodes, cameras=cameras,
+                           tmp_path=tmp_path)
+    assert len(counts) == episodes * cameras and all(counts.values())
+    assert not [p for p in tmp.rglob("*.raw")], "spool drained"

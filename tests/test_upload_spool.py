@@ -1,0 +1,131 @@
+"""The upload spool: background uploads, retries through outages, manifest last, bounded."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from conftest import wait_for
+
+from encoder_worker.raw_episode import RawEpisodeReader, RawEpisodeWriter
+from encoder_worker.storage import StorageError
+from encoder_worker.storage.local import LocalStorage
+from recorder.upload_spool import UploadSpool
+
+
+class FlakyStorage(LocalStorage):
+    """A local folder that refuses writes while down, and logs the order of stored keys."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.down = threading.Event()
+        self.stored: list[str] = []
+        self.refused = 0
+
+    def _check(self, key: str) -> None:
+        if self.down.is_set():
+            self.refused += 1
+            raise StorageError(f"{key}: connection refused (test outage)")
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._check(key)
+        super().put_bytes(key, data)
+        self.stored.append(key)
+
+    def publish_file(self, key: str, path: Path) -> None:
+        self._check(key)
+        super().publish_file(key, path)
+        self.stored.append(key)
+
+    def local_dir(self, prefix: str) -> Path | None:
+        return None  # behave like remote storage
+
+
+def write_episode(spool: UploadSpool, *, episode: int, camera: str, frames: int,
+                  durable: bool = False) -> list[np.ndarray]:
+    sink = spool.sink(f"raw/episode_{episode:06d}/{camera}", durable_manifest=durable)
+    writer = RawEpisodeWriter(sink, episode=episode, camera=camera, width=32, height=16,
+                              fps=30, segment_frames=4)
+    rng = np.random.default_rng(episode)
+    written = [rng.integers(0, 255, (16, 32, 3), dtype=np.uint8) for _ in range(frames)]
+    for index, frame in enumerate(written):
+        writer.write(frame, index / 30)
+    writer.close()
+    return written
+
+
+def test_uploads_in_background_manifest_last(tmp_path: Path) -> None:
+    storage = FlakyStorage(tmp_path / "bucket")
+    with UploadSpool(storage, tmp_path / "spool", max_bytes=10**9, threads=3) as spool:
+        frames = {cam: write_episode(spool, episode=0, camera=cam, frames=18)
+                  for cam in ("cam0", "cam1")}
+    for cam, written in frames.items():
+        prefix = f"raw/episode_000000/{cam}"
+        keys = [k for k in storage.stored if k.startswith(prefix)]
+        assert len(keys) == 6 and keys[-1] == f"{prefix}/manifest.json", keys
+        read = list(RawEpisodeReader(storage, prefix).frames())
+        assert all(np.array_equal(a, b) for a, b in zip(read, written, strict=True))
+    assert not [p for p in (tmp_path / "spool").rglob("*") if p.is_file()], "spool emptied"
+
+
+def test_outage_keeps_files_in_spool_and_resumes(tmp_path: Path) -> None:
+    storage = FlakyStorage(tmp_path / "bucket")
+    storage.down.set()
+    spool = UploadSpool(storage, tmp_path / "spool", max_bytes=10**9, retry_initial_s=0.01,
+                        retry_max_s=0.05)
+    written = write_episode(spool, episode=3, camera="cam0", frames=10)
+    wait_for(lambda: storage.refused >= 5, timeout_s=30, what="failed upload attempts")
+    spooled = sorted(p.name for p in (tmp_path / "spool").rglob("*") if p.is_file())
+    assert spooled == ["manifest.json", "segment_00000.raw", "segment_00001.raw",
+                       "segment_00002.raw"]
+    assert storage.stored == [] and spool.pending_files == 4
+    storage.down.clear()
+    assert spool.close()
+    prefix = "raw/episode_000003/cam0"
+    assert storage.stored[-1] == f"{prefix}/manifest.json"
+    assert len(list(RawEpisodeReader(storage, prefix).frames())) == len(written)
+
+
+def test_full_spool_makes_the_writer_wait_and_loses_nothing(tmp_path: Path) -> None:
+    storage = FlakyStorage(tmp_path / "bucket")
+    storage.down.set()
+    segment_bytes = 4 * 16 * 32 * 3
+    spool = UploadSpool(storage, tmp_path / "spool", max_bytes=2 * segment_bytes,
+                        retry_initial_s=0.01, retry_max_s=0.05)
+    writer = threading.Thread(target=write_episode, daemon=True,
+                              kwargs={"spool": spool, "episode": 1, "camera": "cam0",
+                                      "frames": 20})
+    writer.start()
+    # Two segments fill the spool; the third is written and waits to be queued.
+    wait_for(lambda: len(list((tmp_path / "spool").rglob("segment_*.raw"))) == 3,
+             timeout_s=30, what="a third segment in the spool")
+    assert spool.pending_files == 2 and writer.is_alive()
+    storage.down.clear()
+    writer.join(timeout=60)
+    assert not writer.is_alive()
+    assert spool.close()
+    manifest = RawEpisodeReader(storage, "raw/episode_000001/cam0").manifest
+    assert manifest.frame_count == 20 and len(manifest.segments) == 5
+
+
+def test_durable_manifest_is_stored_when_close_returns(tmp_path: Path) -> None:
+    storage = FlakyStorage(tmp_path / "bucket")
+    spool = UploadSpool(storage, tmp_path / "spool", max_bytes=10**9)
+    write_episode(spool, episode=0, camera="cam0", frames=5, durable=True)
+    assert storage.exists("raw/episode_000000/cam0/manifest.json")
+    assert spool.close()
+
+
+def test_close_with_timeout_keeps_what_is_not_uploaded(tmp_path: Path) -> None:
+    storage = FlakyStorage(tmp_path / "bucket")
+    storage.down.set()
+    spool = UploadSpool(storage, tmp_path / "spool", max_bytes=10**9, retry_initial_s=0.01,
+                        retry_max_s=0.05)
+    write_episode(spool, episode=0, camera="cam0", frames=6)
+    assert not spool.close(timeout_s=0.2)
+    kept = sorted(p.name for p in (tmp_path / "spool").rglob("*") if p.is_file())
+    assert kept == ["manifest.json", "segment_00000.raw", "segment_00001.raw"]
+    storage.down.clear()  # the threads keep trying while the process lives
+    assert spool.close()
+    assert storage.exists("raw/episode_000000/cam0/manifest.json")
