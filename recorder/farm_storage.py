@@ -29,12 +29,15 @@ def check_farm_storage(settings: RecorderSettings) -> None:
     broker = settings.broker
     if not settings.async_encoding or broker is None or broker_is_local(broker):
         return
+    if settings.shared_folder:
+        return  # the user says every worker mounts these folders
     for flag, url in (("--storage", settings.raw_storage_url),
                       ("--output-storage", settings.output_storage_url)):
         if not open_storage(url).shared_across_hosts:
             raise ValueError(
                 f"{flag} {url} is a folder on this machine, but workers of the farm at "
                 f"{broker} can run on other machines and cannot reach it: use {flag} "
-                "s3://bucket/prefix, or a broker on this machine (localhost) with local "
-                "workers"
+                "s3://bucket/prefix, a broker on this machine (localhost) with local "
+                "workers, or --shared-folder if every worker mounts this folder (NFS) and "
+                "names its mount with encoder-worker --storage"
             )

@@ -49,6 +49,10 @@ class RecorderSettings(BaseSettings):
     segment_frames: int = Field(default=30, ge=1, description="frames per raw segment file")
     writer_queue_frames: int = Field(
         default=90, ge=1, description="frames a camera's writer may hold before the loop waits")
+    shared_folder: bool = Field(
+        default=False,
+        description="the storage folders are on a disk every worker mounts (NFS); workers "
+                    "map them with their own --storage")
     spool_max_mb: int = Field(
         default=4096, ge=1,
         description="raw MB waiting for upload (s3 storage) before recording waits for uploads")

@@ -6,11 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_video_camera import LEVEL_STEP, make_video
+from video_checks import decode_rgb
 
 from recorder.benchmark.results import load
 from recorder.cli import main
-from tests.test_video_camera import LEVEL_STEP, make_video
-from tests.video_checks import decode_rgb
 
 # Small and short: this runs on 2-core machines. libx264 where the codec does not matter.
 SMALL = ["--episodes", "1", "--episode-time", "1", "--fps", "15", "--width", "160",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from benchmark_results import make_result
 
 from recorder.benchmark.report import format_report, verdicts
-from tests.benchmark_results import make_result
 
 EXPECTED_LAYOUT = """\
 ================================================================================

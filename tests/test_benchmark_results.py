@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from benchmark_results import T0, make_result
 
 from recorder.benchmark.analyze import write_charts
 from recorder.benchmark.results import (
@@ -16,7 +17,6 @@ from recorder.benchmark.results import (
     result_path,
     save,
 )
-from tests.benchmark_results import T0, make_result
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

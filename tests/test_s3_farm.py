@@ -95,13 +95,17 @@ def test_local_folder_with_remote_farm_is_refused(tmp_path: Path,
         check_farm_storage(RecorderSettings(storage="s3://b/p", output_storage=str(tmp_path),
                                             async_encoding=True, broker=remote))
 
+    # A folder every worker mounts is the user's call to make.
+    check_farm_storage(RecorderSettings(storage=str(tmp_path), async_encoding=True,
+                                        broker=remote, shared_folder=True))
+
     # The recorder refuses before it contacts the broker.
     def no_broker(*_: object, **__: object) -> None:
         raise AssertionError("the broker must not be contacted")
 
     monkeypatch.setattr(cli, "check_broker", no_broker)
     settings = RecorderSettings(storage=str(tmp_path), async_encoding=True, broker=remote)
-    with pytest.raises(cli.RecorderError, match="s3://bucket/prefix"), cli._farm(settings):
+    with pytest.raises(cli.RecorderError, match="s3://bucket/prefix"), cli.farm_for(settings):
         pass
 
 
