@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 
 from encoder_worker.broker import BrokerUnreachable, check_broker
 from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.loglevel.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.nice:
-        os.nice(settings.nice)
+        lower_priority(settings.nice)
     try:
         check_broker(settings.broker)
     except (BrokerUnreachable, ValueError) as exc:
@@ -49,6 +50,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"encoder-worker: --storage {settings.storage}: {exc}", file=sys.stderr)
             return 1
     return run_worker(settings, hostname=args.hostname, pool=args.pool)
+
+
+def lower_priority(nice: int) -> None:
+    """Add nice to this process, and to its autogroup where the kernel has one.
+
+    With autogroup scheduling (on by default in most distributions' kernels) a process's
+    nice counts only within its session's group; a worker in its own session would
+    otherwise compete with the record loop as an equal (measured: late frames).
+    """
+    os.nice(nice)
+    autogroup = Path("/proc/self/autogroup")
+    if autogroup.exists():
+        try:
+            autogroup.write_text(str(nice))
+        except OSError as exc:
+            logging.getLogger(__name__).warning("could not lower the autogroup's priority: %s",
+                                                exc)
 
 
 def run_worker(settings: WorkerSettings, *, hostname: str | None, pool: str) -> int:
