@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -100,7 +101,7 @@ class RecordingSession:
         self.output_storage = open_storage(settings.output_storage_url)
         self.options = settings.encoder_options()
         self.run_id = uuid.uuid4().hex[:8]
-        self._spool = Path(tempfile.mkdtemp(prefix="recorder-spool-"))
+        self._spool: Path | None = None  # made when the first segment must be uploaded
         self._uploads: UploadSpool | None = None  # for raw storage that is not a local folder
 
     def run(self) -> SessionReport:
@@ -203,18 +204,23 @@ class RecordingSession:
 
     def _sink(self, prefix: str) -> SegmentSink:
         if self.raw_storage.local_dir(prefix) is not None:
-            return DirectSink(self.raw_storage, prefix, scratch_dir=self._spool / prefix)
+            return DirectSink(self.raw_storage, prefix)
         # Remote storage: upload in the background, so the record loop never waits for
         # the network. Inline encoding reads the episode back at once: its manifest must
         # be stored before the writer's close() returns.
         if self._uploads is None:
+            self._spool = Path(tempfile.mkdtemp(prefix="recorder-spool-"))
             self._uploads = UploadSpool(self.raw_storage, self._spool / "upload",
                                         max_bytes=self.settings.spool_max_mb * 1_000_000)
         return self._uploads.sink(prefix, durable_manifest=not self.settings.async_encoding)
 
     def _finish_uploads(self, *, timeout_s: float | None = None) -> None:
         if self._uploads is not None and self._uploads.close(timeout_s):
+            # Everything is confirmed stored; what is left of the spool is empty folders.
             self._uploads = None
+            if self._spool is not None:
+                shutil.rmtree(self._spool, ignore_errors=True)
+                self._spool = None
 
     def _job(self, manifest: Manifest) -> EncodeJob:
         return EncodeJob(
