@@ -12,6 +12,7 @@ from pathlib import Path
 from encoder_worker.broker import BrokerUnreachable, check_broker
 from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
 from encoder_worker.settings import WorkerSettings
+from encoder_worker.storage import StorageError, open_storage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,15 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     except (BrokerUnreachable, ValueError) as exc:
         print(f"encoder-worker: {exc}", file=sys.stderr)
         return 1
-    if settings.storage and settings.storage.startswith("s3://"):
-        # A wrong endpoint, bucket or credentials show now, not as failed jobs later.
-        from encoder_worker.storage import StorageError
-        from encoder_worker.storage.s3 import S3Storage
-
+    for flag, url in (("--storage", settings.storage),
+                      ("--output-storage", settings.output_storage)):
+        # A wrong path, endpoint, bucket or credentials show now, not as failed jobs later.
         try:
-            S3Storage.from_url(settings.storage).check_access()
+            if url:
+                open_storage(url).check_access()
         except (StorageError, ValueError) as exc:
-            print(f"encoder-worker: --storage {settings.storage}: {exc}", file=sys.stderr)
+            print(f"encoder-worker: {flag} {url}: {exc}", file=sys.stderr)
             return 1
     return run_worker(settings, hostname=args.hostname, pool=args.pool)
 

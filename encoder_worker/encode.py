@@ -10,6 +10,7 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -29,22 +30,29 @@ class EncodeError(Exception):
     """The encoder failed or its output did not verify; the message says how."""
 
 
-def encode_job(job: EncodeJob, *, scratch_dir: Path | None = None) -> EncodeResult:
+# MP4 metadata tag naming the raw episode a video was made from (its manifest's digest).
+SOURCE_TAG = "comment"
+SOURCE_PREFIX = "robot-encoding-farm source="
+
+
+def encode_job(job: EncodeJob, *, scratch_dir: Path | None = None,
+               before_publish: Callable[[], None] | None = None) -> EncodeResult:
     """Run one EncodeJob to a published, verified MP4.
 
     Failures that retrying cannot fix (missing or corrupt raw data, a codec error, an
     output that does not verify) come back as a FAILED result with the reason; storage
     and network errors are raised so that the caller can retry.
+
+    Args:
+        before_publish: called just before publishing; raises to stop it (a lost lease).
     """
     started = time.time()
-    result = EncodeResult(
-        job_id=job.job_id, episode=job.episode, camera=job.camera, status=Status.FAILED,
-        output_storage=job.output_storage, output_key=job.output_key, codec=job.options.codec,
-        worker_host=socket.gethostname(), worker_pid=os.getpid(), started_at=started,
-    )
+    result = EncodeResult.failed(job, "", worker_host=socket.gethostname(),
+                                 worker_pid=os.getpid(), started_at=started)
+    result.error = None
     result.timings.queue_wait_s = max(0.0, started - job.submitted_at)
     try:
-        _encode_into(result, job, scratch_dir=scratch_dir)
+        _encode_into(result, job, scratch_dir=scratch_dir, before_publish=before_publish)
     except (RawEpisodeError, EncodeError, av.FFmpegError) as exc:
         result.status = Status.FAILED
         result.error = f"{type(exc).__name__}: {exc}"
@@ -55,7 +63,8 @@ def encode_job(job: EncodeJob, *, scratch_dir: Path | None = None) -> EncodeResu
     return result
 
 
-def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | None) -> None:
+def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | None,
+                 before_publish: Callable[[], None] | None) -> None:
     raw_storage = open_storage(job.raw_storage)
     output_storage = open_storage(job.output_storage)
     reader = RawEpisodeReader(raw_storage, job.raw_prefix)
@@ -67,17 +76,25 @@ def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | No
         )
     if manifest.frame_count == 0:
         raise RawEpisodeError(f"{job.raw_prefix} has no frames")
-    if output_storage.exists(job.output_key):
-        # Published outputs were verified before publishing: a second copy of this job
-        # (a redelivery) has nothing left to do.
-        result.status = Status.ALREADY_DONE
-        result.frames = manifest.frame_count
-        result.bytes = output_storage.size(job.output_key)
-        return
-
+    source = SOURCE_PREFIX + reader.manifest_digest
     with tempfile.TemporaryDirectory(prefix="encode-", dir=scratch_dir) as tmp:
+        if output_storage.exists(job.output_key):
+            # Published videos were verified first: a second copy of this job (a
+            # redelivery) has nothing left to do, if the video is of these very frames.
+            existing = Path(tmp) / "existing.mp4"
+            output_storage.download_file(job.output_key, existing)
+            if video_source(existing) != source:
+                raise EncodeError(
+                    f"{job.output_storage}/{job.output_key} already holds a video of other "
+                    "raw frames; it is not overwritten: move it away, or record into a new "
+                    "dataset"
+                )
+            result.status = Status.ALREADY_DONE
+            result.frames = manifest.frame_count
+            result.bytes = existing.stat().st_size
+            return
         video = Path(tmp) / "episode.mp4"
-        fetch_s, encode_s = encode_frames(reader, video, job)
+        fetch_s, encode_s = encode_frames(reader, video, job, source=source)
         result.timings.fetch_s = fetch_s
         result.timings.encode_s = encode_s
 
@@ -86,6 +103,8 @@ def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | No
         result.timings.verify_s = time.perf_counter() - t0
 
         result.bytes = video.stat().st_size
+        if before_publish is not None:
+            before_publish()
         t0 = time.perf_counter()
         publish(output_storage, job.output_key, video)
         result.timings.publish_s = time.perf_counter() - t0
@@ -93,14 +112,21 @@ def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | No
     result.status = Status.SUCCEEDED
 
 
-def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob) -> tuple[float, float]:
-    """Encode every frame of reader into video; returns (fetch_s, encode_s)."""
+def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
+                  source: str = "") -> tuple[float, float]:
+    """Encode every frame of reader into video; returns (fetch_s, encode_s).
+
+    Args:
+        source: written to the video's metadata, to recognise it later.
+    """
     manifest = reader.manifest
     options = job.options
     rate = Fraction(manifest.fps).limit_denominator(1001)
     fetch_s = encode_s = 0.0
     try:
         with av.open(str(video), mode="w", format="mp4") as container:
+            if source:
+                container.metadata[SOURCE_TAG] = source
             stream = container.add_stream(options.codec, rate=rate,
                                           options=options.codec_options())
             assert isinstance(stream, av.VideoStream)
@@ -181,6 +207,15 @@ def verify_video(video: Path, manifest: Manifest) -> None:
         raise EncodeError(f"the encoded video does not decode: {exc}") from exc
     if count != manifest.frame_count:
         raise EncodeError(f"video has {count} frames, the raw episode {manifest.frame_count}")
+
+
+def video_source(video: Path) -> str | None:
+    """The source tag encode_frames wrote into a video, if any."""
+    try:
+        with av.open(str(video)) as container:
+            return container.metadata.get(SOURCE_TAG)
+    except av.FFmpegError:
+        return None
 
 
 def publish(storage: Storage, key: str, video: Path) -> None:

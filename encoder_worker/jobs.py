@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -112,3 +113,10 @@ class EncodeResult(BaseModel):
     @property
     def ok(self) -> bool:
         return self.status in (Status.SUCCEEDED, Status.ALREADY_DONE)
+
+    @classmethod
+    def failed(cls, job: EncodeJob, error: str, **fields: Any) -> EncodeResult:
+        """A FAILED result for job, with the reason."""
+        return cls(job_id=job.job_id, episode=job.episode, camera=job.camera,
+                   status=Status.FAILED, error=error, output_storage=job.output_storage,
+                   output_key=job.output_key, codec=job.options.codec, **fields)

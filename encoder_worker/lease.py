@@ -25,6 +25,10 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then " \
            "return redis.call('del', KEYS[1]) else return 0 end"
 
 
+class LeaseLost(Exception):
+    """The lease lapsed while the job ran: another copy may own the job now."""
+
+
 class JobLease:
     """Hold the lease for one job while its encode runs."""
 
@@ -56,6 +60,11 @@ class JobLease:
             except redis.RedisError as exc:
                 # Keep trying: the lease lapses by itself if Redis stays away.
                 logger.warning("could not renew lease %s: %s", self.key, exc)
+
+    def check(self) -> None:
+        """Raise LeaseLost when the heartbeat found the lease gone."""
+        if self.lost:
+            raise LeaseLost(f"{self.key} lapsed; another worker may have taken the job over")
 
     def release(self) -> None:
         self._stop.set()

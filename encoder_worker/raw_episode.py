@@ -6,6 +6,8 @@ it lists every segment with its first frame, frame count, size and CRC-32.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import time
 import zlib
@@ -205,6 +207,22 @@ class RawEpisodeWriter:
         manifest.segments.append(info)
         self._file = None
 
+    def close_after_failure(self) -> Manifest:
+        """Commit the segments stored so far under an interrupted manifest.
+
+        The segment in progress is left out of the manifest (its file stays where it was
+        written): it is the one whose write or commit failed.
+        """
+        manifest = self._manifest
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        committed = sum(s.frame_count for s in manifest.segments)
+        manifest.frame_count = committed
+        del manifest.timestamps[committed:]
+        return self.close(interrupted=True)
+
     def close(self, *, interrupted: bool = False) -> Manifest:
         """Commit the last segment, then the manifest; returns the manifest."""
         if self._closed:
@@ -224,9 +242,9 @@ class RawEpisodeReader:
     def __init__(self, storage: Storage, prefix: str) -> None:
         self.storage = storage
         self.prefix = prefix
-        self.manifest = self._load_manifest()
+        self.manifest, self.manifest_digest = self._load_manifest()
 
-    def _load_manifest(self) -> Manifest:
+    def _load_manifest(self) -> tuple[Manifest, str]:
         key = manifest_key(self.prefix)
         try:
             data = self.storage.get_bytes(key)
@@ -247,7 +265,7 @@ class RawEpisodeReader:
             s.frame_count for s in manifest.segments
         ):
             raise RawEpisodeError(f"manifest {key}: frame counts of segments and timestamps differ")
-        return manifest
+        return manifest, hashlib.sha256(data).hexdigest()[:32]
 
     def frames(self) -> Iterator[np.ndarray]:
         """Yield frames in order; raises RawEpisodeError on a missing or corrupt segment."""

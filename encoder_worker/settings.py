@@ -19,6 +19,10 @@ class WorkerSettings(BaseSettings):
         default=None,
         description="this worker's path to a local storage folder named in jobs (a shared "
                     "disk mounted elsewhere); s3:// URLs in jobs are used as sent")
+    output_storage: str | None = Field(
+        default=None,
+        description="this worker's path to a local video folder named in jobs, when it "
+                    "differs from the raw folder")
     concurrency: int = Field(default=1, ge=1, description="encodes run at once on this worker")
     queue: str = Field(default=ENCODE_QUEUE, description="queue to take jobs from")
     scratch_dir: Path | None = Field(default=None, description="temp folder for encodes")

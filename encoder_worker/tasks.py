@@ -18,7 +18,7 @@ from encoder_worker.broker import redis_client
 from encoder_worker.celery_app import ENCODE_TASK
 from encoder_worker.encode import encode_job
 from encoder_worker.jobs import EncodeJob, EncodeResult, Status
-from encoder_worker.lease import JobLease, lease_held
+from encoder_worker.lease import LEASE_PREFIX, JobLease, LeaseLost, lease_held
 from encoder_worker.raw_episode import manifest_key
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import StorageError, open_storage
@@ -31,6 +31,11 @@ CLAIMS_KEY = "farm:claims"
 MAX_TRANSIENT_RETRIES = 8
 # While a job's manifest is not stored yet, look again after at most this long.
 MANIFEST_POLL_MAX_S = 10.0
+# A job whose encodes killed their worker this often fails instead of going round again.
+MAX_ENCODE_ATTEMPTS = 3
+ATTEMPTS_PREFIX = "farm:attempts:"
+_DROP_CLAIM_IF_UNLEASED = ("if redis.call('exists', KEYS[2]) == 0 then "
+                           "return redis.call('hdel', KEYS[1], ARGV[1]) else return 0 end")
 
 
 def worker_settings(app: Celery) -> WorkerSettings:
@@ -38,28 +43,41 @@ def worker_settings(app: Celery) -> WorkerSettings:
     return WorkerSettings.model_validate(stored) if stored else WorkerSettings()
 
 
-def localize(job: EncodeJob, worker_storage: str | None) -> EncodeJob:
-    """Read local-folder storage where this worker has it mounted (its --storage)."""
-    if not worker_storage or worker_storage.startswith("s3://"):
-        return job
+def localize(job: EncodeJob, settings: WorkerSettings) -> EncodeJob:
+    """Read local folders named in a job where this worker has them mounted.
+
+    A worker's --storage stands for the job's raw folder, and for its video folder too
+    when the job names the same one; --output-storage stands for a separate video folder.
+    S3 URLs are used as sent.
+    """
     updates = {}
-    if not job.raw_storage.startswith("s3://"):
-        updates["raw_storage"] = worker_storage
-    if not job.output_storage.startswith("s3://"):
-        updates["output_storage"] = worker_storage
+    if settings.storage and is_local_url(job.raw_storage):
+        updates["raw_storage"] = settings.storage
+    output_mount = settings.output_storage or (
+        settings.storage if job.output_storage == job.raw_storage else None)
+    if output_mount and is_local_url(job.output_storage):
+        updates["output_storage"] = output_mount
     return job.model_copy(update=updates)
+
+
+def is_local_url(url: str) -> bool:
+    return not url.startswith("s3://")
 
 
 def manifest_pending(job: EncodeJob, settings: WorkerSettings) -> bool:
     """True while the job's manifest is not stored yet and may still come.
 
     Recorders upload raw episodes in the background and send the job at episode end, so
-    a worker can be faster than the upload. After manifest_wait_s, encode_job reports
-    the missing manifest as a failure.
+    a worker can be faster than the upload; storage that cannot be reached counts as
+    not there yet. After manifest_wait_s, encode_job reports the missing manifest.
     """
     if time.time() - job.submitted_at > settings.manifest_wait_s:
         return False
-    return not open_storage(job.raw_storage).exists(manifest_key(job.raw_prefix))
+    try:
+        return not open_storage(job.raw_storage).exists(manifest_key(job.raw_prefix))
+    except StorageError as exc:
+        logger.warning("job %s: cannot look for its manifest yet: %s", job.job_id, exc)
+        return True
 
 
 @shared_task(name=ENCODE_TASK, bind=True, max_retries=None)
@@ -69,7 +87,7 @@ def encode(self: Task, payload: dict[str, Any], transient_failures: int = 0) -> 
     except ValidationError as exc:
         return _invalid_payload(payload, exc).model_dump(mode="json")
     settings = worker_settings(self.app)
-    job = localize(job, settings.storage)
+    job = localize(job, settings)
     client = redis_client(settings.broker)
     lease = JobLease(client, job.job_id, ttl_s=settings.lease_ttl_s)
     if not lease.acquire():
@@ -78,14 +96,21 @@ def encode(self: Task, payload: dict[str, Any], transient_failures: int = 0) -> 
         raise self.retry(countdown=settings.lease_ttl_s / 2, max_retries=None)
     claim = json.dumps({"task_id": self.request.id, "payload": payload})
     try:
-        client.hset(CLAIMS_KEY, job.job_id, claim)
-        if manifest_pending(job, settings):
-            # Often at first (a lagging upload), then every MANIFEST_POLL_MAX_S (an outage).
-            countdown = min(MANIFEST_POLL_MAX_S, max(0.5, (time.time() - job.submitted_at) / 4))
-            logger.info("job %s: raw manifest not uploaded yet; looking again in %.1fs",
-                        job.job_id, countdown)
-            raise self.retry(countdown=countdown, max_retries=None)
-        result = encode_job(job, scratch_dir=settings.scratch_dir)
+        try:
+            client.hset(CLAIMS_KEY, job.job_id, claim)
+            if manifest_pending(job, settings):
+                # Often at first (a lagging upload), then every MANIFEST_POLL_MAX_S.
+                countdown = min(MANIFEST_POLL_MAX_S,
+                                max(0.5, (time.time() - job.submitted_at) / 4))
+                logger.info("job %s: raw manifest not uploaded yet; looking again in %.1fs",
+                            job.job_id, countdown)
+                raise self.retry(countdown=countdown, max_retries=None)
+            result = _encode_counted(client, job, settings, lease)
+        finally:
+            client.hdel(CLAIMS_KEY, job.job_id)
+    except LeaseLost:
+        logger.warning("job %s: lease lapsed mid-encode; not publishing", job.job_id)
+        raise self.retry(countdown=settings.lease_ttl_s / 2, max_retries=None) from None
     except (StorageError, OSError) as exc:
         # Counted apart from Celery's retries, which waits for a lease or a manifest add to.
         if transient_failures >= MAX_TRANSIENT_RETRIES:
@@ -94,9 +119,24 @@ def encode(self: Task, payload: dict[str, Any], transient_failures: int = 0) -> 
         raise self.retry(exc=exc, countdown=min(60, 2**transient_failures), max_retries=None,
                          kwargs={"transient_failures": transient_failures + 1}) from exc
     finally:
-        client.hdel(CLAIMS_KEY, job.job_id)
         lease.release()
     return result.model_dump(mode="json")
+
+
+def _encode_counted(client: Any, job: EncodeJob, settings: WorkerSettings,
+                    lease: JobLease) -> EncodeResult:
+    """encode_job, unless this job already took its workers down too often."""
+    key = ATTEMPTS_PREFIX + job.job_id
+    attempts = int(client.incr(key))
+    client.expire(key, settings.result_expires_s)
+    if attempts > MAX_ENCODE_ATTEMPTS:
+        return EncodeResult.failed(
+            job, f"the encode was started {MAX_ENCODE_ATTEMPTS} times and its worker died "
+                 "each time (out of memory? a codec crash?); see the workers' logs",
+            worker_host=socket.gethostname(), worker_pid=os.getpid())
+    result = encode_job(job, scratch_dir=settings.scratch_dir, before_publish=lease.check)
+    client.delete(key)
+    return result
 
 
 def _invalid_payload(payload: Any, exc: ValidationError) -> EncodeResult:
@@ -115,7 +155,8 @@ def _invalid_payload(payload: Any, exc: ValidationError) -> EncodeResult:
 class LeaseReaper:
     """Re-queues the jobs of workers that died mid-encode (their lease lapsed).
 
-    Runs in every worker's main process; HDEL decides which reaper re-queues a job.
+    Runs in every worker's main process; the atomic claim removal decides which reaper
+    re-queues a job.
     """
 
     def __init__(self, app: Celery, settings: WorkerSettings) -> None:
@@ -146,14 +187,16 @@ class LeaseReaper:
             if lease_held(client, job_id):
                 continue
             claim = json.loads(raw_claim)
-            if self.app.AsyncResult(claim["task_id"]).ready():
-                client.hdel(CLAIMS_KEY, job_id)
+            # Atomic: a copy that took the lease since the check above keeps its claim.
+            if not client.eval(_DROP_CLAIM_IF_UNLEASED, 2, CLAIMS_KEY, LEASE_PREFIX + job_id,
+                               job_id):
                 continue
-            if client.hdel(CLAIMS_KEY, job_id):
-                logger.warning("job %s lost its worker; re-queued", job_id)
-                self.app.send_task(ENCODE_TASK, args=[claim["payload"]],
-                                   task_id=claim["task_id"], queue=self.settings.queue)
-                requeued.append(job_id)
+            if self.app.AsyncResult(claim["task_id"]).ready():
+                continue
+            logger.warning("job %s lost its worker; re-queued", job_id)
+            self.app.send_task(ENCODE_TASK, args=[claim["payload"]],
+                               task_id=claim["task_id"], queue=self.settings.queue)
+            requeued.append(job_id)
         return requeued
 
 

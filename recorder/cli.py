@@ -16,6 +16,7 @@ from rich.table import Table
 
 from encoder_worker.broker import BrokerUnreachable, check_broker
 from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
+from encoder_worker.storage import StorageError
 from recorder.benchmark.command import (
     add_analyze_arguments,
     add_benchmark_arguments,
@@ -25,7 +26,7 @@ from recorder.benchmark.command import (
 from recorder.cameras import CameraSource
 from recorder.cameras.synthetic import SyntheticCamera
 from recorder.farm_client import EncodingFarmClient
-from recorder.farm_storage import check_farm_storage
+from recorder.farm_storage import check_farm_storage, check_storage_access
 from recorder.local_farm import FarmStartError, LocalFarm
 from recorder.session import RecordingSession, SessionReport
 from recorder.settings import RecorderSettings
@@ -83,11 +84,11 @@ def run_record(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     try:
         report = record(settings, console=console)
     except RecorderError as exc:
-        console.print(f"[red]recorder: {exc}[/red]")
+        print(f"recorder: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        console.print(f"[yellow]recorder: interrupted; frames recorded so far are kept under "
-                      f"{settings.raw_storage_url}[/yellow]")
+        print(f"recorder: interrupted; frames recorded so far are kept under "
+              f"{settings.raw_storage_url}", file=sys.stderr)
         return 130
     print_summary(report, console=console)
     return 1 if report.failed else 0
@@ -122,6 +123,16 @@ def synthetic_cameras(settings: RecorderSettings) -> list[SyntheticCamera]:
 
 @contextlib.contextmanager
 def farm_for(settings: RecorderSettings) -> Iterator[EncodingFarmClient | None]:
+    """The farm client for these settings (None: inline), once storage and farm answer.
+
+    Raises:
+        RecorderError: storage or broker cannot be reached, local workers did not start
+        or all died.
+    """
+    try:
+        check_storage_access(settings)
+    except StorageError as exc:
+        raise RecorderError(str(exc)) from exc
     if not settings.async_encoding:
         yield None
         return
@@ -136,6 +147,7 @@ def farm_for(settings: RecorderSettings) -> Iterator[EncodingFarmClient | None]:
         with LocalFarm(workers=settings.video_encoding_workers) as local, \
                 EncodingFarmClient(local.broker_url,
                                    queue_size=settings.video_encoding_queue_size) as client:
+            client.health_check = local.check_workers
             yield client
     except (BrokerUnreachable, FarmStartError, ValueError) as exc:
         raise RecorderError(str(exc)) from exc

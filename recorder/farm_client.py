@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from celery.result import AsyncResult
+from pydantic import ValidationError
 
 from encoder_worker.broker import redis_client
 from encoder_worker.celery_app import ENCODE_TASK, make_app
-from encoder_worker.jobs import EncodeJob, EncodeResult, Status
+from encoder_worker.jobs import EncodeJob, EncodeResult
 from encoder_worker.settings import ENCODE_QUEUE
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class EncodingFarmClient:
         self._redis = redis_client(broker)
         self._outstanding: dict[str, _Outstanding] = {}
         self.results: list[EncodeResult] = []
+        # Called while waiting; raises when the farm can no longer finish (local workers died).
+        self.health_check: Callable[[], None] | None = None
         self.submitted = 0
         self.submission_wait_s = 0.0
 
@@ -84,13 +87,9 @@ class EncodingFarmClient:
         """Collect the results that are ready now; returns them."""
         ready = []
         for job_id, entry in list(self._outstanding.items()):
-            state = entry.handle.state
-            if state == "SUCCESS":
-                result = EncodeResult.model_validate(entry.handle.result)
-            elif state == "FAILURE":
-                result = _failed(entry.job, f"worker task raised: {entry.handle.result!r}")
-            else:
+            if not entry.handle.ready():
                 continue
+            result = _result_of(entry)
             entry.handle.forget()
             del self._outstanding[job_id]
             self.results.append(result)
@@ -109,6 +108,8 @@ class EncodingFarmClient:
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while self._outstanding:
+            if self.health_check is not None:
+                self.health_check()
             new = self.poll()
             for result in new:
                 if on_result is not None:
@@ -153,7 +154,12 @@ class EncodingFarmClient:
         self.close()
 
 
-def _failed(job: EncodeJob, error: str) -> EncodeResult:
-    return EncodeResult(job_id=job.job_id, episode=job.episode, camera=job.camera,
-                        status=Status.FAILED, error=error, output_storage=job.output_storage,
-                        output_key=job.output_key, codec=job.options.codec)
+def _result_of(entry: _Outstanding) -> EncodeResult:
+    """The EncodeResult of a finished task; failed ones for anything else it ended with."""
+    handle = entry.handle
+    if handle.state != "SUCCESS":  # FAILURE, or REVOKED (cancelled from Flower, say)
+        return EncodeResult.failed(entry.job, f"task {handle.state}: {handle.result!r}")
+    try:
+        return EncodeResult.model_validate(handle.result)
+    except ValidationError as exc:
+        return EncodeResult.failed(entry.job, f"the worker sent an invalid result: {exc}")

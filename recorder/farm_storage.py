@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from encoder_worker.storage import open_storage
+from encoder_worker.storage import StorageError, open_storage
 from recorder.settings import RecorderSettings
 
 
@@ -41,3 +41,17 @@ def check_farm_storage(settings: RecorderSettings) -> None:
                 "workers, or --shared-folder if every worker mounts this folder (NFS) and "
                 "names its mount with encoder-worker --storage"
             )
+
+
+def check_storage_access(settings: RecorderSettings) -> None:
+    """Fail before recording when raw or video storage cannot be written.
+
+    Raises:
+        StorageError: says which storage and why (missing bucket, credentials, rights).
+    """
+    for flag, url in (("--storage", settings.raw_storage_url),
+                      ("--output-storage", settings.output_storage_url)):
+        try:
+            open_storage(url).check_access()
+        except StorageError as exc:
+            raise StorageError(f"{flag} {url}: {exc}") from exc

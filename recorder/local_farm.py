@@ -24,6 +24,10 @@ from encoder_worker.celery_app import make_app
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 60.0
+WORKER_STOP_GRACE_S = 30.0
+# Settings that mean one thing to the recorder and another to a worker.
+_RECORDER_ONLY_ENV = {"FARM_STORAGE", "FARM_OUTPUT_STORAGE", "FARM_BROKER", "FARM_CONCURRENCY",
+                      "FARM_QUEUE"}
 
 
 class FarmStartError(Exception):
@@ -114,7 +118,9 @@ class LocalFarm:
 
     def start(self) -> None:
         self.redis.start()
-        env = {**os.environ, **self.worker_env}
+        # Local workers see the recorder's paths as they are: no FARM_* mount mapping.
+        env = {k: v for k, v in os.environ.items() if k not in _RECORDER_ONLY_ENV}
+        env.update(self.worker_env)
         for index in range(self.workers):
             log = open(self._tmp / f"worker-{index}.log", "ab")  # noqa: SIM115
             self._procs.append(subprocess.Popen(
@@ -146,13 +152,28 @@ class LocalFarm:
         finally:
             app.close()
 
+    def check_workers(self) -> None:
+        """Raise FarmStartError when every local worker has exited (no one left to encode)."""
+        if self._procs and all(proc.poll() is not None for proc in self._procs):
+            raise FarmStartError(f"all {len(self._procs)} local workers exited: "
+                                 f"{_tail(self._tmp / 'worker-0.log')}")
+
     def stop(self) -> None:
-        for proc in self._procs:
-            # SIGTERM is Celery's warm shutdown: a running encode finishes first.
-            _stop_process(proc, sig=signal.SIGTERM, grace_s=30)
-        self._procs.clear()
-        self.redis.stop()
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        try:
+            # SIGTERM is Celery's warm shutdown: running encodes finish first, all at once.
+            for proc in self._procs:
+                _signal_group(proc, signal.SIGTERM)
+            deadline = time.monotonic() + WORKER_STOP_GRACE_S
+            for proc in self._procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            # Also after a second Ctrl-C: nothing of the private farm outlives the recorder.
+            for proc in self._procs:
+                _stop_process(proc, sig=signal.SIGKILL, grace_s=10)
+            self._procs.clear()
+            self.redis.stop()
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> LocalFarm:
         try:
@@ -167,10 +188,15 @@ class LocalFarm:
         self.stop()
 
 
-def _stop_process(proc: subprocess.Popen[bytes], *, sig: int, grace_s: float = 10) -> None:
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
+
+
+def _stop_process(proc: subprocess.Popen[bytes], *, sig: int, grace_s: float = 10) -> None:
+    if proc.poll() is None:
+        _signal_group(proc, sig)
         try:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:

@@ -63,10 +63,21 @@ class CameraWriter:
             return True
 
     def finish(self, *, interrupted: bool = False) -> Manifest:
-        """Write what is queued, commit the last segment and the manifest."""
+        """Write what is queued, commit the last segment and the manifest.
+
+        Raises:
+            WriterFailed: a frame could not be stored; the segments stored before it are
+            kept under a manifest marked interrupted, where that is still possible.
+        """
         self._queue.put(_END)
         self._thread.join()
-        self._raise_if_failed()
+        if self._error is not None:
+            try:
+                self.writer.close_after_failure()
+            except Exception:
+                logger.exception("camera %s: could not commit the frames stored before the "
+                                 "failure", self.writer.camera)
+            self._raise_if_failed()
         return self.writer.close(interrupted=interrupted)
 
     def _raise_if_failed(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
@@ -25,7 +26,7 @@ from encoder_worker.raw_episode import (
     SegmentSink,
     raw_prefix,
 )
-from encoder_worker.storage import Storage, open_storage
+from encoder_worker.storage import Storage, StorageError, open_storage
 from recorder.cameras import CameraSource
 from recorder.farm_client import EncodingFarmClient
 from recorder.raw_writer import CameraWriter
@@ -36,6 +37,7 @@ from recorder.upload_spool import UploadSpool
 logger = logging.getLogger(__name__)
 
 _EPISODE_DIR = re.compile(r"raw/episode_(\d{6})/")
+_EPISODE_VIDEO = re.compile(r"episode_(\d{6})\.mp4$")
 # After Ctrl-C, how long the recorder still tries to upload what is in its spool.
 INTERRUPT_UPLOAD_GRACE_S = 10.0
 
@@ -71,11 +73,41 @@ class SessionReport:
         return [r for r in self.results if not r.ok]
 
 
-def next_episode_index(storage: Storage) -> int:
-    """The first episode index after every committed one: recordings are never overwritten."""
-    indices = [int(m.group(1)) for key in storage.list_keys("raw")
+def next_episode_index(raw: Storage, output: Storage, *, output_template: str) -> int:
+    """The first episode index after every one with raw frames or a video in the dataset.
+
+    Videos count too: raw data is often deleted once encoded, and a new episode must
+    never take the number (and the video path) of an old one.
+    """
+    indices = [int(m.group(1)) for key in raw.list_keys("raw")
                if key.endswith("manifest.json") and (m := _EPISODE_DIR.match(key))]
+    video_prefix = output_template.split("{", 1)[0].rsplit("/", 1)[0]
+    indices += [int(m.group(1)) for key in output.list_keys(video_prefix)
+                if (m := _EPISODE_VIDEO.search(key))]
     return max(indices, default=-1) + 1
+
+
+def finish_writers(writers: Sequence[CameraWriter], *, interrupted: bool) -> list[Manifest]:
+    """Commit every camera's episode, also when one of them fails; then raise its error."""
+    manifests: list[Manifest] = []
+    errors: list[BaseException] = []
+    for writer in writers:
+        try:
+            manifests.append(writer.finish(interrupted=interrupted))
+        except BaseException as exc:  # Ctrl-C included: the other cameras still commit
+            logger.error("camera %s: %s", writer.writer.camera, exc)
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+    return manifests
+
+
+def _encode_inline(job: EncodeJob) -> EncodeResult:
+    try:
+        return encode_job(job)
+    except (StorageError, OSError) as exc:
+        # The recording goes on; this episode's raw frames stay for a later encode.
+        return EncodeResult.failed(job, f"{type(exc).__name__}: {exc}")
 
 
 class RecordingSession:
@@ -106,7 +138,8 @@ class RecordingSession:
 
     def run(self) -> SessionReport:
         settings = self.settings
-        first = next_episode_index(self.raw_storage)
+        first = next_episode_index(self.raw_storage, self.output_storage,
+                                   output_template=self.options.output_template)
         episodes: list[EpisodeReport] = []
         results: list[EncodeResult] = []
         started_at = time.time()
@@ -123,9 +156,10 @@ class RecordingSession:
         except BaseException:
             self._finish_uploads(timeout_s=INTERRUPT_UPLOAD_GRACE_S)
             raise
-        recording_done_at = time.time()
-        # Raw data is durable in its storage before the report says where it is.
+        # Raw data is durable in its storage before the report says where it is; the
+        # recorder is busy until then.
         self._finish_uploads()
+        recording_done_at = time.time()
         all_ready_at: float | None = recording_done_at if not settings.async_encoding else None
         if self.farm is not None and settings.async_encoding:
             if settings.wait:
@@ -154,17 +188,14 @@ class RecordingSession:
                                      on_frame=self._frame_callback(task))
         except BaseException:
             # Keep every frame captured so far, marked as an interrupted episode.
-            for writer in writers:
-                try:
-                    writer.finish(interrupted=True)
-                except Exception:
-                    logger.exception("could not commit the frames of %s", writer.writer.camera)
+            with contextlib.suppress(Exception):
+                finish_writers(writers, interrupted=True)
             raise
         finally:
             if self.progress is not None and task is not None:
                 self.progress.remove_task(task)
         t0 = time.perf_counter()
-        manifests = [w.finish(interrupted=capture.interrupted) for w in writers]
+        manifests = finish_writers(writers, interrupted=capture.interrupted)
         report = EpisodeReport(episode=episode, capture=capture,
                                frames_recorded={m.camera: m.frame_count for m in manifests},
                                finalize_s=time.perf_counter() - t0)
@@ -181,7 +212,7 @@ class RecordingSession:
                 self.farm.submit(job)
             report.submission_s = time.perf_counter() - t0
             return report, []
-        results = [encode_job(job) for job in jobs]
+        results = [_encode_inline(job) for job in jobs]
         report.inline_encode_s = time.perf_counter() - t0
         for result in results:
             if not result.ok:

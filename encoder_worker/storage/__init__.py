@@ -46,6 +46,9 @@ class Storage(Protocol):
     def local_dir(self, prefix: str) -> Path | None:
         """The folder behind prefix when the storage is a local folder, else None."""
 
+    def check_access(self) -> None:
+        """Fail fast, with StorageError saying why, when the storage cannot be written."""
+
 
 def open_storage(url: str | Path) -> Storage:
     """The backend for a storage URL: a plain path, file:///path or s3://bucket/prefix.

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
-from encoder_worker.storage import KeyNotFound
+from encoder_worker.storage import KeyNotFound, StorageError
 
 
 class LocalStorage:
@@ -102,3 +102,11 @@ class LocalStorage:
 
     def local_dir(self, prefix: str) -> Path | None:
         return self.path(prefix)
+
+    def check_access(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the storage folder {self.root}: {exc}") from exc
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageError(f"the storage folder {self.root} is not writable by this user")

@@ -1,0 +1,54 @@
+"""Session logic that needs no farm: episode numbering, committing every camera."""
+
+import numpy as np
+import pytest
+
+from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeWriter, raw_prefix
+from encoder_worker.storage import open_storage
+from recorder.raw_writer import CameraWriter, WriterFailed
+from recorder.session import finish_writers, next_episode_index
+
+TEMPLATE = "videos/chunk-{chunk:03d}/observation.images.{camera}/episode_{episode:06d}.mp4"
+
+
+def test_episode_numbers_continue_after_raw_data_and_videos(tmp_path):
+    raw = open_storage(tmp_path / "raw")
+    videos = open_storage(tmp_path / "videos")
+    assert next_episode_index(raw, videos, output_template=TEMPLATE) == 0
+    raw.put_bytes("raw/episode_000002/cam0/manifest.json", b"{}")
+    assert next_episode_index(raw, videos, output_template=TEMPLATE) == 3
+    # Raw data of episode 7 was deleted after encoding; its video still holds the number.
+    videos.put_bytes("videos/chunk-000/observation.images.cam0/episode_000007.mp4", b"x")
+    assert next_episode_index(raw, videos, output_template=TEMPLATE) == 8
+
+
+class FailingSink(DirectSink):
+    """A disk that fails when the second segment is committed."""
+
+    def commit_segment(self, name, file):
+        if name != "segment_00000.raw":
+            file.close()
+            raise OSError(28, "No space left on device")
+        super().commit_segment(name, file)
+
+
+def test_one_failing_camera_does_not_lose_the_others(tmp_path):
+    storage = open_storage(tmp_path / "dataset")
+    sinks = {"cam0": FailingSink(storage, raw_prefix(episode=0, camera="cam0")),
+             "cam1": DirectSink(storage, raw_prefix(episode=0, camera="cam1"))}
+    writers = [CameraWriter(RawEpisodeWriter(sinks[c], episode=0, camera=c, width=8,
+                                             height=8, fps=30, segment_frames=4),
+                            queue_frames=100) for c in ("cam0", "cam1")]
+    for index in range(10):
+        for writer in writers:
+            writer.put(np.full((8, 8, 3), index, np.uint8), index / 30, period_s=1.0)
+    with pytest.raises(WriterFailed, match="No space left on device"):
+        finish_writers(writers, interrupted=False)
+    cam1 = Manifest.model_validate_json(
+        storage.get_bytes("raw/episode_000000/cam1/manifest.json"))
+    assert cam1.frame_count == 10 and not cam1.interrupted
+    # cam0 keeps the segment stored before the failure, marked interrupted.
+    cam0 = Manifest.model_validate_json(
+        storage.get_bytes("raw/episode_000000/cam0/manifest.json"))
+    assert cam0.interrupted
+    assert [s.name for s in cam0.segments] == ["segment_00000.raw"]
