@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +19,11 @@ from video_checks import check_video_against_raw
 from encoder_worker.jobs import EncodeJob
 from encoder_worker.raw_episode import raw_prefix
 from encoder_worker.settings import WorkerSettings
-from encoder_worker.storage import open_storage
+from encoder_worker.storage import StorageError, open_storage
 from encoder_worker.storage.local import LocalStorage
 from encoder_worker.storage.s3 import parse_s3_url
 from encoder_worker.tasks import manifest_pending
-from recorder import cli
+from recorder import cli, session
 from recorder.farm_storage import broker_is_local, check_farm_storage
 from recorder.settings import RecorderSettings
 
@@ -134,6 +135,23 @@ def test_inline_encoding_with_s3_storage(s3_url: str, tmp_path: Path) -> None:
     assert not report.failed and len(report.results) == 1
     counts = check_outputs(s3_url, s3_url, episodes=1, cameras=1, tmp_path=tmp_path)
     assert counts == {(0, "cam0"): report.episodes[0].frames_recorded["cam0"]}
+
+
+@pytest.mark.integration
+def test_recording_into_a_missing_bucket_fails_instead_of_hanging(
+        s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if the bucket went away after the start-up listing (or puts are forbidden): the
+    # spool's uploads fail permanently, and recording stops with what to fix.
+    monkeypatch.setattr(session, "next_episode_index", lambda storage: 0)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    missing = s3_url.replace("s3://", "s3://missing-", 1)
+    settings = RecorderSettings(storage=missing, episodes=2, episode_time=1, cameras=2,
+                                width=64, height=48, fps=15, codec="libx264",
+                                segment_frames=5)
+    with pytest.raises(StorageError, match=r"NoSuchBucket.*create the bucket"):
+        cli.record(settings, console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
+    kept = list(tmp_path.glob("recorder-spool-*/upload/raw/episode_000000/cam*/segment_*.raw"))
+    assert kept, "what was recorded stays in the spool"
 
 
 @pytest.mark.integration
