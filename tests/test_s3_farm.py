@@ -140,16 +140,17 @@ def test_inline_encoding_with_s3_storage(s3_url: str, tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_recording_into_a_missing_bucket_fails_instead_of_hanging(
         s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # As if the bucket went away after the start-up listing (or puts are forbidden): the
+    # As if the bucket went away after the start-up checks (or puts are forbidden): the
     # spool's uploads fail permanently, and recording stops with what to fix.
-    monkeypatch.setattr(session, "next_episode_index", lambda storage: 0)
+    monkeypatch.setattr(session, "next_episode_index", lambda *_, **__: 0)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     missing = s3_url.replace("s3://", "s3://missing-", 1)
     settings = RecorderSettings(storage=missing, episodes=2, episode_time=1, cameras=2,
                                 width=64, height=48, fps=15, codec="libx264",
                                 segment_frames=5)
+    recording = session.RecordingSession(settings, cli.synthetic_cameras(settings))
     with pytest.raises(StorageError, match=r"NoSuchBucket.*create the bucket"):
-        cli.record(settings, console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
+        recording.run()
     kept = list(tmp_path.glob("recorder-spool-*/upload/raw/episode_000000/cam*/segment_*.raw"))
     assert kept, "what was recorded stays in the spool"
 
