@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from encoder_worker.jobs import EncodeResult, Status, Timings
 from recorder.benchmark.results import (
     BenchmarkConfig,
     BenchmarkResult,
     EnvironmentInfo,
     EpisodeTiming,
+    Mode,
     StageStats,
     TaskTiming,
     Totals,
 )
+from recorder.record_loop import CaptureStats
+from recorder.session import EpisodeReport, SessionReport
 
 T0 = 1_700_000_000.0
 
 
-def make_result(mode: str, *, total_s: float, encoding_s: float, blocking_s: float,
+def make_result(mode: Mode, *, total_s: float, encoding_s: float, blocking_s: float,
                 workers: int = 2, queue_size: int = 100, late_frames: int = 0,
                 frames_in_videos: int = 600, started_at: float = T0) -> BenchmarkResult:
     """A two-episode, one-camera result whose totals are the numbers given."""
@@ -65,3 +69,46 @@ def make_result(mode: str, *, total_s: float, encoding_s: float, blocking_s: flo
         recording_done_at=started_at + total_s, all_ready_at=ready, episodes=episodes,
         tasks=tasks, totals=totals, raw_storage="/tmp/x", output_storage="/tmp/x",
     )
+
+
+def make_config(mode: Mode, *, cameras: int = 2) -> BenchmarkConfig:
+    return BenchmarkConfig(
+        mode=mode, episodes=2, episode_time_s=1, fps=30, cameras=cameras, width=64, height=48,
+        codec="libx264", crf=30, gop=2, preset="12", pix_fmt="yuv420p", segment_frames=10,
+        video_encoding_workers=2, video_encoding_queue_size=10, storage="/tmp/x")
+
+
+def make_encode_result(episode: int, camera: str, *, started_at: float, worker_s: float,
+                       frames: int, queue_wait_s: float = 0.0, encode_s: float = 0.0,
+                       worker: str = "farm:1", failed: bool = False) -> EncodeResult:
+    host, pid = worker.split(":")
+    return EncodeResult(
+        job_id=f"j{episode}-{camera}", episode=episode, camera=camera,
+        status=Status.FAILED if failed else Status.SUCCEEDED,
+        error="test failure" if failed else None, output_storage="/tmp/x",
+        output_key=f"{episode}-{camera}.mp4", frames=0 if failed else frames, bytes=1000,
+        codec="libx264", worker_host=host, worker_pid=int(pid), started_at=started_at,
+        finished_at=started_at + worker_s,
+        timings=Timings(queue_wait_s=queue_wait_s, encode_s=encode_s, total_s=worker_s))
+
+
+def make_session_report(mode: Mode, results: list[EncodeResult], *,
+                        all_ready_at: float | None) -> SessionReport:
+    """Two episodes of two cameras, with round numbers (see test_benchmark_results)."""
+    episodes = [
+        EpisodeReport(
+            episode=0, capture=CaptureStats(frames=30, late_frames=1, writer_waits=2,
+                                            started_at=T0 + 0.1, capture_s=1.0),
+            frames_recorded={"cam0": 30, "cam1": 30}, finalize_s=0.02,
+            submission_s=0.03 if mode == "async" else 0.0,
+            inline_encode_s=1.2 if mode == "sync" else 0.0, job_ids=["j0-cam0", "j0-cam1"]),
+        EpisodeReport(
+            episode=1, capture=CaptureStats(frames=29, late_frames=2, started_at=T0 + 2.0,
+                                            capture_s=1.0),
+            frames_recorded={"cam0": 29, "cam1": 28}, finalize_s=0.04,
+            submission_s=0.05 if mode == "async" else 0.0,
+            inline_encode_s=1.3 if mode == "sync" else 0.0, job_ids=["j1-cam0", "j1-cam1"]),
+    ]
+    return SessionReport(
+        mode=mode, episodes=episodes, results=results, started_at=T0, recording_done_at=T0 + 3.2,
+        all_ready_at=all_ready_at, raw_storage="/tmp/x/raw", output_storage="/tmp/x")

@@ -44,6 +44,16 @@ class MotoServer:
             inner.server_close()
         self._server = None
 
+    def stored_keys(self, bucket: str) -> list[str]:
+        """The keys in bucket, read from moto's state in this process: works while stopped."""
+        from moto.s3.models import s3_backends
+
+        for backends in s3_backends.values():
+            for backend in backends.values():
+                if bucket in backend.buckets:
+                    return sorted(backend.buckets[bucket].keys)
+        return []
+
     def client(self) -> Any:
         return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
                             aws_access_key_id="testing", aws_secret_access_key="testing")

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from benchmark_results import make_result
+from benchmark_results import (
+    T0,
+    make_config,
+    make_encode_result,
+    make_result,
+    make_session_report,
+)
+from test_benchmark_results import ENV
 
 from recorder.benchmark.report import format_report, verdicts
+from recorder.benchmark.results import from_session
 
 EXPECTED_LAYOUT = """\
 ================================================================================
@@ -114,3 +122,18 @@ def test_single_mode_report() -> None:
     assert "SYNCHRONOUS ENCODING BENCHMARK RESULTS" in text
     assert "Encoding percentage: 33.3%" in text
     assert "PERFORMANCE IMPROVEMENTS" not in text
+
+
+def test_report_of_a_recorded_session_with_a_failed_video() -> None:
+    results = [make_encode_result(ep, cam, started_at=T0 + 3.5, worker_s=1.0, frames=frames,
+                                  failed=(ep, cam) == (1, "cam1"))
+               for ep, frames in ((0, 30), (1, 29)) for cam in ("cam0", "cam1")]
+    report = make_session_report("async", results, all_ready_at=T0 + 6.0)
+    text = format_report(None, from_session(report, config=make_config("async"),
+                                            environment=ENV))
+    assert "Total recording time: 3.20s" in text
+    assert "Video encoding time (background): 3.00s" in text
+    # Late frames count loop iterations (all cameras at once), not frames of each camera.
+    assert "Frames that missed their capture deadline: 3 of 59" in text
+    assert "Frames recorded: 117, in verified videos: 89 (4 videos, 1 failed)" in text
+    assert "5.90s after the first frame, 3.00s after the last frame" in text

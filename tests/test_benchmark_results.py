@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
-from benchmark_results import T0, make_result
+from benchmark_results import (
+    T0,
+    make_config,
+    make_encode_result,
+    make_result,
+    make_session_report,
+)
 
+from encoder_worker.jobs import EncodeResult
+from recorder.benchmark import runner
 from recorder.benchmark.analyze import write_charts
 from recorder.benchmark.results import (
     SCHEMA_VERSION,
     BenchmarkResult,
+    EnvironmentInfo,
     ResultsFileError,
+    from_session,
     load,
     result_path,
     save,
@@ -74,3 +85,93 @@ def test_charts_are_pngs_and_worker_chart_only_when_workers_differ(tmp_path: Pat
     paths = write_charts([sync, two, four], tmp_path / "b")
     assert [p.name.split("_")[0] for p in paths] == ["timeline", "workers"]
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in paths)
+
+
+ENV = EnvironmentInfo(
+    hostname="robot", platform="Linux", cpu_model="Test CPU", cpu_count=2, python="3.11",
+    pyav="18", ffmpeg="8", ffmpeg_libraries={}, codec="libx264", codec_description="H.264",
+    broker_kind="test", recorder_pid=100)
+
+
+def test_totals_of_an_async_session() -> None:
+    # Episode 0 captures T0+0.1..1.1, episode 1 T0+2.0..3.0; the recorder is free at T0+3.2
+    # and the last video is published at T0+6.0. One of four encodes fails.
+    results = [
+        make_encode_result(0, "cam0", started_at=T0 + 1.5, worker_s=1.0, frames=30,
+                           queue_wait_s=0.2, encode_s=0.8, worker="farm:1"),
+        make_encode_result(0, "cam1", started_at=T0 + 1.6, worker_s=1.5, frames=30,
+                           queue_wait_s=0.4, encode_s=1.2, worker="farm:2"),
+        make_encode_result(1, "cam0", started_at=T0 + 3.5, worker_s=0.75, frames=29,
+                           queue_wait_s=0.3, encode_s=0.6, worker="farm:1"),
+        make_encode_result(1, "cam1", started_at=T0 + 3.6, worker_s=0.5, frames=28,
+                           queue_wait_s=0.5, encode_s=0.4, worker="farm:2", failed=True),
+    ]
+    report = make_session_report("async", results, all_ready_at=T0 + 6.0)
+    result = from_session(report, config=make_config("async"), environment=ENV)
+    t = result.totals
+    assert t.total_recording_s == pytest.approx(3.2)
+    assert t.capture_s == pytest.approx(2.0)
+    # Worker time of the verified videos only; the failed job's 0.5 s is not encoding.
+    assert t.encoding_s == pytest.approx(1.0 + 1.5 + 0.75)
+    assert t.submission_s == pytest.approx(0.08) and t.blocking_s == pytest.approx(0.08)
+    assert t.blocking_pct == pytest.approx(2.5)
+    assert t.drain_from_first_frame_s == pytest.approx(5.9)
+    assert t.drain_from_last_frame_s == pytest.approx(3.0)
+    assert t.frames_captured == (30 + 29) * 2
+    assert t.frames_recorded == 30 + 30 + 29 + 28
+    assert t.frames_in_videos == 30 + 30 + 29
+    assert t.late_frames == 3
+    assert (t.tasks, t.tasks_failed) == (4, 1)
+    assert t.stages["queue_wait"].mean_s == pytest.approx(0.35)
+    assert t.stages["queue_wait"].max_s == pytest.approx(0.5)
+    assert t.stages["encode"].mean_s == pytest.approx(0.75)
+    assert t.workers_used == ["farm:1", "farm:2"]
+    # Per-task timings: submitted = started - queue wait, in order of start.
+    assert [task.job_id for task in result.tasks] == ["j0-cam0", "j0-cam1", "j1-cam0",
+                                                      "j1-cam1"]
+    assert result.tasks[0].submitted_at == pytest.approx(T0 + 1.3)
+    assert result.episodes[1].capture_end == pytest.approx(T0 + 3.0)
+
+
+def test_totals_of_a_sync_session() -> None:
+    results = [
+        make_encode_result(ep, cam, started_at=T0 + 1.1 + ep * 2 + i * 0.6, worker_s=0.6,
+                           frames=frames, worker="robot:100")
+        for ep, frames in ((0, 30), (1, 29)) for i, cam in enumerate(("cam0", "cam1"))
+    ]
+    report = make_session_report("sync", results, all_ready_at=T0 + 3.2)
+    t = from_session(report, config=make_config("sync"), environment=ENV).totals
+    # Sync: encoding is the time the recorder blocked encoding inline.
+    assert t.encoding_s == pytest.approx(2.5) and t.blocking_s == pytest.approx(2.5)
+    assert t.submission_s == 0.0
+    assert t.blocking_pct == pytest.approx(100 * 2.5 / 3.2)
+    assert t.drain_from_first_frame_s == pytest.approx(3.1)
+    assert t.drain_from_last_frame_s == pytest.approx(0.2)
+    assert t.frames_in_videos == 30 + 30 + 29 + 29
+    assert t.workers_used == ["robot:100"]
+
+
+def test_totals_without_waiting_for_the_farm() -> None:
+    report = make_session_report("async", [], all_ready_at=None)
+    t = from_session(report, config=make_config("async"), environment=ENV).totals
+    assert t.drain_from_first_frame_s is None and t.drain_from_last_frame_s is None
+    assert t.encoding_s == 0.0 and t.tasks == 0 and t.stages == {}
+
+
+def test_raw_frames_are_dropped_only_when_every_video_is_verified(
+        caplog: pytest.LogCaptureFixture) -> None:
+    def results(*, failed: bool = False, missing: bool = False) -> list[EncodeResult]:
+        made = [make_encode_result(ep, cam, started_at=T0 + 4, worker_s=1.0, frames=30,
+                                   failed=failed and (ep, cam) == (1, "cam1"))
+                for ep in (0, 1) for cam in ("cam0", "cam1")]
+        return made[:-1] if missing else made
+
+    assert runner._videos_verified(make_session_report("async", results(),
+                                                       all_ready_at=T0 + 6))
+    caplog.set_level(logging.WARNING, logger=runner.__name__)
+    for bad in (results(failed=True), results(missing=True)):
+        caplog.clear()
+        assert not runner._videos_verified(make_session_report("async", bad,
+                                                               all_ready_at=T0 + 6))
+        assert "1 of 4 videos are not verified" in caplog.text
+        assert "keeping the raw frames in /tmp/x/raw" in caplog.text

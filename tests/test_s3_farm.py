@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +19,11 @@ from video_checks import check_video_against_raw
 from encoder_worker.jobs import EncodeJob
 from encoder_worker.raw_episode import raw_prefix
 from encoder_worker.settings import WorkerSettings
-from encoder_worker.storage import open_storage
+from encoder_worker.storage import StorageError, open_storage
 from encoder_worker.storage.local import LocalStorage
+from encoder_worker.storage.s3 import parse_s3_url
 from encoder_worker.tasks import manifest_pending
-from recorder import cli
+from recorder import cli, session
 from recorder.farm_storage import broker_is_local, check_farm_storage
 from recorder.settings import RecorderSettings
 
@@ -136,6 +138,24 @@ def test_inline_encoding_with_s3_storage(s3_url: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+def test_recording_into_a_missing_bucket_fails_instead_of_hanging(
+        s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if the bucket went away after the start-up checks (or puts are forbidden): the
+    # spool's uploads fail permanently, and recording stops with what to fix.
+    monkeypatch.setattr(session, "next_episode_index", lambda *_, **__: 0)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    missing = s3_url.replace("s3://", "s3://missing-", 1)
+    settings = RecorderSettings(storage=missing, episodes=2, episode_time=1, cameras=2,
+                                width=64, height=48, fps=15, codec="libx264",
+                                segment_frames=5)
+    recording = session.RecordingSession(settings, cli.synthetic_cameras(settings))
+    with pytest.raises(StorageError, match=r"NoSuchBucket.*create the bucket"):
+        recording.run()
+    kept = list(tmp_path.glob("recorder-spool-*/upload/raw/episode_000000/cam*/segment_*.raw"))
+    assert kept, "what was recorded stays in the spool"
+
+
+@pytest.mark.integration
 def test_raw_local_videos_to_s3_with_local_farm(s3_url: str, tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     settings = RecorderSettings(storage=str(raw), output_storage=s3_url, async_encoding=True,
@@ -173,21 +193,33 @@ def test_s3_outage_during_recording(moto_server: MotoServer, s3_url: str, broker
         start_worker(broker_url, "--storage", s3_url, "--concurrency", "1",
                      **worker_args(tmp_path, index, s3_url))
     episodes, cameras = 3, 2
+    bucket, _ = parse_s3_url(s3_url)
     process, log, tmp = start_recorder(
         tmp_path, "--storage", s3_url, "--async-encoding", "--broker", broker_url,
         "--episodes", str(episodes), "--episode-time", "1.5", "--cameras", str(cameras),
         *SMALL)
+
+    def manifests() -> tuple[int, int]:
+        """(in the recorder's spool, in the bucket): moto's state is readable while down."""
+        spooled = len(list(tmp.rglob("manifest.json")))
+        stored = sum(key.endswith("/manifest.json") for key in moto_server.stored_keys(bucket))
+        return spooled, stored
+
     try:
-        # The first segment is in the spool: the recorder is past its start-up listing.
-        wait_for(lambda: any(tmp.rglob("segment_*.raw")) or process.poll() is not None,
-                 timeout_s=60, what="the first raw segment")
+        # Episode 0's spool folder appears once the recorder is past its start-up listing
+        # of the bucket, a whole segment before the first upload: the outage starts now.
+        wait_for(lambda: any(tmp.glob("recorder-spool-*/upload/raw/episode_*"))
+                 or process.poll() is not None, timeout_s=60, what="the recorder's spool")
         assert process.poll() is None, log.read_text()
         moto_server.stop()
-        # Recording goes on into the local spool: every episode's manifest lands there.
+        # Recording goes on into the local spool. Under load some of episode 0 may have
+        # been uploaded before the server stopped, so count the manifests in both places.
         wait_for(lambda: process.poll() is not None
-                 or len(list(tmp.rglob("manifest.json"))) == episodes * cameras,
-                 timeout_s=60, what="all manifests in the recorder's spool")
+                 or sum(manifests()) == episodes * cameras,
+                 timeout_s=60, what="every manifest in the recorder's spool or the bucket")
         assert process.poll() is None, f"recorder ended during the outage:\n{log.read_text()}"
+        spooled, stored = manifests()
+        assert spooled >= cameras, f"the last episode waits in the spool ({spooled=}, {stored=})"
         moto_server.start()
         assert process.wait(timeout=240) == 0, log.read_text()
     finally:

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from recorder.cameras.synthetic import SyntheticCamera
 
@@ -20,3 +21,13 @@ def test_content_moves_but_is_not_noise():
     # Natural-looking: neighbouring pixels are strongly correlated, unlike random noise.
     left, right = first[:, :-1].ravel(), first[:, 1:].ravel()
     assert np.corrcoef(left, right)[0, 1] > 0.8
+
+
+@pytest.mark.parametrize(("width", "height"), [(16, 16), (64, 48), (48, 64), (100, 16)])
+def test_small_frames(width: int, height: int) -> None:
+    # The settings allow frames down to 16x16 (`recorder record --width 64 --height 48`).
+    camera = SyntheticCamera("a", width=width, height=height, fps=30, seed=3)
+    frames = [camera.read() for _ in range(40)]
+    assert all(f.shape == (height, width, 3) and f.dtype == np.uint8 for f in frames)
+    assert np.mean(np.abs(frames[0].astype(float) - frames[-1].astype(float))) > 0
+

@@ -6,11 +6,14 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
+from botocore.exceptions import ClientError
 from conftest import wait_for
 
 from encoder_worker.raw_episode import RawEpisodeReader, RawEpisodeWriter
 from encoder_worker.storage import StorageError
 from encoder_worker.storage.local import LocalStorage
+from encoder_worker.storage.s3 import S3Storage
 from recorder.upload_spool import UploadSpool
 
 
@@ -20,13 +23,25 @@ class FlakyStorage(LocalStorage):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.down = threading.Event()
+        # An S3 error code to fail with while down, as S3Storage raises it; None: refused.
+        self.code: str | None = None
         self.stored: list[str] = []
         self.refused = 0
 
     def _check(self, key: str) -> None:
         if self.down.is_set():
             self.refused += 1
-            raise StorageError(f"{key}: connection refused (test outage)")
+            if self.code is None:
+                raise StorageError(f"{key}: connection refused (test outage)")
+            try:
+                # boto3's upload_file wraps the client's error without `from`.
+                try:
+                    raise ClientError({"Error": {"Code": self.code, "Message": "test"}},
+                                      "PutObject")
+                except ClientError as exc:
+                    raise RuntimeError(f"Failed to upload: {exc}")  # noqa: B904
+            except RuntimeError as exc:
+                raise StorageError(f"uploading {key}: {exc}") from exc
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._check(key)
@@ -129,3 +144,109 @@ def test_close_with_timeout_keeps_what_is_not_uploaded(tmp_path: Path) -> None:
     storage.down.clear()  # the threads keep trying while the process lives
     assert spool.close()
     assert storage.exists("raw/episode_000000/cam0/manifest.json")
+
+
+def spooled_files(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("code", ["NoSuchBucket", "AccessDenied", "InvalidAccessKeyId",
+                                  "SignatureDoesNotMatch"])
+def test_permanent_error_stops_the_spool_and_keeps_files(tmp_path: Path, code: str) -> None:
+    storage = FlakyStorage(tmp_path / "bucket")
+    storage.down.set()
+    spool = UploadSpool(storage, tmp_path / "spool", max_bytes=10**9, retry_initial_s=0.01,
+                        retry_max_s=0.05)
+    # Recorded during an outage, so that the whole episode is in the spool; then the
+    # server answers with an error that no retry fixes.
+    write_episode(spool, episode=0, camera="cam0", frames=10)
+    wait_for(lambda: storage.refused >= 2, timeout_s=30, what="failed upload attempts")
+    storage.code = code
+    refused = storage.refused
+    with pytest.raises(StorageError, match=f"stopped: .*{code}"):
+        spool.wait(timeout_s=60)
+    # Each of the two upload threads tried its file at most once more: no retries.
+    assert storage.refused <= refused + 2
+    with pytest.raises(StorageError, match=code):
+        spool.close()
+    assert not [t for t in spool._threads if t.is_alive()]
+    assert storage.stored == []
+    assert spooled_files(tmp_path / "spool") == ["manifest.json", "segment_00000.raw",
+                                                 "segment_00001.raw", "segment_00002.raw"]
+
+
+def test_permanent_error_fails_the_next_commit(tmp_path: Path) -> None:
+    storage = FlakyStorage(tmp_path / "bucket")
+    storage.down.set()
+    storage.code = "NoSuchBucket"
+    spool = UploadSpool(storage, tmp_path / "spool", max_bytes=10**9)
+    sink = spool.sink("raw/episode_000000/cam0")
+    with sink.open_segment("segment_00000.raw") as f:
+        f.write(b"x" * 100)
+    sink.commit_segment("segment_00000.raw", f)
+    wait_for(lambda: spool.error, timeout_s=30, what="the spool to fail")
+    with sink.open_segment("segment_00001.raw") as f:
+        f.write(b"y" * 100)
+    with pytest.raises(StorageError, match="create the bucket or fix the storage URL"):
+        sink.commit_segment("segment_00001.raw", f)
+    assert spooled_files(tmp_path / "spool") == ["segment_00000.raw", "segment_00001.raw"]
+
+
+def test_permanent_error_wakes_a_durable_manifest_and_a_full_spool(tmp_path: Path) -> None:
+    storage = FlakyStorage(tmp_path / "bucket")
+    storage.down.set()
+    storage.code = "AccessDenied"
+    spool = UploadSpool(storage, tmp_path / "spool", max_bytes=10**9)
+    with pytest.raises(StorageError, match="AccessDenied"):
+        write_episode(spool, episode=0, camera="cam0", frames=5, durable=True)
+    # A full spool: the writer waits for room, and must not wait forever.
+    storage = FlakyStorage(tmp_path / "bucket2")
+    storage.down.set()
+    spool = UploadSpool(storage, tmp_path / "spool2", max_bytes=1, retry_initial_s=0.01,
+                        retry_max_s=0.05)
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            write_episode(spool, episode=1, camera="cam0", frames=20)
+        except BaseException as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    wait_for(lambda: storage.refused >= 3, timeout_s=30, what="transient failures")
+    assert writer.is_alive(), "transient errors are retried while the writer waits"
+    storage.code = "NoSuchBucket"
+    writer.join(timeout=30)
+    assert not writer.is_alive()
+    assert len(errors) == 1 and "NoSuchBucket" in str(errors[0])
+
+
+def test_throttling_and_server_errors_are_retried(tmp_path: Path) -> None:
+    storage = FlakyStorage(tmp_path / "bucket")
+    storage.down.set()
+    storage.code = "SlowDown"
+    spool = UploadSpool(storage, tmp_path / "spool", max_bytes=10**9, retry_initial_s=0.01,
+                        retry_max_s=0.05)
+    write_episode(spool, episode=0, camera="cam0", frames=6)
+    wait_for(lambda: storage.refused >= 3, timeout_s=30, what="retried uploads")
+    storage.code = "InternalError"
+    refused = storage.refused
+    wait_for(lambda: storage.refused >= refused + 3, timeout_s=30, what="retried uploads")
+    assert spool.error is None
+    storage.down.clear()
+    assert spool.close()
+    assert storage.exists("raw/episode_000000/cam0/manifest.json")
+
+
+def test_missing_bucket_fails_with_a_clear_error(s3_url: str, tmp_path: Path) -> None:
+    bucket = s3_url.removeprefix("s3://").split("/", 1)[0]
+    storage = S3Storage.from_url(f"s3://{bucket}-missing/datasets/test")
+    spool = UploadSpool(storage, tmp_path / "spool", max_bytes=10**9, retry_initial_s=0.01,
+                        retry_max_s=0.05)
+    write_episode(spool, episode=0, camera="cam0", frames=10)
+    with pytest.raises(StorageError, match=r"NoSuchBucket.*create the bucket") as raised:
+        spool.close(timeout_s=60)
+    assert str(tmp_path / "spool") in str(raised.value)
+    assert spooled_files(tmp_path / "spool") == ["manifest.json", "segment_00000.raw",
+                                                 "segment_00001.raw", "segment_00002.raw"]

@@ -30,7 +30,7 @@ from recorder.cameras import CameraError, CameraSource
 from recorder.cameras.video import open_camera
 from recorder.cli import farm_for, progress_display, synthetic_cameras
 from recorder.farm_client import EncodingFarmClient
-from recorder.session import RecordingSession
+from recorder.session import RecordingSession, SessionReport
 from recorder.settings import RecorderSettings
 
 logger = logging.getLogger(__name__)
@@ -124,10 +124,23 @@ def run_once(settings: BenchmarkSettings, mode: Mode, *, console: Console,
                 report = session.run()
     finally:
         close_cameras(cameras)
-    result = from_session(report, config=config, environment=env, raw_kept=settings.keep_raw)
-    if not settings.keep_raw:
+    drop = not settings.keep_raw and _videos_verified(report)
+    result = from_session(report, config=config, environment=env, raw_kept=not drop)
+    if drop:
         _drop_raw(report.raw_storage)
     return result
+
+
+def _videos_verified(report: SessionReport) -> bool:
+    """True when every submitted job has a verified video, so the raw frames can go."""
+    expected = sum(len(ep.job_ids) for ep in report.episodes)
+    ok = sum(r.ok for r in report.results)
+    if ok == expected == len(report.results):
+        return True
+    # Without its raw frames a failed encode could be neither retried nor investigated.
+    logger.warning("%d of %d videos are not verified (%d failed): keeping the raw frames "
+                   "in %s", expected - ok, expected, len(report.failed), report.raw_storage)
+    return False
 
 
 def _config(settings: BenchmarkSettings, mode: Mode, *, storage: str, width: int,
@@ -177,7 +190,7 @@ def _outstanding_display(progress: Progress, farm: EncodingFarmClient | None) ->
 
 
 def _drop_raw(url: str) -> None:
-    """Delete a run's raw frames once its videos are verified: they are large."""
+    """Delete a run's raw frames (large); only once every video is verified."""
     from encoder_worker.storage import open_storage
 
     storage = open_storage(url)

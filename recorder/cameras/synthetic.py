@@ -78,9 +78,13 @@ def _make_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     tiles = ((x // 24 + y // 24) % 2)[..., None] * 18.0
     grain = rng.normal(0, 6, (height // 4 + 1, width // 4 + 1, 1)).repeat(4, 0).repeat(4, 1)
     scene = base + tiles + grain[:height, :width]
+    # Blobs up to a fifth of the larger side, at least 20 px where the frame has room:
+    # settings allow frames down to 16x16, and larger frames keep their content per seed.
+    largest = max(height, width) / 5
+    smallest = 20.0 if largest >= 20 else largest / 2
     for _ in range(6):
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-        radius = rng.uniform(20, max(height, width) / 5)
+        radius = rng.uniform(smallest, largest)
         blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2))
         scene += blob[..., None] * rng.uniform(-60, 60, 3)
     return np.clip(scene, 0, _MAX_LEVEL - 5).astype(np.uint8)
