@@ -28,6 +28,7 @@ from recorder.cameras.synthetic import SyntheticCamera
 from recorder.farm_client import EncodingFarmClient
 from recorder.farm_storage import check_farm_storage, check_storage_access
 from recorder.local_farm import FarmStartError, LocalFarm
+from recorder.raw_writer import WriterFailed
 from recorder.session import RecordingSession, SessionReport
 from recorder.settings import RecorderSettings
 
@@ -83,7 +84,8 @@ def run_record(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         report = record(settings, console=console)
-    except RecorderError as exc:
+    except (RecorderError, StorageError, WriterFailed) as exc:
+        # Frames recorded before the failure stay where they were written.
         print(f"recorder: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

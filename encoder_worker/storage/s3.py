@@ -203,6 +203,10 @@ class S3Storage:
         except (BotoCoreError, ClientError) as exc:
             raise self._error("uploading", key, exc) from exc
         except Exception as exc:  # s3transfer wraps failures in its own S3UploadFailedError
+            # The S3 error behind it (re-raised without `from`) carries code and hint.
+            behind = exc.__cause__ or exc.__context__
+            if isinstance(behind, (BotoCoreError, ClientError)):
+                raise self._error("uploading", key, behind) from exc
             raise StorageError(f"uploading {path} to {self.url}/{key}: {exc}") from exc
         path.unlink(missing_ok=True)
 
