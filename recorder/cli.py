@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
@@ -16,7 +17,8 @@ from rich.table import Table
 
 from encoder_worker.broker import BrokerUnreachable, check_broker
 from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
-from encoder_worker.storage import StorageError
+from encoder_worker.jobs import EncodeResult
+from encoder_worker.storage import StorageError, open_storage
 from recorder.benchmark.command import (
     add_analyze_arguments,
     add_benchmark_arguments,
@@ -28,8 +30,9 @@ from recorder.cameras.synthetic import SyntheticCamera
 from recorder.farm_client import EncodingFarmClient
 from recorder.farm_storage import check_farm_storage, check_storage_access
 from recorder.local_farm import FarmStartError, LocalFarm
+from recorder.pending import scan_pending
 from recorder.raw_writer import WriterFailed
-from recorder.session import RecordingSession, SessionReport
+from recorder.session import RecordingSession, SessionReport, encode_inline, episode_job
 from recorder.settings import RecorderSettings
 
 logger = logging.getLogger("recorder")
@@ -47,6 +50,12 @@ DATASET_ALIASES = {
 }
 
 
+# The settings that matter to encoding what is already recorded.
+PENDING_FIELDS = ["async_encoding", "video_encoding_workers", "video_encoding_queue_size",
+                  "broker", "storage", "output_storage", "output_dir", "repo_id", "codec", "crf",
+                  "gop", "preset", "pix_fmt", "shared_folder"]
+
+
 class RecorderError(Exception):
     """A problem the user can fix; printed without a traceback, exit code 1."""
 
@@ -62,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         aliases=DATASET_ALIASES)
     add_analyze_arguments(commands.add_parser(
         "analyze", help="summarise benchmark results files and chart them"))
+    pending = commands.add_parser(
+        "encode-pending", help="encode every recorded episode that has no video yet "
+                               "(after a lost farm, --no-wait runs or failed jobs)")
+    add_settings_arguments(pending, RecorderSettings, fields=PENDING_FIELDS)
+    pending.add_argument("--dry-run", action="store_true",
+                         help="only list what would be encoded")
     return parser
 
 
@@ -71,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"record": run_record, "benchmark": run_benchmark_command,
-                "analyze": run_analyze_command}
+                "analyze": run_analyze_command, "encode-pending": run_encode_pending}
     return commands[args.command](parser, args)
 
 
@@ -173,23 +188,79 @@ def print_summary(report: SessionReport, *, console: Console) -> None:
                          f"{ep.capture.capture_s:.2f}", f"{ep.finalize_s:.2f}", f"{blocking:.2f}")
     console.print(episodes)
 
+    print_videos(report.results, console=console)
+    console.print(f"recording took {report.total_recording_s:.2f}s; raw episodes in "
+                  f"{report.raw_storage}, videos in {report.output_storage}")
+    if report.all_ready_at is None:
+        console.print("not waiting for the farm (--no-wait): videos appear as workers finish")
+
+
+def print_videos(results: Sequence[EncodeResult], *, console: Console) -> None:
     videos = Table(title="Videos (worker timings in seconds)")
     for column in ("ep", "camera", "status", "frames", "worker", "queue", "fetch", "encode",
                    "verify", "publish", "total"):
         videos.add_column(column, justify="right")
-    for r in sorted(report.results, key=lambda r: (r.episode, r.camera)):
+    for r in sorted(results, key=lambda r: (r.episode, r.camera)):
         t = r.timings
         status = "ok" if r.ok else "[red]FAILED[/red]"
         videos.add_row(str(r.episode), r.camera, status, str(r.frames), str(r.worker_pid),
                        *(f"{v:.2f}" for v in (t.queue_wait_s, t.fetch_s, t.encode_s,
                                                t.verify_s, t.publish_s, t.total_s)))
     console.print(videos)
-    for r in report.failed:
-        console.print(f"[red]episode {r.episode} camera {r.camera} failed: {r.error}[/red]")
-    console.print(f"recording took {report.total_recording_s:.2f}s; raw episodes in "
-                  f"{report.raw_storage}, videos in {report.output_storage}")
-    if report.all_ready_at is None:
-        console.print("not waiting for the farm (--no-wait): videos appear as workers finish")
+    for r in results:
+        if not r.ok:
+            console.print(f"[red]episode {r.episode} camera {r.camera} failed: {r.error}[/red]")
+
+
+def run_encode_pending(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    settings = settings_from_args(parser, RecorderSettings, args)
+    console = Console()
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        results = encode_pending(settings, console=console, dry_run=args.dry_run)
+    except (RecorderError, StorageError) as exc:
+        print(f"recorder: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("recorder: interrupted; run encode-pending again for what is left",
+              file=sys.stderr)
+        return 130
+    print_videos(results, console=console)
+    return 1 if any(not r.ok for r in results) else 0
+
+
+def encode_pending(settings: RecorderSettings, *, console: Console,
+                   dry_run: bool = False) -> list[EncodeResult]:
+    """Encode every committed raw episode that has no video yet; returns the results.
+
+    Raises:
+        RecorderError, StorageError: storage or farm cannot be reached.
+    """
+    raw = open_storage(settings.raw_storage_url)
+    output = open_storage(settings.output_storage_url)
+    options = settings.encoder_options()
+    scan = scan_pending(raw, output, options)
+    console.print(f"{len(scan.pending)} videos to encode, {scan.done} already there; "
+                  f"raw episodes in {raw.url}")
+    for episode, camera in scan.interrupted:
+        console.print(f"episode {episode} camera {camera} was interrupted while recording: "
+                      "its frames are kept but it is not encoded")
+    if dry_run or not scan.pending:
+        return []
+    run_id = "pending-" + uuid.uuid4().hex[:8]
+    jobs = [episode_job(episode, camera, run_id=run_id, raw=raw, output=output,
+                        options=options) for episode, camera in scan.pending]
+    with farm_for(settings) as farm, progress_display(console) as progress:
+        task = progress.add_task("encoding", total=len(jobs))
+        if farm is None:
+            results = []
+            for job in jobs:
+                results.append(encode_inline(job))
+                progress.advance(task)
+            return results
+        for job in jobs:
+            farm.submit(job)
+        return farm.wait(on_result=lambda _: progress.advance(task))
 
 
 if __name__ == "__main__":

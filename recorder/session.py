@@ -18,7 +18,7 @@ from typing import Literal
 from rich.progress import Progress, TaskID
 
 from encoder_worker.encode import encode_job
-from encoder_worker.jobs import EncodeJob, EncodeResult
+from encoder_worker.jobs import EncodeJob, EncodeResult, EncoderOptions
 from encoder_worker.raw_episode import (
     DirectSink,
     Manifest,
@@ -87,6 +87,17 @@ def next_episode_index(raw: Storage, output: Storage, *, output_template: str) -
     return max(indices, default=-1) + 1
 
 
+def episode_job(episode: int, camera: str, *, run_id: str, raw: Storage, output: Storage,
+                options: EncoderOptions) -> EncodeJob:
+    """The EncodeJob of one committed (episode, camera)."""
+    return EncodeJob(
+        job_id=f"{run_id}-ep{episode:06d}-{camera}", episode=episode, camera=camera,
+        raw_storage=raw.url, raw_prefix=raw_prefix(episode=episode, camera=camera),
+        output_storage=output.url, output_key=options.output_key(episode=episode, camera=camera),
+        options=options,
+    )
+
+
 def finish_writers(writers: Sequence[CameraWriter], *, interrupted: bool) -> list[Manifest]:
     """Commit every camera's episode, also when one of them fails; then raise its error."""
     manifests: list[Manifest] = []
@@ -102,7 +113,8 @@ def finish_writers(writers: Sequence[CameraWriter], *, interrupted: bool) -> lis
     return manifests
 
 
-def _encode_inline(job: EncodeJob) -> EncodeResult:
+def encode_inline(job: EncodeJob) -> EncodeResult:
+    """encode_job in the recorder's process; storage errors become a failed result."""
     try:
         return encode_job(job)
     except (StorageError, OSError) as exc:
@@ -212,7 +224,7 @@ class RecordingSession:
                 self.farm.submit(job)
             report.submission_s = time.perf_counter() - t0
             return report, []
-        results = [_encode_inline(job) for job in jobs]
+        results = [encode_inline(job) for job in jobs]
         report.inline_encode_s = time.perf_counter() - t0
         for result in results:
             if not result.ok:
@@ -254,15 +266,8 @@ class RecordingSession:
                 self._spool = None
 
     def _job(self, manifest: Manifest) -> EncodeJob:
-        return EncodeJob(
-            job_id=f"{self.run_id}-ep{manifest.episode:06d}-{manifest.camera}",
-            episode=manifest.episode, camera=manifest.camera,
-            raw_storage=self.raw_storage.url,
-            raw_prefix=raw_prefix(episode=manifest.episode, camera=manifest.camera),
-            output_storage=self.output_storage.url,
-            output_key=self.options.output_key(episode=manifest.episode, camera=manifest.camera),
-            options=self.options,
-        )
+        return episode_job(manifest.episode, manifest.camera, run_id=self.run_id,
+                           raw=self.raw_storage, output=self.output_storage, options=self.options)
 
     def _wait_for_farm(self) -> None:
         assert self.farm is not None
