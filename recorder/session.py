@@ -94,8 +94,9 @@ def next_episode_index(raw: Storage, output: Storage, *, output_template: str,
 
 def spool_folder_for(settings: RecorderSettings, storage_url: str) -> Path:
     """The upload spool folder of storage_url: under --spool-dir, else the output dir."""
-    return spool_folder(settings.spool_dir or settings.output_dir / ".upload-spool",
-                        storage_url)
+    # Absolute: messages that name it must still be right after a change of directory.
+    spool_dir = settings.spool_dir or settings.output_dir / ".upload-spool"
+    return spool_folder(spool_dir.absolute(), storage_url)
 
 
 def pending_uploads_note(settings: RecorderSettings) -> str | None:
