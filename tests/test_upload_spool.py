@@ -331,6 +331,7 @@ def test_a_spool_folder_has_one_live_user(tmp_path: Path) -> None:
     other = FlakyStorage(tmp_path / "other-bucket")
     with pytest.raises(StorageError, match="holds files for"):
         UploadSpool(other, root, max_bytes=10**9)
-    assert spool_folder(tmp_path, "s3://a/b") != spool_folder(tmp_path, "s3://a/b/")
+    long = "s3://bucket/" + "x" * 60
+    assert spool_folder(tmp_path, long + "/a") != spool_folder(tmp_path, long + "/b")
     assert spool_folder(tmp_path, "s3://bucket/datasets/x").name.startswith(
         "bucket-datasets-x-")
