@@ -32,8 +32,15 @@ from recorder.farm_storage import check_farm_storage, check_storage_access
 from recorder.local_farm import FarmStartError, LocalFarm
 from recorder.pending import scan_pending
 from recorder.raw_writer import WriterFailed
-from recorder.session import RecordingSession, SessionReport, encode_inline, episode_job
+from recorder.session import (
+    RecordingSession,
+    SessionReport,
+    encode_inline,
+    episode_job,
+    pending_uploads_note,
+)
 from recorder.settings import RecorderSettings
+from recorder.upload_spool import SpoolBusy
 
 logger = logging.getLogger("recorder")
 
@@ -102,10 +109,14 @@ def run_record(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     except (RecorderError, StorageError, WriterFailed) as exc:
         # Frames recorded before the failure stay where they were written.
         print(f"recorder: {exc}", file=sys.stderr)
+        if not isinstance(exc, SpoolBusy) and (note := pending_uploads_note(settings)):
+            print(f"recorder: {note}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"recorder: interrupted; frames recorded so far are kept under "
               f"{settings.raw_storage_url}", file=sys.stderr)
+        if note := pending_uploads_note(settings):
+            print(f"recorder: {note}", file=sys.stderr)
         return 130
     print_summary(report, console=console)
     return 1 if report.failed else 0

@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import shutil
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,7 +30,7 @@ from recorder.farm_client import EncodingFarmClient
 from recorder.raw_writer import CameraWriter
 from recorder.record_loop import CaptureStats, record_episode
 from recorder.settings import RecorderSettings
-from recorder.upload_spool import UploadSpool
+from recorder.upload_spool import UploadSpool, spool_folder, spooled_files
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +71,21 @@ class SessionReport:
         return [r for r in self.results if not r.ok]
 
 
-def next_episode_index(raw: Storage, output: Storage, *, output_template: str) -> int:
+def next_episode_index(raw: Storage, output: Storage, *, output_template: str,
+                       spooled: Iterable[str] = ()) -> int:
     """The first episode index after every one with raw frames or a video in the dataset.
 
     Videos count too: raw data is often deleted once encoded, and a new episode must
     never take the number (and the video path) of an old one.
+
+    Args:
+        spooled: keys of raw files still in the upload spool (an earlier run's, not yet
+            uploaded). An episode with any file there is taken, manifest or not: a new
+            episode of that number would overwrite its files or collide with its uploads.
     """
     indices = [int(m.group(1)) for key in raw.list_keys("raw")
                if key.endswith("manifest.json") and (m := _EPISODE_DIR.match(key))]
+    indices += [int(m.group(1)) for key in spooled if (m := _EPISODE_DIR.match(key))]
     video_prefix = output_template.split("{", 1)[0].rsplit("/", 1)[0]
     indices += [int(m.group(1)) for key in output.list_keys(video_prefix)
                 if (m := _EPISODE_VIDEO.search(key))]
@@ -96,6 +101,31 @@ def episode_job(episode: int, camera: str, *, run_id: str, raw: Storage, output:
         output_storage=output.url, output_key=options.output_key(episode=episode, camera=camera),
         options=options,
     )
+
+
+def spool_folder_for(settings: RecorderSettings, storage_url: str) -> Path:
+    """The upload spool folder of storage_url: under --spool-dir, else the output dir."""
+    # Absolute: messages that name it must still be right after a change of directory.
+    spool_dir = settings.spool_dir or settings.output_dir / ".upload-spool"
+    return spool_folder(spool_dir.absolute(), storage_url)
+
+
+def pending_uploads_note(settings: RecorderSettings) -> str | None:
+    """Where raw files not uploaded yet are, for the recorder's exit message; None: none."""
+    try:
+        storage = open_storage(settings.raw_storage_url)
+    except (ValueError, StorageError):
+        return None
+    if storage.local_dir("raw") is not None:
+        return None
+    folder = spool_folder_for(settings, storage.url)
+    files = spooled_files(folder)
+    if not files:
+        return None
+    size = sum(path.stat().st_size for path in files if path.exists())
+    return (f"{len(files)} raw files ({size / 1e6:.0f} MB) are not uploaded to {storage.url} "
+            f"yet; they are kept in {folder}/keys, laid out like their keys. The next "
+            f"`recorder record` with this --storage and --spool-dir uploads them first")
 
 
 def finish_writers(writers: Sequence[CameraWriter], *, interrupted: bool) -> list[Manifest]:
@@ -145,17 +175,23 @@ class RecordingSession:
         self.output_storage = open_storage(settings.output_storage_url)
         self.options = settings.encoder_options()
         self.run_id = uuid.uuid4().hex[:8]
-        self._spool: Path | None = None  # made when the first segment must be uploaded
         self._uploads: UploadSpool | None = None  # for raw storage that is not a local folder
 
     def run(self) -> SessionReport:
+        """Record every episode; returns once raw data is stored (and videos, as settings say).
+
+        Raises:
+            SpoolBusy: another recorder uses this storage's upload spool folder.
+        """
         settings = self.settings
-        first = next_episode_index(self.raw_storage, self.output_storage,
-                                   output_template=self.options.output_template)
+        spooled = self._open_spool()
         episodes: list[EpisodeReport] = []
         results: list[EncodeResult] = []
-        started_at = time.time()
         try:
+            first = next_episode_index(self.raw_storage, self.output_storage,
+                                       output_template=self.options.output_template,
+                                       spooled=spooled)
+            started_at = time.time()
             for number in range(settings.episodes):
                 episode = first + number
                 report, inline_results = self._record_one(episode)
@@ -245,25 +281,47 @@ class RecordingSession:
             segment_frames=self.settings.segment_frames,
         )
 
+    def _open_spool(self) -> list[str]:
+        """Lock the raw storage's upload spool and queue what earlier runs left in it.
+
+        Returns the keys found in the spool: their episode numbers are taken. Nothing to
+        do for a local folder, which the writers write in place.
+
+        The leftovers upload in the background, queued ahead of this run's files, rather
+        than before recording starts: waiting for them would hold the robot for as long as
+        the backlog of a long outage takes to upload, or for ever if the network drops
+        again, and recording must go on into the spool then. The one thing the wait would
+        have bought, episode numbers that cannot collide, comes from counting the spooled
+        episodes as taken in next_episode_index. The session still ends only once they are
+        uploaded too.
+
+        Raises:
+            SpoolBusy: another recorder holds the spool folder's lock.
+        """
+        if self.raw_storage.local_dir("raw") is not None:
+            return []
+        folder = spool_folder_for(self.settings, self.raw_storage.url)
+        self._uploads = UploadSpool(self.raw_storage, folder,
+                                    max_bytes=self.settings.spool_max_mb * 1_000_000)
+        try:
+            return self._uploads.resume().keys
+        except BaseException:
+            self._finish_uploads(timeout_s=0)
+            raise
+
     def _sink(self, prefix: str) -> SegmentSink:
         if self.raw_storage.local_dir(prefix) is not None:
             return DirectSink(self.raw_storage, prefix)
         # Remote storage: upload in the background, so the record loop never waits for
         # the network. Inline encoding reads the episode back at once: its manifest must
         # be stored before the writer's close() returns.
-        if self._uploads is None:
-            self._spool = Path(tempfile.mkdtemp(prefix="recorder-spool-"))
-            self._uploads = UploadSpool(self.raw_storage, self._spool / "upload",
-                                        max_bytes=self.settings.spool_max_mb * 1_000_000)
+        assert self._uploads is not None, "run() opens the spool first"
         return self._uploads.sink(prefix, durable_manifest=not self.settings.async_encoding)
 
     def _finish_uploads(self, *, timeout_s: float | None = None) -> None:
+        # Once everything is confirmed stored, close() also unlocks the spool folder.
         if self._uploads is not None and self._uploads.close(timeout_s):
-            # Everything is confirmed stored; what is left of the spool is empty folders.
             self._uploads = None
-            if self._spool is not None:
-                shutil.rmtree(self._spool, ignore_errors=True)
-                self._spool = None
 
     def _job(self, manifest: Manifest) -> EncodeJob:
         return episode_job(manifest.episode, manifest.camera, run_id=self.run_id,

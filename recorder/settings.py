@@ -56,6 +56,10 @@ class RecorderSettings(BaseSettings):
     spool_max_mb: int = Field(
         default=4096, ge=1,
         description="raw MB waiting for upload (s3 storage) before recording waits for uploads")
+    spool_dir: Path | None = Field(
+        default=None,
+        description="local folder of raw files waiting for upload (s3 storage), one sub-folder "
+                    "per storage; kept across runs. Default: OUTPUT_DIR/.upload-spool")
 
     @field_validator("codec")
     @classmethod

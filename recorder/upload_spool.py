@@ -13,12 +13,24 @@ The spool is bounded by max_bytes. When files waiting for upload reach it (a lon
 outage), committing the next segment waits for uploads to free room: the camera writers
 then fall behind and the record loop waits for them (counted as writer waits and late
 frames). Frames are delayed, never dropped; the log says why.
+
+The spool outlives the process. One folder per storage URL (spool_folder()) holds:
+    storage-url     the URL its files belong to
+    lock            flock()ed by the one process that uploads from the folder
+    keys/<key>      each file waiting for upload, at its key under that URL
+A file whose name starts with "." is still being written (".segment_00003.raw.partial",
+".manifest.json.partial"): never uploaded. A process that died with uploads pending
+leaves its files there; the next UploadSpool on the folder queues them first (resume()).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -28,6 +40,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 from botocore.exceptions import ClientError
+from pydantic import ValidationError
 
 from encoder_worker.raw_episode import MANIFEST_NAME, Manifest, manifest_key
 from encoder_worker.storage import Storage, StorageError
@@ -46,6 +59,48 @@ PERMANENT_ERRORS = {
 }
 
 
+KEYS_DIR = "keys"
+URL_FILE = "storage-url"
+LOCK_FILE = "lock"
+
+
+class SpoolBusy(StorageError):
+    """Another live process holds the spool folder's lock."""
+
+
+def spool_folder(spool_dir: Path, storage_url: str) -> Path:
+    """The spool folder of one storage URL under spool_dir: a readable slug and a hash.
+
+    The hash keeps two datasets apart even where their slugs are cut to the same text.
+    """
+    digest = hashlib.sha256(storage_url.encode()).hexdigest()[:12]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", storage_url.split("://", 1)[-1]).strip("-.")
+    return spool_dir / f"{slug[:48]}-{digest}"
+
+
+def spooled_files(root: Path) -> list[Path]:
+    """Every file in the spool folder root waiting for upload, unfinished ones included."""
+    return sorted(p for p in (root / KEYS_DIR).rglob("*") if p.is_file())
+
+
+def _unfinished(path: Path) -> bool:
+    # Writers write under a dotted name and rename when the file is complete.
+    return path.name.startswith(".")
+
+
+@dataclass
+class Leftovers:
+    """What earlier processes left in a spool folder, found by UploadSpool.resume()."""
+
+    queued: list[str] = field(default_factory=list)  # keys queued for upload, in order
+    kept: list[str] = field(default_factory=list)  # keys kept in the spool, not uploaded
+    bytes: int = 0  # of the queued files
+
+    @property
+    def keys(self) -> list[str]:
+        return self.queued + self.kept
+
+
 @dataclass
 class _Upload:
     key: str
@@ -59,17 +114,31 @@ class _Upload:
 class UploadSpool:
     """A local spool folder and the threads that upload its files into storage.
 
-    A context manager: leaving it waits until every file is uploaded (see close()).
+    Holds the folder's lock from construction until close() has uploaded everything (or
+    the process ends). A context manager: leaving it waits until every file is uploaded
+    (see close()).
+
+    Raises:
+        SpoolBusy: another live process uses the folder.
+        StorageError: the folder belongs to another storage URL.
     """
 
     def __init__(self, storage: Storage, root: Path, *, max_bytes: int, threads: int = 2,
                  retry_initial_s: float = 0.5, retry_max_s: float = 30.0) -> None:
         self.storage = storage
         self.root = root
+        self.keys_dir = root / KEYS_DIR
         self.max_bytes = max_bytes
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.keys_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = _lock(root, storage.url)
+        try:
+            _claim(root, storage.url)
+        except BaseException:
+            self._unlock()
+            raise
+        self._resumed = False
         self._cond = threading.Condition()
         self._queue: deque[_Upload] = deque()
         self._pending_bytes = 0  # queued or uploading, not yet confirmed
@@ -96,6 +165,70 @@ class UploadSpool:
     def error(self) -> StorageError | None:
         """The permanent upload error that stopped the spool, or None."""
         return self._error
+
+    def resume(self) -> Leftovers:
+        """Queue the files that earlier processes left in the spool, ahead of new ones.
+
+        Call once, before the first sink. Segments are queued before the manifests of
+        their episodes. Kept in the spool, logged and never uploaded: files still being
+        written when their writer died (a dotted name), and an episode whose manifest
+        cannot be read or disagrees with the size of a spooled segment (a power cut
+        before the data reached the disk): uploading it would publish a corrupt episode.
+        The queued files do not count against max_bytes here: they are on disk already.
+        """
+        if self._resumed:
+            raise RuntimeError("resume() was called already: its files are queued")
+        self._resumed = True
+        found = Leftovers()
+        folders: dict[Path, list[Path]] = {}
+        for path in spooled_files(self.root):
+            folders.setdefault(path.parent, []).append(path)
+        for folder, paths in folders.items():
+            complete = [p for p in paths if not _unfinished(p)]
+            found.kept += [self._key(p) for p in paths if _unfinished(p)]
+            segments = [p for p in complete if p.name != MANIFEST_NAME]
+            manifest = folder / MANIFEST_NAME if len(segments) < len(complete) else None
+            problem = _check_manifest(manifest, segments) if manifest is not None else None
+            if problem is not None:
+                logger.error("upload spool: %s; keeping %s/ and not uploading it",
+                             problem, folder)
+                found.kept += [self._key(p) for p in complete]
+                continue
+            # Sized before queueing: the upload threads move files out of the spool.
+            found.bytes += sum(p.stat().st_size for p in complete)
+            earlier = [self._queue_leftover(path) for path in segments]
+            if manifest is not None:
+                self._queue_leftover(manifest, after=earlier)
+            found.queued += [self._key(p) for p in segments + ([manifest] if manifest else [])]
+        if found.queued:
+            logger.warning("upload spool %s holds %d raw files (%.0f MB) of an earlier run "
+                           "not uploaded to %s: uploading them first, in the background",
+                           self.root, len(found.queued), found.bytes / 1e6, self.storage.url)
+        if found.kept:
+            logger.warning("upload spool %s: %d files are not uploaded and stay there, "
+                           "unfinished or inconsistent (their writer stopped before it was "
+                           "done): %s", self.root, len(found.kept), ", ".join(found.kept))
+        self._prune()
+        return found
+
+    def _key(self, path: Path) -> str:
+        return path.relative_to(self.keys_dir).as_posix()
+
+    def _queue_leftover(self, path: Path, *, after: list[_Upload] | None = None) -> _Upload:
+        upload = _Upload(self._key(path), path, path.stat().st_size, after=list(after or []))
+        with self._cond:
+            self._queue.append(upload)
+            self._pending_bytes += upload.size
+            self._pending_files += 1
+            self._cond.notify_all()
+        return upload
+
+    def _prune(self) -> None:
+        """Remove empty folders under keys/ (episodes uploaded)."""
+        for folder in sorted((p for p in self.keys_dir.rglob("*") if p.is_dir()),
+                             key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):  # not empty
+                folder.rmdir()
 
     def sink(self, prefix: str, *, durable_manifest: bool = False) -> SpoolSink:
         """A SegmentSink for one raw episode prefix that writes into this spool."""
@@ -203,8 +336,9 @@ class UploadSpool:
         reason = str(exc) if hint in str(exc) else f"{exc}; {hint}"
         self._error = StorageError(
             f"uploads to {self.storage.url} stopped: {reason}. Nothing more "
-            f"is uploaded; the raw files not uploaded stay in {self.root}, laid out like "
-            f"their keys under {self.storage.url}")
+            f"is uploaded; the raw files not uploaded stay in {self.keys_dir}, laid out like "
+            f"their keys under {self.storage.url}, and the next recorder for this storage "
+            f"uploads them")
         self._error.__cause__ = exc
         logger.error("%s", self._error)
         self._cond.notify_all()
@@ -241,11 +375,14 @@ class UploadSpool:
             self._join()
             raise
         if not uploaded:
+            # The threads go on trying, and hold the lock, while the process lives.
             logger.error("%d raw files (%.0f MB) could not be uploaded to %s yet; they are "
-                         "kept in %s", self._pending_files, self._pending_bytes / 1e6,
-                         self.storage.url, self.root)
+                         "kept in %s, and the next recorder for this storage uploads them",
+                         self._pending_files, self._pending_bytes / 1e6, self.storage.url,
+                         self.keys_dir)
             return False
         self._join()
+        self._prune()
         return True
 
     def _join(self) -> None:
@@ -254,6 +391,12 @@ class UploadSpool:
             self._cond.notify_all()
         for thread in self._threads:
             thread.join()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def wait_for_upload(self, upload: _Upload) -> None:
         """Wait until upload is confirmed stored.
@@ -283,7 +426,7 @@ class SpoolSink:
         # True: commit_manifest returns only once the manifest is stored (inline encoding
         # reads the episode back right away).
         self.durable_manifest = durable_manifest
-        self._dir = spool.root / prefix
+        self._dir = spool.keys_dir / prefix
         self._dir.mkdir(parents=True, exist_ok=True)
         self._segments: list[_Upload] = []
 
@@ -306,6 +449,66 @@ class SpoolSink:
         upload = self.spool.enqueue(manifest_key(self.prefix), path, after=self._segments)
         if self.durable_manifest:
             self.spool.wait_for_upload(upload)
+
+
+def _lock(root: Path, storage_url: str) -> int:
+    """Take the spool folder's lock; returns its open descriptor (closing it unlocks).
+
+    flock() is released by the kernel when its holder dies, so a lock left by a killed
+    recorder never blocks the next one.
+
+    Raises:
+        SpoolBusy: another live process holds it.
+    """
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise SpoolBusy(
+            f"another recorder (pid {holder}) is using the upload spool {root} for "
+            f"{storage_url}: wait until it has finished, or give this one another "
+            f"--spool-dir (FARM_SPOOL_DIR)") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _claim(root: Path, storage_url: str) -> None:
+    """Record the storage URL of root's files, or refuse a folder that holds another's.
+
+    Raises:
+        StorageError: root belongs to another storage URL.
+    """
+    path = root / URL_FILE
+    if path.exists():
+        owner = path.read_text().strip()
+        if owner != storage_url:
+            raise StorageError(f"the upload spool {root} holds files for {owner}, not "
+                               f"{storage_url}: give this storage another spool folder")
+        return
+    tmp = path.with_name(f".{URL_FILE}.partial")
+    tmp.write_text(f"{storage_url}\n")
+    os.replace(tmp, path)
+
+
+def _check_manifest(path: Path, segments: list[Path]) -> str | None:
+    """Why a spooled manifest must not be uploaded with these segments, or None."""
+    try:
+        manifest = Manifest.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as exc:
+        return f"{path} cannot be read ({type(exc).__name__})"
+    sizes = {info.name: info.bytes for info in manifest.segments}
+    for segment in segments:
+        size = segment.stat().st_size
+        if segment.name in sizes and size != sizes[segment.name]:
+            return (f"{segment} has {size} bytes, its manifest says "
+                    f"{sizes[segment.name]}")
+    return None
 
 
 def _error_code(exc: BaseException) -> str | None:

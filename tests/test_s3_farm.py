@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,9 +17,9 @@ from s3_fixtures import MotoServer
 from video_checks import check_video_against_raw
 
 from encoder_worker.jobs import EncodeJob
-from encoder_worker.raw_episode import raw_prefix
+from encoder_worker.raw_episode import Manifest, RawEpisodeReader, raw_prefix
 from encoder_worker.settings import WorkerSettings
-from encoder_worker.storage import StorageError, open_storage
+from encoder_worker.storage import Storage, StorageError, open_storage
 from encoder_worker.storage.local import LocalStorage
 from encoder_worker.storage.s3 import parse_s3_url
 from encoder_worker.tasks import manifest_pending
@@ -46,19 +46,23 @@ def check_outputs(output_url: str, raw_url: str, *, episodes: int, cameras: int,
     return counts
 
 
-def start_recorder(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
-    """`recorder record` in its own working and temp folders; returns (process, log, tmp)."""
+def start_recorder(tmp_path: Path, *args: str,
+                   name: str = "recorder") -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """`recorder record` in its own working and temp folders; returns (process, log, spool).
+
+    spool is the default --spool-dir, which runs in the same tmp_path share.
+    """
     workdir = tmp_path / "recorder-cwd"
     tmp = tmp_path / "recorder-tmp"
-    workdir.mkdir()
-    tmp.mkdir()
-    log = tmp_path / "recorder.log"
+    workdir.mkdir(exist_ok=True)
+    tmp.mkdir(exist_ok=True)
+    log = tmp_path / f"{name}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "recorder.cli", "record", *args], cwd=workdir,
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)})
-    return process, log, tmp
+    return process, log, workdir / "recordings" / ".upload-spool"
 
 
 def worker_args(tmp_path: Path, index: int, storage: str) -> dict[str, object]:
@@ -124,6 +128,18 @@ def test_manifest_pending_until_uploaded(tmp_path: Path) -> None:
     assert not manifest_pending(old, WorkerSettings(manifest_wait_s=3600)), "gives up"
 
 
+def test_exit_message_names_the_pending_files(tmp_path: Path) -> None:
+    settings = RecorderSettings(storage="s3://bucket/datasets/x", spool_dir=tmp_path)
+    assert session.pending_uploads_note(settings) is None
+    folder = session.spool_folder_for(settings, "s3://bucket/datasets/x")
+    segment = folder / "keys/raw/episode_000000/cam0/segment_00000.raw"
+    segment.parent.mkdir(parents=True)
+    segment.write_bytes(b"x" * 10)
+    note = session.pending_uploads_note(settings)
+    assert note is not None and "1 raw files (0 MB)" in note and f"{folder}/keys" in note
+    assert session.pending_uploads_note(RecorderSettings(storage=str(tmp_path))) is None
+
+
 # --- with moto and Redis --------------------------------------------------------------
 
 @pytest.mark.integration
@@ -143,15 +159,14 @@ def test_recording_into_a_missing_bucket_fails_instead_of_hanging(
     # As if the bucket went away after the start-up checks (or puts are forbidden): the
     # spool's uploads fail permanently, and recording stops with what to fix.
     monkeypatch.setattr(session, "next_episode_index", lambda *_, **__: 0)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     missing = s3_url.replace("s3://", "s3://missing-", 1)
     settings = RecorderSettings(storage=missing, episodes=2, episode_time=1, cameras=2,
                                 width=64, height=48, fps=15, codec="libx264",
-                                segment_frames=5)
+                                segment_frames=5, spool_dir=tmp_path / "spool")
     recording = session.RecordingSession(settings, cli.synthetic_cameras(settings))
     with pytest.raises(StorageError, match=r"NoSuchBucket.*create the bucket"):
         recording.run()
-    kept = list(tmp_path.glob("recorder-spool-*/upload/raw/episode_000000/cam*/segment_*.raw"))
+    kept = list(tmp_path.glob("spool/*/keys/raw/episode_000000/cam*/segment_*.raw"))
     assert kept, "what was recorded stays in the spool"
 
 
@@ -173,14 +188,14 @@ def test_recorder_and_workers_share_only_s3_and_redis(
     for index in range(2):
         start_worker(broker_url, "--storage", s3_url, "--concurrency", "1",
                      **worker_args(tmp_path, index, s3_url))
-    process, log, tmp = start_recorder(
+    process, log, spool = start_recorder(
         tmp_path, "--storage", s3_url, "--async-encoding", "--broker", broker_url,
         "--episodes", "2", "--episode-time", "1", "--cameras", "2", *SMALL)
     assert process.wait(timeout=240) == 0, log.read_text()
     counts = check_outputs(s3_url, s3_url, episodes=2, cameras=2, tmp_path=tmp_path)
     assert len(counts) == 4 and all(counts.values())
     # Nothing was left in the recorder's spool; the raw data lives in S3 only.
-    assert not [p for p in tmp.rglob("*.raw")]
+    assert spool.is_dir() and not [p for p in spool.rglob("*.raw")]
 
 
 @pytest.mark.integration
@@ -194,21 +209,21 @@ def test_s3_outage_during_recording(moto_server: MotoServer, s3_url: str, broker
                      **worker_args(tmp_path, index, s3_url))
     episodes, cameras = 3, 2
     bucket, _ = parse_s3_url(s3_url)
-    process, log, tmp = start_recorder(
+    process, log, spool = start_recorder(
         tmp_path, "--storage", s3_url, "--async-encoding", "--broker", broker_url,
         "--episodes", str(episodes), "--episode-time", "1.5", "--cameras", str(cameras),
         *SMALL)
 
     def manifests() -> tuple[int, int]:
         """(in the recorder's spool, in the bucket): moto's state is readable while down."""
-        spooled = len(list(tmp.rglob("manifest.json")))
+        spooled = len(list(spool.rglob("manifest.json")))
         stored = sum(key.endswith("/manifest.json") for key in moto_server.stored_keys(bucket))
         return spooled, stored
 
     try:
         # Episode 0's spool folder appears once the recorder is past its start-up listing
         # of the bucket, a whole segment before the first upload: the outage starts now.
-        wait_for(lambda: any(tmp.glob("recorder-spool-*/upload/raw/episode_*"))
+        wait_for(lambda: any(spool.glob("*/keys/raw/episode_*"))
                  or process.poll() is not None, timeout_s=60, what="the recorder's spool")
         assert process.poll() is None, log.read_text()
         moto_server.stop()
@@ -229,4 +244,91 @@ def test_s3_outage_during_recording(moto_server: MotoServer, s3_url: str, broker
     counts = check_outputs(s3_url, s3_url, episodes=episodes, cameras=cameras,
                            tmp_path=tmp_path)
     assert len(counts) == episodes * cameras and all(counts.values())
-    assert not [p for p in tmp.rglob("*.raw")], "spool drained"
+    assert not [p for p in spool.rglob("*.raw")], "spool drained"
+
+
+def raw_episodes(storage: Storage) -> dict[tuple[int, str], Manifest]:
+    """Every raw episode in storage with a manifest, read back in full (CRC-32 checked)."""
+    found = {}
+    for key in storage.list_keys("raw"):
+        if key.endswith("/manifest.json"):
+            reader = RawEpisodeReader(storage, key.removesuffix("/manifest.json"))
+            manifest = reader.manifest
+            assert sum(1 for _ in reader.frames()) == manifest.frame_count
+            found[manifest.episode, manifest.camera] = manifest
+    return found
+
+
+@pytest.mark.integration
+def test_killed_recorder_leaves_its_spool_to_the_next_run(
+        moto_server: MotoServer, s3_url: str, broker_url: str, tmp_path: Path) -> None:
+    # No workers: this is about raw data. The jobs wait in Redis.
+    cameras = 2
+    bucket, _ = parse_s3_url(s3_url)
+    common = ["--storage", s3_url, "--async-encoding", "--broker", broker_url, "--no-wait",
+              "--episode-time", "1", "--cameras", str(cameras), *SMALL]
+    process, log, spool = start_recorder(tmp_path, *common, "--episodes", "2", name="first")
+
+    def manifests() -> set[str]:
+        """Prefixes with a manifest in the recorder's spool or in the bucket (moto down)."""
+        spooled = {p.parent.relative_to(p.parents[3]).as_posix()
+                   for p in spool.glob("*/keys/raw/*/*/manifest.json")}
+        stored = {k.split("/", 2)[2].removesuffix("/manifest.json")
+                  for k in moto_server.stored_keys(bucket) if k.endswith("/manifest.json")}
+        return spooled | stored
+
+    try:
+        wait_for(lambda: any(spool.glob("*/keys/raw/episode_*")) or process.poll() is not None,
+                 timeout_s=60, what="the recorder's spool")
+        assert process.poll() is None, log.read_text()
+        moto_server.stop()
+        wait_for(lambda: process.poll() is not None or len(manifests()) == 2 * cameras,
+                 timeout_s=60, what="every manifest committed to the spool or the bucket")
+        assert process.poll() is None, f"recorder ended during the outage:\n{log.read_text()}"
+        stranded = len(list(spool.glob("*/keys/raw/*/*/manifest.json")))
+        assert stranded >= cameras, "the last episode waits in the spool"
+        # A power cut, or the process killed while it waits for the network.
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert list(spool.glob("*/keys/raw/*/*/segment_*.raw")), "stranded segments on disk"
+
+    moto_server.start()
+    second, second_log, _ = start_recorder(tmp_path, *common, "--episodes", "1", name="second")
+    assert second.wait(timeout=240) == 0, second_log.read_text()
+    assert "of an earlier run" in second_log.read_text()
+    episodes = raw_episodes(open_storage(s3_url))
+    # The stranded episodes kept their numbers; the new one came after them.
+    assert sorted(episodes) == [(e, f"cam{c}") for e in range(3) for c in range(cameras)]
+    assert all(m.frame_count == 15 and not m.interrupted for m in episodes.values())
+    assert min(episodes[2, c].recorded_at for c in ("cam0", "cam1")) > max(
+        episodes[e, c].recorded_at for e in (0, 1) for c in ("cam0", "cam1"))
+    assert not [p for p in spool.rglob("*") if p.is_file() and "keys" in p.parts]
+
+
+@pytest.mark.integration
+def test_a_second_recorder_on_the_same_spool_is_refused(s3_url: str, tmp_path: Path) -> None:
+    process, log, spool = start_recorder(tmp_path, "--storage", s3_url, "--episodes", "1",
+                                         "--episode-time", "120", "--cameras", "1", *SMALL)
+    try:
+        # The holder writes its pid into the lock file once it has the lock.
+        wait_for(lambda: process.poll() is not None or any(
+            p.read_text().strip() == str(process.pid) for p in spool.glob("*/lock")),
+            timeout_s=60, what="the first recorder to lock its spool")
+        assert process.poll() is None, log.read_text()
+        second = subprocess.run(
+            [sys.executable, "-m", "recorder.cli", "record", "--storage", s3_url,
+             "--episodes", "1", "--episode-time", "1", "--cameras", "1", *SMALL],
+            cwd=tmp_path / "recorder-cwd", capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert second.returncode == 1, second.stderr
+        assert (f"another recorder (pid {process.pid}) is using the upload spool {spool}/"
+                in second.stderr), second.stderr
+        assert "--spool-dir" in second.stderr
+        assert process.poll() is None, "the first recorder goes on"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -10,11 +11,12 @@ import pytest
 from botocore.exceptions import ClientError
 from conftest import wait_for
 
-from encoder_worker.raw_episode import RawEpisodeReader, RawEpisodeWriter
+from encoder_worker.raw_episode import DirectSink, RawEpisodeReader, RawEpisodeWriter
 from encoder_worker.storage import StorageError
 from encoder_worker.storage.local import LocalStorage
 from encoder_worker.storage.s3 import S3Storage
-from recorder.upload_spool import UploadSpool
+from recorder import upload_spool
+from recorder.upload_spool import SpoolBusy, UploadSpool, spool_folder
 
 
 class FlakyStorage(LocalStorage):
@@ -70,6 +72,11 @@ def write_episode(spool: UploadSpool, *, episode: int, camera: str, frames: int,
     return written
 
 
+def spooled_files(root: Path) -> list[str]:
+    """Names of the files waiting in the spool folder root."""
+    return sorted(p.name for p in upload_spool.spooled_files(root))
+
+
 def test_uploads_in_background_manifest_last(tmp_path: Path) -> None:
     storage = FlakyStorage(tmp_path / "bucket")
     with UploadSpool(storage, tmp_path / "spool", max_bytes=10**9, threads=3) as spool:
@@ -81,7 +88,8 @@ def test_uploads_in_background_manifest_last(tmp_path: Path) -> None:
         assert len(keys) == 6 and keys[-1] == f"{prefix}/manifest.json", keys
         read = list(RawEpisodeReader(storage, prefix).frames())
         assert all(np.array_equal(a, b) for a, b in zip(read, written, strict=True))
-    assert not [p for p in (tmp_path / "spool").rglob("*") if p.is_file()], "spool emptied"
+    assert not spooled_files(tmp_path / "spool"), "spool emptied"
+    assert not list((tmp_path / "spool" / "keys").iterdir()), "empty folders removed"
 
 
 def test_outage_keeps_files_in_spool_and_resumes(tmp_path: Path) -> None:
@@ -91,9 +99,8 @@ def test_outage_keeps_files_in_spool_and_resumes(tmp_path: Path) -> None:
                         retry_max_s=0.05)
     written = write_episode(spool, episode=3, camera="cam0", frames=10)
     wait_for(lambda: storage.refused >= 5, timeout_s=30, what="failed upload attempts")
-    spooled = sorted(p.name for p in (tmp_path / "spool").rglob("*") if p.is_file())
-    assert spooled == ["manifest.json", "segment_00000.raw", "segment_00001.raw",
-                       "segment_00002.raw"]
+    assert spooled_files(tmp_path / "spool") == ["manifest.json", "segment_00000.raw",
+                                                 "segment_00001.raw", "segment_00002.raw"]
     assert storage.stored == [] and spool.pending_files == 4
     storage.down.clear()
     assert spool.close()
@@ -139,15 +146,11 @@ def test_close_with_timeout_keeps_what_is_not_uploaded(tmp_path: Path) -> None:
                         retry_max_s=0.05)
     write_episode(spool, episode=0, camera="cam0", frames=6)
     assert not spool.close(timeout_s=0.2)
-    kept = sorted(p.name for p in (tmp_path / "spool").rglob("*") if p.is_file())
-    assert kept == ["manifest.json", "segment_00000.raw", "segment_00001.raw"]
+    assert spooled_files(tmp_path / "spool") == ["manifest.json", "segment_00000.raw",
+                                                 "segment_00001.raw"]
     storage.down.clear()  # the threads keep trying while the process lives
     assert spool.close()
     assert storage.exists("raw/episode_000000/cam0/manifest.json")
-
-
-def spooled_files(root: Path) -> list[str]:
-    return sorted(p.name for p in root.rglob("*") if p.is_file())
 
 
 @pytest.mark.parametrize("code", ["NoSuchBucket", "AccessDenied", "InvalidAccessKeyId",
@@ -250,3 +253,85 @@ def test_missing_bucket_fails_with_a_clear_error(s3_url: str, tmp_path: Path) ->
     assert str(tmp_path / "spool") in str(raised.value)
     assert spooled_files(tmp_path / "spool") == ["manifest.json", "segment_00000.raw",
                                                  "segment_00001.raw", "segment_00002.raw"]
+
+
+# --- a spool that outlives its process ------------------------------------------------
+
+def leave_episode(root: Path, *, episode: int, frames: int,
+                  finish: bool = True) -> list[np.ndarray]:
+    """Write an episode into spool folder root's keys/ as a process that died would leave it.
+
+    finish=False: the writer died mid-segment, leaving a partial file and no manifest.
+    """
+    prefix = f"raw/episode_{episode:06d}/cam0"
+    sink = DirectSink(LocalStorage(root / upload_spool.KEYS_DIR), prefix)
+    writer = RawEpisodeWriter(sink, episode=episode, camera="cam0", width=32, height=16,
+                              fps=30, segment_frames=4)
+    rng = np.random.default_rng(episode)
+    written = [rng.integers(0, 255, (16, 32, 3), dtype=np.uint8) for _ in range(frames)]
+    for index, frame in enumerate(written):
+        writer.write(frame, index / 30)
+    if finish:
+        writer.close()
+    return written
+
+
+def test_leftovers_of_a_dead_process_upload_first(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    storage = FlakyStorage(tmp_path / "bucket")
+    root = spool_folder(tmp_path / "spools", storage.url)
+    done = leave_episode(root, episode=0, frames=10)
+    leave_episode(root, episode=1, frames=6, finish=False)  # segment 0 done, 1 partial
+    leave_episode(root, episode=2, frames=10)
+    # A power cut before the data reached the disk: the manifest says otherwise.
+    truncated = root / "keys/raw/episode_000002/cam0/segment_00001.raw"
+    truncated.write_bytes(truncated.read_bytes()[:100])
+
+    caplog.set_level(logging.WARNING, logger="recorder.upload_spool")
+    # Leftovers are on disk already: they are queued whatever max_bytes says; new
+    # segments wait for room as usual.
+    spool = UploadSpool(storage, root, max_bytes=1, threads=1)
+    leftovers = spool.resume()
+    new = write_episode(spool, episode=3, camera="cam0", frames=6)
+    assert spool.close()
+
+    partial = "raw/episode_000001/cam0/.segment_00001.raw.partial"
+    assert partial in leftovers.kept
+    assert sorted(k for k in leftovers.kept if "episode_000002" in k) == [
+        f"raw/episode_000002/cam0/{name}" for name in
+        ("manifest.json", "segment_00000.raw", "segment_00001.raw", "segment_00002.raw")]
+    assert leftovers.queued == [
+        *(f"raw/episode_000000/cam0/segment_0000{i}.raw" for i in range(3)),
+        "raw/episode_000000/cam0/manifest.json", "raw/episode_000001/cam0/segment_00000.raw"]
+    # One upload thread: the queue order is the upload order. Leftovers went first, each
+    # manifest after its segments; partial and inconsistent files were not uploaded.
+    assert storage.stored[:len(leftovers.queued)] == leftovers.queued
+    assert storage.stored[-1] == "raw/episode_000003/cam0/manifest.json"
+    assert not [k for k in storage.stored if ".partial" in k or "episode_000002" in k]
+    for episode, written in ((0, done), (3, new)):
+        read = list(RawEpisodeReader(storage, f"raw/episode_{episode:06d}/cam0").frames())
+        assert all(np.array_equal(a, b) for a, b in zip(read, written, strict=True))
+    assert spooled_files(root) == [".segment_00001.raw.partial", "manifest.json",
+                                   "segment_00000.raw", "segment_00001.raw",
+                                   "segment_00002.raw"]
+    assert partial in caplog.text and "segment_00001.raw has 100 bytes" in caplog.text
+    assert "of an earlier run" in caplog.text
+
+
+def test_a_spool_folder_has_one_live_user(tmp_path: Path) -> None:
+    storage = FlakyStorage(tmp_path / "bucket")
+    root = spool_folder(tmp_path / "spools", storage.url)
+    first = UploadSpool(storage, root, max_bytes=10**9)
+    with pytest.raises(SpoolBusy, match=r"another recorder \(pid \d+\) is using the upload "
+                                        r"spool .*--spool-dir"):
+        UploadSpool(storage, root, max_bytes=10**9)
+    assert first.close()
+    with UploadSpool(storage, root, max_bytes=10**9) as second:
+        assert second.resume().keys == []
+    other = FlakyStorage(tmp_path / "other-bucket")
+    with pytest.raises(StorageError, match="holds files for"):
+        UploadSpool(other, root, max_bytes=10**9)
+    long = "s3://bucket/" + "x" * 60
+    assert spool_folder(tmp_path, long + "/a") != spool_folder(tmp_path, long + "/b")
+    assert spool_folder(tmp_path, "s3://bucket/datasets/x").name.startswith(
+        "bucket-datasets-x-")
