@@ -41,6 +41,13 @@ def wait_for(predicate: Callable[[], object], *, timeout_s: float, what: str,
         time.sleep(interval_s)
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relative defaults (recordings/, benchmark_results/) land in the test's folder,
+    never in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server owned by this test (TCP, free port, append-only file on)."""
