@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 
 import numpy as np
 
@@ -31,7 +30,6 @@ class CameraWriter:
         self.writer = writer
         self._queue: queue.Queue[tuple[np.ndarray, float] | None] = queue.Queue(queue_frames)
         self._error: BaseException | None = None
-        self.blocked_s = 0.0
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"writer-{writer.camera}")
         self._thread.start()
@@ -57,9 +55,7 @@ class CameraWriter:
             self._queue.put((frame, timestamp_s), timeout=period_s)
             return False
         except queue.Full:
-            started = time.perf_counter()
             self._queue.put((frame, timestamp_s))
-            self.blocked_s += time.perf_counter() - started
             return True
 
     def finish(self, *, interrupted: bool = False) -> Manifest:

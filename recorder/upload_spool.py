@@ -146,8 +146,6 @@ class UploadSpool:
         self._stopping = False
         # Set by the first permanent upload error; the spool uploads nothing after it.
         self._error: StorageError | None = None
-        self.uploaded_files = 0
-        self.failed_attempts = 0
         self._threads = [threading.Thread(target=self._run, name=f"upload-{i}", daemon=True)
                          for i in range(threads)]
         for thread in self._threads:
@@ -217,11 +215,15 @@ class UploadSpool:
     def _queue_leftover(self, path: Path, *, after: list[_Upload] | None = None) -> _Upload:
         upload = _Upload(self._key(path), path, path.stat().st_size, after=list(after or []))
         with self._cond:
-            self._queue.append(upload)
-            self._pending_bytes += upload.size
-            self._pending_files += 1
-            self._cond.notify_all()
+            self._append(upload)
         return upload
+
+    def _append(self, upload: _Upload) -> None:
+        """Queue upload; the caller holds self._cond."""
+        self._queue.append(upload)
+        self._pending_bytes += upload.size
+        self._pending_files += 1
+        self._cond.notify_all()
 
     def _prune(self) -> None:
         """Remove empty folders under keys/ (episodes uploaded)."""
@@ -254,10 +256,7 @@ class UploadSpool:
                 self._raise_if_failed()
                 logger.warning("upload spool has room again after %.1fs",
                                time.monotonic() - started)
-            self._queue.append(upload)
-            self._pending_bytes += upload.size
-            self._pending_files += 1
-            self._cond.notify_all()
+            self._append(upload)
         return upload
 
     def _run(self) -> None:
@@ -273,7 +272,6 @@ class UploadSpool:
             with self._cond:
                 self._pending_bytes -= upload.size
                 self._pending_files -= 1
-                self.uploaded_files += 1
                 upload.done.set()
                 self._cond.notify_all()
 
@@ -311,7 +309,6 @@ class UploadSpool:
                     # It will wait in the spool: now it must survive a power cut.
                     _fsync(upload.path)
                 with self._cond:
-                    self.failed_attempts += 1
                     code = _error_code(exc)
                     if code in PERMANENT_ERRORS:
                         self._fail(exc, code)
