@@ -10,12 +10,6 @@ from pydantic import BaseModel, Field
 
 SCHEMA_VERSION = 1
 
-# LeRobot v2.1 per-episode layout; override with EncoderOptions.output_template.
-DEFAULT_OUTPUT_TEMPLATE = (
-    "videos/chunk-{chunk:03d}/observation.images.{camera}/episode_{episode:06d}.mp4"
-)
-DEFAULT_CHUNK_SIZE = 1000
-
 
 class Status(StrEnum):
     SUCCEEDED = "succeeded"
@@ -34,8 +28,6 @@ class EncoderOptions(BaseModel):
     preset: str | None = "12"
     # Extra ffmpeg codec options, passed through as strings.
     extra: dict[str, str] = Field(default_factory=dict)
-    output_template: str = DEFAULT_OUTPUT_TEMPLATE
-    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1)
 
     def codec_options(self) -> dict[str, str]:
         """The ffmpeg options for this codec, as PyAV takes them."""
@@ -58,12 +50,6 @@ class EncoderOptions(BaseModel):
             return "p1" if int(preset) >= 8 else "p4"
         return preset
 
-    def output_key(self, *, episode: int, camera: str) -> str:
-        """Where the video of one (episode, camera) goes, relative to the output root."""
-        return self.output_template.format(
-            chunk=episode // self.chunk_size, episode=episode, camera=camera
-        )
-
 
 class EncodeJob(BaseModel):
     """One (episode, camera) to encode: where its raw frames are and where the MP4 goes."""
@@ -75,7 +61,8 @@ class EncodeJob(BaseModel):
     raw_storage: str = Field(description="storage URL holding the raw episode")
     raw_prefix: str = Field(description="key prefix of the raw episode in raw_storage")
     output_storage: str
-    output_key: str
+    output_key: str = Field(description="where the video goes in output_storage; the "
+                                        "recorder's dataset layout decides")
     options: EncoderOptions = Field(default_factory=EncoderOptions)
     submitted_at: float = Field(default_factory=time.time, description="unix time")
 

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
 import sys
-import uuid
-from collections.abc import Iterator, Sequence
-from typing import NoReturn
+from collections.abc import Sequence
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from encoder_worker.broker import BrokerUnreachable, check_broker
 from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
 from encoder_worker.jobs import EncodeResult
 from encoder_worker.storage import StorageError, open_storage
@@ -25,20 +19,14 @@ from recorder.benchmark.command import (
     run_analyze_command,
     run_benchmark_command,
 )
-from recorder.cameras import CameraSource
-from recorder.cameras.synthetic import SyntheticCamera
-from recorder.farm_client import EncodingFarmClient
-from recorder.farm_storage import check_farm_storage, check_storage_access
-from recorder.local_farm import FarmStartError, LocalFarm
-from recorder.pending import scan_pending
+from recorder.dataset import DatasetError
+from recorder.dataset.complete import Completion
+from recorder.dataset.pack import PackError, pack_dataset
+from recorder.farm_setup import RecorderError
+from recorder.interrupts import interrupt_on_sigterm
+from recorder.pending import encode_pending
 from recorder.raw_writer import WriterFailed
-from recorder.session import (
-    RecordingSession,
-    SessionReport,
-    encode_inline,
-    episode_job,
-    pending_uploads_note,
-)
+from recorder.session import SessionReport, pending_uploads_note, record
 from recorder.settings import RecorderSettings
 from recorder.upload_spool import SpoolBusy
 
@@ -61,10 +49,8 @@ DATASET_ALIASES = {
 PENDING_FIELDS = ["async_encoding", "video_encoding_workers", "video_encoding_queue_size",
                   "broker", "storage", "output_storage", "output_dir", "repo_id", "codec", "crf",
                   "gop", "preset", "pix_fmt", "shared_folder"]
-
-
-class RecorderError(Exception):
-    """A problem the user can fix; printed without a traceback, exit code 1."""
+# The settings that say where a dataset is.
+DATASET_FIELDS = ["storage", "output_storage", "output_dir", "repo_id"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(pending, RecorderSettings, fields=PENDING_FIELDS)
     pending.add_argument("--dry-run", action="store_true",
                          help="only list what would be encoded")
+    pack = commands.add_parser(
+        "pack", help="pack a dataset's per-episode videos into LeRobot's files of up to "
+                     "--max-file-mb per camera (lossless, verified)")
+    add_settings_arguments(pack, RecorderSettings, fields=DATASET_FIELDS)
+    pack.add_argument("--max-file-mb", type=int, default=200, metavar="MB",
+                      help="largest packed video file (LeRobot's default: 200)")
     return parser
 
 
@@ -93,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"record": run_record, "benchmark": run_benchmark_command,
-                "analyze": run_analyze_command, "encode-pending": run_encode_pending}
+                "analyze": run_analyze_command, "encode-pending": run_encode_pending,
+                "pack": run_pack}
     return commands[args.command](parser, args)
 
 
@@ -103,10 +96,10 @@ def run_record(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         parser.error("--no-wait needs a lasting farm (--broker URL): the private farm of the "
                      "zero-config default stops when the recorder exits")
     console = Console()
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_sigterm()
     try:
         report = record(settings, console=console)
-    except (RecorderError, StorageError, WriterFailed) as exc:
+    except (RecorderError, StorageError, WriterFailed, DatasetError) as exc:
         # Frames recorded before the failure stay where they were written.
         print(f"recorder: {exc}", file=sys.stderr)
         if not isinstance(exc, SpoolBusy) and (note := pending_uploads_note(settings)):
@@ -122,72 +115,6 @@ def run_record(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     return 1 if report.failed else 0
 
 
-def _interrupt(signum: int, frame: object) -> NoReturn:
-    raise KeyboardInterrupt
-
-
-def record(settings: RecorderSettings, *, console: Console,
-           cameras: Sequence[CameraSource] | None = None) -> SessionReport:
-    """Run a whole recording session as the settings say; returns its report.
-
-    Args:
-        cameras: the sources to record; default settings.cameras synthetic cameras.
-
-    Raises:
-        RecorderError: the farm cannot be reached or started.
-    """
-    if cameras is None:
-        cameras = synthetic_cameras(settings)
-    with farm_for(settings) as farm, progress_display(console) as progress:
-        session = RecordingSession(settings, cameras, farm=farm, progress=progress)
-        return session.run()
-
-
-def synthetic_cameras(settings: RecorderSettings) -> list[SyntheticCamera]:
-    return [SyntheticCamera(f"cam{i}", width=settings.width, height=settings.height,
-                            fps=settings.fps, seed=settings.seed + i)
-            for i in range(settings.cameras)]
-
-
-@contextlib.contextmanager
-def farm_for(settings: RecorderSettings) -> Iterator[EncodingFarmClient | None]:
-    """The farm client for these settings (None: inline), once storage and farm answer.
-
-    Raises:
-        RecorderError: storage or broker cannot be reached, local workers did not start
-        or all died.
-    """
-    try:
-        check_storage_access(settings)
-    except StorageError as exc:
-        raise RecorderError(str(exc)) from exc
-    if not settings.async_encoding:
-        yield None
-        return
-    try:
-        check_farm_storage(settings)
-        if settings.broker is not None:
-            check_broker(settings.broker)
-            with EncodingFarmClient(settings.broker,
-                                    queue_size=settings.video_encoding_queue_size) as client:
-                yield client
-            return
-        with LocalFarm(workers=settings.video_encoding_workers) as local, \
-                EncodingFarmClient(local.broker_url,
-                                   queue_size=settings.video_encoding_queue_size) as client:
-            client.health_check = local.check_workers
-            yield client
-    except (BrokerUnreachable, FarmStartError, ValueError) as exc:
-        raise RecorderError(str(exc)) from exc
-
-
-def progress_display(console: Console) -> Progress:
-    """A live progress display, silent when output is not a terminal."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, disable=not console.is_terminal,
-                    transient=True)
-
-
 def print_summary(report: SessionReport, *, console: Console) -> None:
     episodes = Table(title=f"Episodes ({report.mode} encoding)")
     for column in ("episode", "frames/camera", "late", "capture s", "finalize s",
@@ -201,9 +128,23 @@ def print_summary(report: SessionReport, *, console: Console) -> None:
 
     print_videos(report.results, console=console)
     console.print(f"recording took {report.total_recording_s:.2f}s; raw episodes in "
-                  f"{report.raw_storage}, videos in {report.output_storage}")
+                  f"{report.raw_storage}")
     if report.all_ready_at is None:
-        console.print("not waiting for the farm (--no-wait): videos appear as workers finish")
+        console.print("not waiting for the farm (--no-wait): videos appear as workers "
+                      "finish; `recorder encode-pending` with the same flags completes the "
+                      "dataset")
+    if report.completion is not None:
+        print_completion(report.completion, report.output_storage, console=console)
+
+
+def print_completion(completion: Completion, url: str, *, console: Console) -> None:
+    console.print(f"LeRobot dataset {url}: {completion.total_episodes} episodes, "
+                  f"{completion.total_frames} frames", soft_wrap=True)
+    if completion.waiting is not None:
+        recording, why = completion.waiting
+        console.print(f"{completion.staged_left} recorded episodes are not in it yet "
+                      f"(recording {recording}: {why}); run `recorder encode-pending` with the "
+                      "same flags to complete it", soft_wrap=True)
 
 
 def print_videos(results: Sequence[EncodeResult], *, console: Console) -> None:
@@ -226,52 +167,41 @@ def print_videos(results: Sequence[EncodeResult], *, console: Console) -> None:
 def run_encode_pending(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     settings = settings_from_args(parser, RecorderSettings, args)
     console = Console()
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_sigterm()
     try:
-        results = encode_pending(settings, console=console, dry_run=args.dry_run)
-    except (RecorderError, StorageError) as exc:
+        results, completion = encode_pending(settings, console=console, dry_run=args.dry_run)
+    except (RecorderError, StorageError, DatasetError) as exc:
         print(f"recorder: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("recorder: interrupted; run encode-pending again for what is left",
               file=sys.stderr)
         return 130
-    print_videos(results, console=console)
+    if results:
+        print_videos(results, console=console)
+    if completion is not None:
+        print_completion(completion, settings.output_storage_url, console=console)
+        if not completion.complete:
+            return 1
     return 1 if any(not r.ok for r in results) else 0
 
 
-def encode_pending(settings: RecorderSettings, *, console: Console,
-                   dry_run: bool = False) -> list[EncodeResult]:
-    """Encode every committed raw episode that has no video yet; returns the results.
-
-    Raises:
-        RecorderError, StorageError: storage or farm cannot be reached.
-    """
-    raw = open_storage(settings.raw_storage_url)
-    output = open_storage(settings.output_storage_url)
-    options = settings.encoder_options()
-    scan = scan_pending(raw, output, options)
-    console.print(f"{len(scan.pending)} videos to encode, {scan.done} already there; "
-                  f"raw episodes in {raw.url}")
-    for episode, camera in scan.interrupted:
-        console.print(f"episode {episode} camera {camera} was interrupted while recording: "
-                      "its frames are kept but it is not encoded")
-    if dry_run or not scan.pending:
-        return []
-    run_id = "pending-" + uuid.uuid4().hex[:8]
-    jobs = [episode_job(episode, camera, run_id=run_id, raw=raw, output=output,
-                        options=options) for episode, camera in scan.pending]
-    with farm_for(settings) as farm, progress_display(console) as progress:
-        task = progress.add_task("encoding", total=len(jobs))
-        if farm is None:
-            results = []
-            for job in jobs:
-                results.append(encode_inline(job))
-                progress.advance(task)
-            return results
-        for job in jobs:
-            farm.submit(job)
-        return farm.wait(on_result=lambda _: progress.advance(task))
+def run_pack(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    settings = settings_from_args(parser, RecorderSettings, args)
+    if args.max_file_mb < 1:
+        parser.error(f"--max-file-mb must be at least 1, got {args.max_file_mb}")
+    dataset = open_storage(settings.output_storage_url)
+    try:
+        report = pack_dataset(dataset, open_storage(settings.raw_storage_url),
+                              max_file_mb=args.max_file_mb)
+    except (PackError, DatasetError, StorageError) as exc:
+        print(f"recorder pack: {exc}", file=sys.stderr)
+        return 1
+    files = sum(report.files_written.values())
+    print(f"packed {report.episodes_packed} episodes into {files} video files "
+          f"({report.bytes_written / 1e6:.1f} MB), verified; deleted {report.files_deleted} "
+          f"per-episode files; dataset {dataset.url}")
+    return 0
 
 
 if __name__ == "__main__":

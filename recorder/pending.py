@@ -1,42 +1,98 @@
-"""Episodes whose videos are still missing: the dataset itself is the journal.
+"""`recorder encode-pending`: finish a dataset. The storage itself is the journal.
 
-A committed manifest means "recorded", a video means "encoded"; whatever has the first and
-not the second (a farm whose Redis was lost, a `--no-wait` run, failed jobs) is found here
-and encoded again with the same job contract.
+A committed episode record means "recorded", a published video "encoded", an episode row
+counted by info.json "in the dataset". Whatever has the first and not the others (a farm
+whose Redis was lost, a `--no-wait` run, failed jobs, a recorder killed between episodes)
+is found here, its missing videos encoded with the same job contract, and the dataset
+completed.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
-from encoder_worker.jobs import EncoderOptions
-from encoder_worker.raw_episode import Manifest, manifest_key, raw_prefix
-from encoder_worker.storage import Storage
+from rich.console import Console
+
+from encoder_worker.jobs import EncodeResult
+from encoder_worker.raw_episode import Manifest
+from encoder_worker.storage import Storage, open_storage
+from recorder.dataset import metadata
+from recorder.dataset.complete import Completion, complete_dataset
+from recorder.dataset.staging import load_staged, staged_recordings
+from recorder.dataset.writer import encode_inline, episode_job
+from recorder.farm_setup import RecorderError, farm_for
+from recorder.progress import progress_display
+from recorder.settings import RecorderSettings
 
 _MANIFEST = re.compile(r"^raw/episode_(\d{6})/([^/]+)/manifest\.json$")
 
 
 @dataclass
 class PendingScan:
-    pending: list[tuple[int, str]]  # (episode, camera) with raw frames and no video
-    interrupted: list[tuple[int, str]]  # kept raw, never encoded as whole episodes
-    done: int  # episodes x cameras that have their video
+    pending: list[tuple[int, str, str]] = field(default_factory=list)  # (recording, video
+    # feature key, video key) of a staged episode whose video is missing
+    unstaged: list[tuple[int, str]] = field(default_factory=list)  # (recording, camera)
+    # raw frames with no episode record: interrupted, or cleared by clear_episode_buffer()
+    done: int = 0  # videos of staged episodes that are published
 
 
-def scan_pending(raw: Storage, output: Storage, options: EncoderOptions) -> PendingScan:
-    """Compare committed raw episodes with published videos."""
-    scan = PendingScan(pending=[], interrupted=[], done=0)
+def scan_pending(raw: Storage, dataset: Storage) -> PendingScan:
+    """Compare staged episodes with published videos; list raw frames of no episode."""
+    scan = PendingScan()
+    staged = set()
+    for recording in staged_recordings(raw):
+        staged.add(recording)
+        for key, video in sorted(load_staged(raw, recording).videos.items()):
+            if dataset.exists(video):
+                scan.done += 1
+            else:
+                scan.pending.append((recording, key, video))
     for key in raw.list_keys("raw"):
         match = _MANIFEST.match(key)
-        if match is None:
-            continue
-        episode, camera = int(match.group(1)), match.group(2)
-        if output.exists(options.output_key(episode=episode, camera=camera)):
-            scan.done += 1
-            continue
-        manifest = Manifest.model_validate_json(
-            raw.get_bytes(manifest_key(raw_prefix(episode=episode, camera=camera))))
-        target = scan.interrupted if manifest.interrupted else scan.pending
-        target.append((episode, camera))
+        if match is not None and int(match.group(1)) not in staged:
+            manifest = Manifest.model_validate_json(raw.get_bytes(key))
+            scan.unstaged.append((manifest.episode, manifest.camera))
     return scan
+
+
+def encode_pending(settings: RecorderSettings, *, console: Console,
+                   dry_run: bool = False) -> tuple[list[EncodeResult], Completion | None]:
+    """Encode every missing video of a recorded episode, then complete the dataset.
+
+    Raises:
+        RecorderError, StorageError: storage or farm cannot be reached.
+        DatasetError: the dataset is of another version or damaged.
+    """
+    raw = open_storage(settings.raw_storage_url)
+    dataset = open_storage(settings.output_storage_url)
+    if metadata.read_info(dataset) is None:
+        raise RecorderError(f"{dataset.url} holds no dataset (no meta/info.json): check "
+                            "--output-dir/--repo-id or --storage")
+    scan = scan_pending(raw, dataset)
+    console.print(f"{len(scan.pending)} videos to encode, {scan.done} already there; "
+                  f"raw episodes in {raw.url}")
+    for recording, camera in scan.unstaged:
+        console.print(f"recording {recording} camera {camera} was interrupted while "
+                      "recording: its frames are kept but it is not encoded")
+    if dry_run:
+        return [], None
+    results: list[EncodeResult] = []
+    if scan.pending:
+        run_id = "pending-" + uuid.uuid4().hex[:8]
+        options = settings.encoder_options()
+        jobs = [episode_job(recording, key, run_id=run_id, raw=raw, dataset=dataset,
+                            output_key=video, options=options)
+                for recording, key, video in scan.pending]
+        with farm_for(settings) as farm, progress_display(console) as progress:
+            task = progress.add_task("encoding", total=len(jobs))
+            if farm is None:
+                for job in jobs:
+                    results.append(encode_inline(job))
+                    progress.advance(task)
+            else:
+                for job in jobs:
+                    farm.submit(job)
+                results = farm.wait(on_result=lambda _: progress.advance(task))
+    return results, complete_dataset(dataset, raw)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -26,8 +27,12 @@ class CameraWriter:
     waiting, because losing a recorded frame is never an option.
     """
 
-    def __init__(self, writer: RawEpisodeWriter, *, queue_frames: int) -> None:
+    def __init__(self, writer: RawEpisodeWriter, *, queue_frames: int,
+                 on_written: Callable[[int, np.ndarray], None] | None = None) -> None:
         self.writer = writer
+        # Called with (frame index, frame) after each write, in this thread: image stats
+        # are computed here, where the frames are anyway, never in the record loop.
+        self._on_written = on_written
         self._queue: queue.Queue[tuple[np.ndarray, float] | None] = queue.Queue(queue_frames)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -39,7 +44,10 @@ class CameraWriter:
             if self._error is not None:
                 continue  # drain, so that put() never blocks on a dead writer
             try:
+                index = self.writer.frame_count
                 self.writer.write(*item)
+                if self._on_written is not None:
+                    self._on_written(index, item[0])
             except BaseException as exc:
                 logger.exception("writer for %s failed", self.writer.camera)
                 self._error = exc

@@ -6,9 +6,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from recorder.cameras import CameraSource
-from recorder.raw_writer import CameraWriter
+from recorder.dataset.layout import camera_key
 
 
 @dataclass
@@ -23,14 +24,19 @@ class CaptureStats:
 
 def record_episode(
     cameras: Sequence[CameraSource],
-    writers: Sequence[CameraWriter],
+    add_frame: Callable[[dict[str, Any]], None],
     *,
     fps: float,
     duration_s: float,
+    robot: Callable[[], dict[str, Any]] | None = None,
+    task: str = "",
     stop: threading.Event | None = None,
     on_frame: Callable[[int], None] | None = None,
 ) -> CaptureStats:
-    """Capture every camera at fps for duration_s; returns what happened.
+    """Capture every camera (and the robot's state and action) at fps for duration_s.
+
+    Each slot's frame goes to add_frame: camera images under observation.images.<name>,
+    the robot's features, and the task.
 
     Raises:
         CameraError, WriterFailed: a camera or a writer failed; frames so far are kept
@@ -38,6 +44,7 @@ def record_episode(
     """
     period = 1.0 / fps
     total = round(duration_s * fps)
+    keys = [camera_key(camera.name) for camera in cameras]
     stats = CaptureStats(started_at=time.time())
     start = time.perf_counter()
     for index in range(total):
@@ -48,10 +55,12 @@ def record_episode(
         delay = deadline - time.perf_counter()
         if delay > 0:
             time.sleep(delay)  # the pacing of a fixed-rate loop, not a synchronisation
-        timestamp = time.perf_counter() - start
-        for camera, writer in zip(cameras, writers, strict=True):
-            if writer.put(camera.read(), timestamp, period_s=period):
-                stats.writer_waits += 1
+        frame: dict[str, Any] = {key: camera.read()
+                                 for key, camera in zip(keys, cameras, strict=True)}
+        if robot is not None:
+            frame.update(robot())
+        frame["task"] = task
+        add_frame(frame)
         stats.frames += 1
         if time.perf_counter() > deadline + period:
             stats.late_frames += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 import av
 from pydantic import Field, field_validator, model_validator
@@ -22,7 +22,15 @@ class RecorderSettings(BaseSettings):
     cameras: int = Field(default=2, ge=1, le=16, description="synthetic cameras")
     width: int = Field(default=640, ge=16, le=7680, description="frame width, even")
     height: int = Field(default=480, ge=16, le=4320, description="frame height, even")
-    seed: int = Field(default=0, description="seed of the synthetic cameras")
+    seed: int = Field(default=0, description="seed of the synthetic cameras and robot")
+    robot_dof: int = Field(default=6, ge=1, le=64,
+                           description="joints of the synthetic robot (state and action size)")
+    robot_type: str = Field(default="synthetic", description="robot_type in meta/info.json")
+    task: str = Field(default="move the synthetic arm",
+                      description="the task in words, stored with every frame")
+    dataset_format: Literal["v3.0", "v2.1"] = Field(
+        default="v3.0", description="LeRobot dataset version: v3.0 (LeRobot >= 0.4) or the "
+                                    "v2.1 per-episode layout of older LeRobot")
 
     async_encoding: bool = Field(default=False, description="encode on the farm, not inline")
     video_encoding_workers: int = Field(

@@ -259,6 +259,20 @@ class UploadSpool:
             self._append(upload)
         return upload
 
+    def put_bytes(self, key: str, data: bytes, *,
+                  after: list[_Upload] | None = None) -> _Upload:
+        """Queue a small file written whole (an episode record), uploaded after after.
+
+        Raises:
+            StorageError: an earlier upload failed permanently.
+        """
+        path = self.keys_dir / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+        return self.enqueue(key, path, after=after)
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -426,6 +440,7 @@ class SpoolSink:
         self._dir = spool.keys_dir / prefix
         self._dir.mkdir(parents=True, exist_ok=True)
         self._segments: list[_Upload] = []
+        self.manifest_upload: _Upload | None = None
 
     def open_segment(self, name: str) -> BinaryIO:
         return open(self._dir / f".{name}.partial", "wb")
@@ -444,6 +459,7 @@ class SpoolSink:
         tmp.write_bytes(manifest.model_dump_json().encode())
         os.replace(tmp, path)
         upload = self.spool.enqueue(manifest_key(self.prefix), path, after=self._segments)
+        self.manifest_upload = upload
         if self.durable_manifest:
             self.spool.wait_for_upload(upload)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 from pathlib import Path
 
 from rich.console import Console
@@ -40,10 +39,10 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_benchmark_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    # Imported here: the runner uses recorder.cli's farm helpers, and recorder.cli imports us.
     from recorder.benchmark import report, runner
     from recorder.cameras import CameraError
-    from recorder.cli import RecorderError, _interrupt
+    from recorder.farm_setup import RecorderError
+    from recorder.interrupts import interrupt_on_sigterm
 
     settings = settings_from_args(parser, BenchmarkSettings, args)
     if settings.mode == "real" and not settings.camera:
@@ -56,7 +55,7 @@ def run_benchmark_command(parser: argparse.ArgumentParser, args: argparse.Namesp
                      "--broker (an external farm's workers are its own)")
     console = _console()
     # As `recorder record`: SIGTERM unwinds like Ctrl-C, so the local farm is stopped.
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_sigterm()
     try:
         if args.action == "demo":
             results = run_demo(settings, console=console)

@@ -27,9 +27,11 @@ from recorder.benchmark.results import (
 )
 from recorder.benchmark.settings import BenchmarkSettings
 from recorder.cameras import CameraError, CameraSource
+from recorder.cameras.synthetic import synthetic_cameras
 from recorder.cameras.video import open_camera
-from recorder.cli import farm_for, progress_display, synthetic_cameras
 from recorder.farm_client import EncodingFarmClient
+from recorder.farm_setup import farm_for
+from recorder.progress import progress_display
 from recorder.session import RecordingSession, SessionReport
 from recorder.settings import RecorderSettings
 
@@ -68,7 +70,9 @@ def open_cameras(settings: BenchmarkSettings) -> list[CameraSource]:
         CameraError: a source is missing or unreadable.
     """
     if settings.mode == "synthetic":
-        return list(synthetic_cameras(settings))
+        return list(synthetic_cameras(settings.camera_count, width=settings.width,
+                                      height=settings.height, fps=settings.fps,
+                                      seed=settings.seed))
     # A size asked for explicitly is delivered; else each source's own.
     size = {"width", "height"} <= settings.model_fields_set
     cameras: list[CameraSource] = []

@@ -88,3 +88,10 @@ def _make_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray
         blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2))
         scene += blob[..., None] * rng.uniform(-60, 60, 3)
     return np.clip(scene, 0, _MAX_LEVEL - 5).astype(np.uint8)
+
+
+def synthetic_cameras(count: int, *, width: int, height: int, fps: float,
+                      seed: int = 0) -> list[SyntheticCamera]:
+    """count cameras cam0, cam1, ... with seeds seed, seed + 1, ..."""
+    return [SyntheticCamera(f"cam{i}", width=width, height=height, fps=fps, seed=seed + i)
+            for i in range(count)]

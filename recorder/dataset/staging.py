@@ -1,0 +1,68 @@
+"""Staged episodes: recorded and committed, waiting for their videos to join the dataset.
+
+save_episode() writes, beside the episode's raw frames, its data rows (rows.parquet) and
+then its record (episode.json): the record is the episode's commit point, the dataset's
+journal of what was recorded. complete_dataset() turns a staged episode into LeRobot
+metadata once every one of its videos is published.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from encoder_worker.storage import KeyNotFound, Storage
+
+STAGING_SCHEMA_VERSION = 1
+_RECORD = re.compile(r"^raw/episode_(\d{6})/episode\.json$")
+
+
+def record_key(recording: int) -> str:
+    return f"raw/episode_{recording:06d}/episode.json"
+
+
+def rows_key(recording: int) -> str:
+    return f"raw/episode_{recording:06d}/rows.parquet"
+
+
+class StagedEpisode(BaseModel):
+    """What complete_dataset() needs of one recorded episode besides its rows and videos."""
+
+    schema_version: int = STAGING_SCHEMA_VERSION
+    recording: int = Field(ge=0)
+    length: int = Field(ge=1)
+    tasks: list[str] = Field(description="the episode's tasks, in order of first use")
+    videos: dict[str, str] = Field(description="video feature key -> key of its video")
+    # Per feature and statistic, nested lists (numpy arrays as JSON).
+    stats: dict[str, dict[str, Any]]
+    recorded_at: float = Field(default_factory=time.time)
+
+
+def rows_to_parquet(columns: dict[str, pa.Array]) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(columns), buffer)
+    return buffer.getvalue()
+
+
+def staged_recordings(raw: Storage) -> list[int]:
+    """Recording numbers with a committed episode record, in order."""
+    return sorted(int(m.group(1)) for key in raw.list_keys("raw")
+                  if (m := _RECORD.match(key)))
+
+
+def load_staged(raw: Storage, recording: int) -> StagedEpisode:
+    return StagedEpisode.model_validate_json(raw.get_bytes(record_key(recording)))
+
+
+def load_rows(raw: Storage, recording: int) -> pa.Table | None:
+    """The episode's data rows; None when they are not uploaded yet."""
+    try:
+        return pq.read_table(io.BytesIO(raw.get_bytes(rows_key(recording))))
+    except KeyNotFound:
+        return None

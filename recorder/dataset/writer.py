@@ -1,0 +1,575 @@
+"""FarmDataset: LeRobot's recording API (add_frame, save_episode, finalize) over the farm.
+
+    dataset = FarmDataset.create("me/pick_cube", fps=30, features=FEATURES,
+                                 robot_type="so100", async_encoding=True)
+    for _ in range(episodes):
+        for _ in range(frames):
+            dataset.add_frame({"observation.images.front": rgb, "observation.state": state,
+                               "action": action, "task": "pick the cube"})
+        dataset.save_episode()   # returns once raw frames and rows are committed, jobs sent
+    dataset.finalize()           # waits for the videos, writes the LeRobot metadata
+
+Camera images go to one background writer per camera (raw segments, manifest last);
+the other features become the episode's data rows. save_episode() commits the rows and
+the episode record beside the raw frames (recorder/dataset/staging.py), then sends one
+encode job per camera (async) or encodes inline (sync). finalize() waits for the farm
+and completes the dataset (recorder/dataset/complete.py): an episode joins the LeRobot
+metadata once all of its videos are published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+from rich.progress import Progress
+
+from encoder_worker.encode import encode_job
+from encoder_worker.jobs import EncodeJob, EncodeResult, EncoderOptions
+from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeWriter, raw_prefix
+from encoder_worker.storage import Storage, StorageError, open_storage
+from recorder.dataset import metadata
+from recorder.dataset.complete import Completion, complete_dataset
+from recorder.dataset.layout import DEFAULT_FEATURES, INFO_KEY, Layout, camera_name
+from recorder.dataset.staging import StagedEpisode, record_key, rows_key, rows_to_parquet
+from recorder.dataset.stats import ImageStats, numeric_stats, sample_stride, to_json
+from recorder.farm_client import EncodingFarmClient
+from recorder.farm_setup import farm_for
+from recorder.raw_writer import CameraWriter
+from recorder.settings import RecorderSettings
+from recorder.upload_spool import SpoolSink, UploadSpool, spool_folder
+
+if TYPE_CHECKING:
+    from recorder.record_loop import CaptureStats
+
+logger = logging.getLogger(__name__)
+
+_EPISODE_DIR = re.compile(r"raw/episode_(\d{6})/")
+# After Ctrl-C, how long the recorder still tries to upload what is in its spool.
+INTERRUPT_UPLOAD_GRACE_S = 10.0
+_NUMERIC = {"float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
+
+
+@dataclass
+class EpisodeReport:
+    episode: int  # recording number: names its raw frames and, until packing, its videos
+    frames: int
+    frames_recorded: dict[str, int]  # camera -> frames in its manifest
+    finalize_s: float = 0.0  # last segments, manifests, rows and the episode record committed
+    submission_s: float = 0.0  # async: sending jobs, waiting for queue room included
+    inline_encode_s: float = 0.0  # sync: the recorder blocked on encoding
+    save_s: float = 0.0  # all that save_episode() made the caller wait for
+    writer_waits: int = 0  # frames for which a camera writer was behind and add_frame waited
+    job_ids: list[str] = field(default_factory=list)
+    capture: CaptureStats | None = None  # filled in by a capture loop that measured it
+
+
+@dataclass
+class _Episode:
+    recording: int
+    writers: dict[str, CameraWriter]  # video key -> its camera's writer
+    sinks: list[Any]
+    image_stats: dict[str, ImageStats]
+    columns: dict[str, list[np.ndarray]]
+    tasks: list[str] = field(default_factory=list)
+    timestamps: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    writer_waits: int = 0
+
+
+def validate_features(features: dict[str, dict]) -> dict[str, dict]:
+    """The user's features without LeRobot's default ones; raises ValueError when wrong."""
+    result = {}
+    for key, feature in features.items():
+        if key in DEFAULT_FEATURES:
+            continue
+        dtype, shape = feature.get("dtype"), feature.get("shape")
+        if dtype == "video":
+            if shape is None or len(shape) != 3 or shape[2] != 3:
+                raise ValueError(f"feature {key!r}: a video feature has shape (height, width, "
+                                 f"3), got {shape}")
+            camera_name(key)
+        elif dtype in ("image", "string"):
+            raise ValueError(f"feature {key!r}: dtype {dtype!r} is not recorded by the farm; "
+                             "cameras are 'video' features, the task goes in frame['task']")
+        elif dtype not in _NUMERIC or shape is None or len(shape) != 1:
+            raise ValueError(f"feature {key!r}: expected dtype 'video' or a numeric dtype "
+                             f"({', '.join(sorted(_NUMERIC))}) with shape (n,), got {dtype!r} "
+                             f"{shape}")
+        result[key] = {**feature, "shape": list(shape), "names": feature.get("names")}
+    if not any(f["dtype"] == "video" for f in result.values()):
+        raise ValueError("features name no camera: add at least one feature of dtype 'video'")
+    return result
+
+
+def next_recording(raw: Storage, dataset: Storage, *, spooled: Iterable[str] = ()) -> int:
+    """The first recording number after every one with raw data or a video.
+
+    Videos count too: raw data is often deleted once encoded, and a new recording must
+    never take the number (and the video file) of an old one.
+
+    Args:
+        spooled: keys of raw files still in the upload spool (an earlier run's, not yet
+            uploaded): their recordings are taken, manifest or not.
+    """
+    numbers = [int(m.group(1)) for key in raw.list_keys("raw")
+               if (m := _EPISODE_DIR.match(key))]
+    numbers += [int(m.group(1)) for key in spooled if (m := _EPISODE_DIR.match(key))]
+    numbers += Layout.video_file_numbers(dataset.list_keys("videos"))
+    return max(numbers, default=-1) + 1
+
+
+def spool_folder_for(settings: RecorderSettings, storage_url: str) -> Path:
+    """The upload spool folder of storage_url: under --spool-dir, else the output dir."""
+    # Absolute: messages that name it must still be right after a change of directory.
+    spool_dir = settings.spool_dir or settings.output_dir / ".upload-spool"
+    return spool_folder(spool_dir.absolute(), storage_url)
+
+
+def episode_job(recording: int, video_key: str, *, run_id: str, raw: Storage,
+                dataset: Storage, output_key: str, options: EncoderOptions) -> EncodeJob:
+    """The EncodeJob of one committed (recording, camera)."""
+    camera = camera_name(video_key)
+    return EncodeJob(
+        job_id=f"{run_id}-ep{recording:06d}-{camera}", episode=recording, camera=camera,
+        raw_storage=raw.url, raw_prefix=raw_prefix(episode=recording, camera=camera),
+        output_storage=dataset.url, output_key=output_key, options=options)
+
+
+def encode_inline(job: EncodeJob) -> EncodeResult:
+    """encode_job in the recorder's process; storage errors become a failed result."""
+    try:
+        return encode_job(job)
+    except (StorageError, OSError) as exc:
+        # The recording goes on; this episode's raw frames stay for a later encode.
+        return EncodeResult.failed(job, f"{type(exc).__name__}: {exc}")
+
+
+def finish_writers(writers: Iterable[CameraWriter], *, interrupted: bool) -> list[Manifest]:
+    """Commit every camera's episode, also when one of them fails; then raise its error."""
+    manifests: list[Manifest] = []
+    errors: list[BaseException] = []
+    for writer in writers:
+        try:
+            manifests.append(writer.finish(interrupted=interrupted))
+        except BaseException as exc:  # Ctrl-C included: the other cameras still commit
+            logger.error("camera %s: %s", writer.writer.camera, exc)
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+    return manifests
+
+
+class FarmDataset:
+    """A LeRobot dataset recorded through the encoding farm; see the module's example."""
+
+    def __init__(self, settings: RecorderSettings, *, features: dict[str, dict],
+                 robot_type: str | None = None, farm: EncodingFarmClient | None = None,
+                 progress: Progress | None = None) -> None:
+        """Open (or create) the dataset for recording; use create() to get a farm too.
+
+        Raises:
+            ValueError: features are not recordable.
+            DatasetError: an existing dataset of another version, fps or features.
+            SpoolBusy: another recorder uploads to this storage from the same spool.
+        """
+        if settings.async_encoding and farm is None:
+            raise ValueError("async encoding needs a farm client: use FarmDataset.create()")
+        self.settings = settings
+        self.fps = settings.fps
+        self.features = validate_features(features)
+        self.robot_type = robot_type
+        self.video_keys = [k for k, f in self.features.items() if f["dtype"] == "video"]
+        self.farm = farm
+        self.progress = progress
+        self.raw_storage = open_storage(settings.raw_storage_url)
+        self.storage = open_storage(settings.output_storage_url)
+        self.options = settings.encoder_options()
+        self.layout = Layout(settings.dataset_format)
+        self.run_id = uuid.uuid4().hex[:8]
+        self.episodes: list[EpisodeReport] = []
+        self.inline_results: list[EncodeResult] = []
+        self.completion: Completion | None = None
+        self._episode: _Episode | None = None
+        self._uploads: UploadSpool | None = None  # raw storage that is not a local folder
+        self._exit = contextlib.ExitStack()
+        self._closed = False
+        self._open_or_create()
+        spooled = self._open_spool()
+        self._next_recording = next_recording(self.raw_storage, self.storage, spooled=spooled)
+
+    @classmethod
+    def create(cls, repo_id: str, fps: int, features: dict[str, dict], *,
+               robot_type: str | None = None, root: str | None = None,
+               farm: EncodingFarmClient | None = None, progress: Progress | None = None,
+               **settings: Any) -> FarmDataset:
+        """A dataset for recording, with the farm its settings name (started if private).
+
+        Args:
+            root: the dataset's folder or s3:// URL; default OUTPUT_DIR/REPO_ID.
+            farm: a farm client to use; default: inline, --broker's farm or a private one,
+                as settings say (closed by finalize()).
+            settings: any RecorderSettings field (async_encoding=True, broker=...,
+                codec=..., dataset_format="v2.1", ...).
+
+        Raises:
+            RecorderError: the storage or the farm cannot be reached.
+        """
+        if root is not None:
+            settings["storage"] = str(root)
+        config = RecorderSettings(repo_id=repo_id, fps=fps, **settings)
+        stack = contextlib.ExitStack()
+        try:
+            if farm is None:
+                farm = stack.enter_context(farm_for(config))
+            dataset = cls(config, features=features, robot_type=robot_type, farm=farm,
+                          progress=progress)
+        except BaseException:
+            stack.close()
+            raise
+        dataset._exit.push(stack)
+        return dataset
+
+    # -- recording ---------------------------------------------------------------------
+
+    def add_frame(self, frame: dict[str, Any]) -> None:
+        """Add one frame: every feature's value, and the task in frame["task"].
+
+        Camera images (height, width, 3) uint8 RGB are handed to their camera's writer
+        as they are: pass a new array for each frame, never a buffer that is reused.
+
+        Raises:
+            ValueError: a feature is missing, unknown or of the wrong shape; nothing of
+                this frame is recorded then.
+            WriterFailed: a camera's writer could not store earlier frames.
+        """
+        if self._closed:
+            raise RuntimeError("the dataset is finalized; create a new FarmDataset to record")
+        values = dict(frame)
+        task = values.pop("task", None)
+        if not isinstance(task, str) or not task:
+            raise ValueError("add_frame needs frame['task']: the task in words, such as "
+                             "'pick up the cube'")
+        timestamp = values.pop("timestamp", None)
+        missing = sorted(set(self.features) - set(values))
+        unknown = sorted(set(values) - set(self.features))
+        if missing or unknown:
+            raise ValueError(f"add_frame: missing features {missing}, unknown features "
+                             f"{unknown}; the dataset's features are {sorted(self.features)}")
+        checked = {key: self._checked(key, value) for key, value in values.items()}
+        episode = self._episode or self._start_episode()
+        index = len(episode.tasks)
+        captured = time.perf_counter() - episode.started
+        for key, writer in episode.writers.items():
+            if writer.put(checked[key], captured, period_s=1.0 / self.fps):
+                episode.writer_waits += 1
+        for key, column in episode.columns.items():
+            column.append(checked[key])
+        episode.tasks.append(task)
+        episode.timestamps.append(index / self.fps if timestamp is None else float(timestamp))
+
+    def _checked(self, key: str, value: Any) -> np.ndarray:
+        feature = self.features[key]
+        shape = tuple(feature["shape"])
+        if feature["dtype"] == "video":
+            if not isinstance(value, np.ndarray) or value.dtype != np.uint8 \
+                    or value.shape != shape:
+                got = (value.shape, value.dtype) if isinstance(value, np.ndarray) \
+                    else type(value).__name__
+                raise ValueError(f"add_frame: {key} must be a {shape} uint8 RGB array, got "
+                                 f"{got}")
+            return value
+        array = np.asarray(value, dtype=feature["dtype"])
+        if array.shape != shape:
+            raise ValueError(f"add_frame: {key} must have shape {shape}, got {array.shape}")
+        return array
+
+    @property
+    def episode_frames(self) -> int:
+        """Frames added to the episode in progress."""
+        return len(self._episode.tasks) if self._episode is not None else 0
+
+    @property
+    def episode_writer_waits(self) -> int:
+        return self._episode.writer_waits if self._episode is not None else 0
+
+    def _start_episode(self) -> _Episode:
+        recording = self._next_recording
+        self._next_recording += 1
+        writers, sinks, image_stats = {}, [], {}
+        stride = sample_stride(self.fps)
+        for key in self.video_keys:
+            height, width, _ = self.features[key]["shape"]
+            camera = camera_name(key)
+            sink = self._sink(raw_prefix(episode=recording, camera=camera))
+            sinks.append(sink)
+            stats = image_stats[key] = ImageStats()
+            writers[key] = CameraWriter(
+                RawEpisodeWriter(sink, episode=recording, camera=camera, width=width,
+                                 height=height, fps=self.fps,
+                                 segment_frames=self.settings.segment_frames),
+                queue_frames=self.settings.writer_queue_frames,
+                on_written=lambda i, f, s=stats: s.add(f) if i % stride == 0 else None)
+        columns: dict[str, list[np.ndarray]] = {
+            key: [] for key, f in self.features.items() if f["dtype"] != "video"}
+        self._episode = _Episode(recording, writers, sinks, image_stats, columns)
+        return self._episode
+
+    def save_episode(self) -> EpisodeReport:
+        """Commit the episode and send its encode jobs (async) or encode it (sync).
+
+        Returns once its raw frames, rows and record are committed and its jobs sent; the
+        report says how long each step made the caller wait.
+
+        Raises:
+            ValueError: no frame was added since the last save.
+            WriterFailed: a camera could not store its frames; what was stored is kept
+                under a manifest marked interrupted, and the episode is not staged.
+        """
+        episode = self._episode
+        if episode is None or not episode.tasks:
+            raise ValueError("save_episode: no frame was added since the last save_episode()")
+        started = time.perf_counter()
+        self._episode = None
+        manifests = finish_writers(episode.writers.values(), interrupted=False)
+        self._stage(episode)
+        report = EpisodeReport(
+            episode=episode.recording, frames=len(episode.tasks),
+            frames_recorded={m.camera: m.frame_count for m in manifests},
+            finalize_s=time.perf_counter() - started, writer_waits=episode.writer_waits)
+        jobs = [self._job(episode.recording, key) for key in self.video_keys]
+        report.job_ids = [job.job_id for job in jobs]
+        t0 = time.perf_counter()
+        if self.settings.async_encoding:
+            assert self.farm is not None
+            for job in jobs:
+                self.farm.submit(job)
+            report.submission_s = time.perf_counter() - t0
+        else:
+            results = [encode_inline(job) for job in jobs]
+            report.inline_encode_s = time.perf_counter() - t0
+            for result in results:
+                if not result.ok:
+                    logger.error("recording %d camera %s: %s", episode.recording,
+                                 result.camera, result.error)
+            self.inline_results += results
+        report.save_s = time.perf_counter() - started
+        self.episodes.append(report)
+        logger.info("recording %d: %d frames saved", episode.recording, report.frames)
+        return report
+
+    def clear_episode_buffer(self) -> None:
+        """Drop the episode in progress from the dataset (re-record it).
+
+        Its camera frames are kept as raw data marked interrupted, never deleted.
+        """
+        episode, self._episode = self._episode, None
+        if episode is not None:
+            finish_writers(episode.writers.values(), interrupted=True)
+
+    def _stage(self, episode: _Episode) -> None:
+        """Write the episode's rows, then its record: the episode's commit point."""
+        length = len(episode.tasks)
+        columns: dict[str, pa.Array] = {}
+        stats: dict[str, dict[str, Any]] = {}
+        for key, values in episode.columns.items():
+            array = np.stack(values)
+            dtype = pa.from_numpy_dtype(array.dtype)
+            columns[key] = pa.FixedSizeListArray.from_arrays(
+                pa.array(array.reshape(-1), dtype), array.shape[1])
+            stats[key] = to_json({key: numeric_stats(array)})[key]
+        timestamps = np.asarray(episode.timestamps, dtype=np.float32)
+        frame_index = np.arange(length, dtype=np.int64)
+        columns["timestamp"] = pa.array(timestamps)
+        columns["frame_index"] = pa.array(frame_index)
+        columns["task"] = pa.array(episode.tasks, pa.string())
+        stats["timestamp"] = to_json({"t": numeric_stats(timestamps)})["t"]
+        stats["frame_index"] = to_json({"f": numeric_stats(frame_index)})["f"]
+        for key, image_stats in episode.image_stats.items():
+            stats[key] = to_json({key: image_stats.result()})[key]
+        # episode_index, index and task_index are given when the episode joins the dataset.
+        record = StagedEpisode(
+            recording=episode.recording, length=length,
+            tasks=list(dict.fromkeys(episode.tasks)),
+            videos={key: self._video_key(episode.recording, key) for key in self.video_keys},
+            stats=stats)
+        rows = rows_to_parquet(columns)
+        if self._uploads is None:
+            self.raw_storage.put_bytes(rows_key(episode.recording), rows)
+            self.raw_storage.put_bytes(record_key(episode.recording),
+                                       record.model_dump_json().encode())
+            return
+        earlier = [s.manifest_upload for s in episode.sinks
+                   if isinstance(s, SpoolSink) and s.manifest_upload is not None]
+        earlier.append(self._uploads.put_bytes(rows_key(episode.recording), rows))
+        last = self._uploads.put_bytes(record_key(episode.recording),
+                                       record.model_dump_json().encode(), after=earlier)
+        if not self.settings.async_encoding:
+            self._uploads.wait_for_upload(last)
+
+    def _video_key(self, recording: int, key: str) -> str:
+        return self.layout.video_key_of(recording=recording, video_key=key)
+
+    def _job(self, recording: int, key: str) -> EncodeJob:
+        return episode_job(recording, key, run_id=self.run_id, raw=self.raw_storage,
+                           dataset=self.storage, output_key=self._video_key(recording, key),
+                           options=self.options)
+
+    # -- finishing ---------------------------------------------------------------------
+
+    def finalize(self) -> Completion:
+        """Upload what is left, wait for the videos (unless settings.wait is off), and
+        write the LeRobot metadata of every episode whose videos are all published.
+
+        An episode still in progress is committed as interrupted (its frames are kept as
+        raw data) and does not join the dataset: call save_episode() first.
+
+        Raises:
+            StorageError: raw data could not be uploaded (it stays in the spool).
+        """
+        if self._closed:
+            assert self.completion is not None
+            return self.completion
+        try:
+            if self._episode is not None and self._episode.tasks:
+                logger.warning("recording %d was not saved: its %d frames are kept as raw "
+                               "data marked interrupted and it does not join the dataset",
+                               self._episode.recording, len(self._episode.tasks))
+            self.clear_episode_buffer()
+            self.finish_uploads()
+            if self.farm is not None and self.settings.async_encoding and self.settings.wait:
+                self._wait_for_farm()
+            self.completion = complete_dataset(self.storage, self.raw_storage)
+        finally:
+            self._closed = True
+            self._exit.close()
+        if not self.completion.complete:
+            logger.warning("%d recorded episodes are not in the dataset yet (%s); `recorder "
+                           "encode-pending` completes it", self.completion.staged_left,
+                           self.waiting_note())
+        return self.completion
+
+    def waiting_note(self) -> str:
+        if self.completion is None or self.completion.waiting is None:
+            return "nothing is waiting"
+        recording, why = self.completion.waiting
+        return f"recording {recording}: {why}"
+
+    @property
+    def results(self) -> list[EncodeResult]:
+        """Every encode result so far: the farm's, or the inline encodes'."""
+        if self.farm is not None and self.settings.async_encoding:
+            return list(self.farm.results)
+        return list(self.inline_results)
+
+    def abort(self) -> None:
+        """Stop after an error or Ctrl-C: keep every frame, upload what can be in a grace
+        period, stop a private farm. The dataset keeps what had joined it."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with contextlib.suppress(Exception):
+                self.clear_episode_buffer()
+            self.finish_uploads(timeout_s=INTERRUPT_UPLOAD_GRACE_S)
+        finally:
+            self._exit.close()
+
+    def finish_uploads(self, *, timeout_s: float | None = None) -> None:
+        """Wait until raw data is uploaded (at most timeout_s); a local folder has nothing
+        to wait for."""
+        # Once everything is confirmed stored, close() also unlocks the spool folder.
+        if self._uploads is not None and self._uploads.close(timeout_s):
+            self._uploads = None
+
+    def __enter__(self) -> FarmDataset:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.finalize()
+        else:
+            self.abort()
+
+    def _wait_for_farm(self) -> None:
+        assert self.farm is not None
+        farm = self.farm
+        task = None
+        if self.progress is not None:
+            task = self.progress.add_task("encoding on the farm", total=farm.submitted,
+                                          completed=len(farm.results))
+        def advance(_: EncodeResult) -> None:
+            if self.progress is not None and task is not None:
+                self.progress.advance(task)
+
+        farm.wait(on_result=advance)
+
+    # -- storage -----------------------------------------------------------------------
+
+    def _open_or_create(self) -> None:
+        """Check an existing dataset against this recording, or write a new info.json.
+
+        Raises:
+            DatasetError: another version, fps or set of features.
+        """
+        info = metadata.read_info(self.storage)
+        fmt = self.settings.dataset_format
+        if info is None:
+            info = metadata.new_info(format=fmt, fps=self.fps, features=self.features,
+                                     robot_type=self.robot_type, options=self.options)
+            metadata.write_json(self.storage, INFO_KEY, info)
+            return
+        url = self.storage.url
+        if info["codebase_version"] != fmt:
+            raise metadata.DatasetError(
+                f"{url} is a LeRobot {info['codebase_version']} dataset; this recording "
+                f"writes {fmt}: pass --dataset-format {info['codebase_version']} to append to "
+                "it, or record into a new --repo-id")
+        theirs = {k: (f["dtype"], list(f["shape"])) for k, f in info["features"].items()
+                  if k not in DEFAULT_FEATURES}
+        ours = {k: (f["dtype"], list(f["shape"])) for k, f in self.features.items()}
+        if info["fps"] != self.fps or theirs != ours:
+            raise metadata.DatasetError(
+                f"{url} was recorded at {info['fps']} fps with features {theirs}; this "
+                f"recording has {self.fps} fps and {ours}. Episodes of one dataset share "
+                "them: record into a new --repo-id")
+
+    def _open_spool(self) -> list[str]:
+        """Lock the raw storage's upload spool and queue what earlier runs left in it.
+
+        Returns the keys found in the spool: their recording numbers are taken. Nothing
+        to do for a local folder, which the writers write in place. The leftovers upload
+        in the background, ahead of this run's files: waiting for them would hold the
+        robot for as long as a long outage's backlog takes to upload.
+
+        Raises:
+            SpoolBusy: another recorder holds the spool folder's lock.
+        """
+        if self.raw_storage.local_dir("raw") is not None:
+            return []
+        folder = spool_folder_for(self.settings, self.raw_storage.url)
+        self._uploads = UploadSpool(self.raw_storage, folder,
+                                    max_bytes=self.settings.spool_max_mb * 1_000_000)
+        try:
+            return self._uploads.resume().keys
+        except BaseException:
+            self.finish_uploads(timeout_s=0)
+            raise
+
+    def _sink(self, prefix: str) -> DirectSink | SpoolSink:
+        if self.raw_storage.local_dir(prefix) is not None:
+            return DirectSink(self.raw_storage, prefix)
+        # Remote storage: upload in the background, so the record loop never waits for
+        # the network. Inline encoding reads the episode back at once: its manifest must
+        # be stored before the writer's close() returns.
+        assert self._uploads is not None, "the spool is opened first"
+        return self._uploads.sink(prefix, durable_manifest=not self.settings.async_encoding)
