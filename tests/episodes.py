@@ -6,6 +6,7 @@ from encoder_worker.jobs import EncodeJob, EncoderOptions
 from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeWriter, raw_prefix
 from encoder_worker.storage import Storage
 from recorder.cameras.synthetic import SyntheticCamera
+from recorder.dataset.layout import Layout, camera_key
 
 
 def write_episode(storage: Storage, *, episode: int = 0, camera: str = "cam0", frames: int = 30,
@@ -29,6 +30,11 @@ def job_for(storage: Storage, manifest: Manifest, *, job_id: str | None = None,
         episode=manifest.episode, camera=manifest.camera, raw_storage=storage.url,
         raw_prefix=raw_prefix(episode=manifest.episode, camera=manifest.camera),
         output_storage=storage.url,
-        output_key=options.output_key(episode=manifest.episode, camera=manifest.camera),
+        output_key=video_key(manifest.episode, manifest.camera),
         options=options,
     )
+
+
+def video_key(recording: int, camera: str) -> str:
+    """Where the farm publishes the v3.0 video of one recording and camera."""
+    return Layout().video_key_of(recording=recording, video_key=camera_key(camera))

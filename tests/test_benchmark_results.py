@@ -113,8 +113,9 @@ def test_totals_of_an_async_session() -> None:
     assert t.capture_s == pytest.approx(2.0)
     # Worker time of the verified videos only; the failed job's 0.5 s is not encoding.
     assert t.encoding_s == pytest.approx(1.0 + 1.5 + 0.75)
-    assert t.submission_s == pytest.approx(0.08) and t.blocking_s == pytest.approx(0.08)
-    assert t.blocking_pct == pytest.approx(2.5)
+    # Blocking: committing each episode (0.02 + 0.04 s) and sending its jobs.
+    assert t.submission_s == pytest.approx(0.08) and t.blocking_s == pytest.approx(0.14)
+    assert t.blocking_pct == pytest.approx(100 * 0.14 / 3.2)
     assert t.drain_from_first_frame_s == pytest.approx(5.9)
     assert t.drain_from_last_frame_s == pytest.approx(3.0)
     assert t.frames_captured == (30 + 29) * 2
@@ -142,9 +143,9 @@ def test_totals_of_a_sync_session() -> None:
     report = make_session_report("sync", results, all_ready_at=T0 + 3.2)
     t = from_session(report, config=make_config("sync"), environment=ENV).totals
     # Sync: encoding is the time the recorder blocked encoding inline.
-    assert t.encoding_s == pytest.approx(2.5) and t.blocking_s == pytest.approx(2.5)
+    assert t.encoding_s == pytest.approx(2.5) and t.blocking_s == pytest.approx(2.56)
     assert t.submission_s == 0.0
-    assert t.blocking_pct == pytest.approx(100 * 2.5 / 3.2)
+    assert t.blocking_pct == pytest.approx(100 * 2.56 / 3.2)
     assert t.drain_from_first_frame_s == pytest.approx(3.1)
     assert t.drain_from_last_frame_s == pytest.approx(0.2)
     assert t.frames_in_videos == 30 + 30 + 29 + 29

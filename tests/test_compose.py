@@ -46,7 +46,7 @@ def test_worker_service_encodes_from_the_shared_folder(tmp_path, compose, start_
             env={**os.environ, "PYTHONPATH": str(REPO)})
         assert done.returncode == 0, done.stdout + done.stderr
         for camera in ("cam0", "cam1"):
-            video = farm_data / f"videos/chunk-000/observation.images.{camera}/episode_000000.mp4"
+            video = farm_data / f"videos/observation.images.{camera}/chunk-000/file-000.mp4"
             assert check_video_against_raw(video, str(farm_data),
                                            raw_prefix(episode=0, camera=camera)) == 30
     finally:

@@ -25,7 +25,7 @@ def test_encodes_verifies_and_publishes(storage, codec):
     assert result.frames == 30
     video = storage.path(result.output_key)
     assert result.output_key == (
-        "videos/chunk-000/observation.images.cam0/episode_000000.mp4")
+        "videos/observation.images.cam0/chunk-000/file-000.mp4")
     assert result.bytes == video.stat().st_size > 0
     assert result.timings.encode_s > 0 and result.timings.verify_s > 0
     assert result.timings.total_s >= result.timings.encode_s

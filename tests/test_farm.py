@@ -20,7 +20,7 @@ from encoder_worker.raw_episode import Manifest, raw_prefix
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import open_storage
 from encoder_worker.tasks import ATTEMPTS_PREFIX, CLAIMS_KEY, MAX_ENCODE_ATTEMPTS, LeaseReaper
-from recorder.cli import synthetic_cameras
+from recorder.cameras.synthetic import synthetic_cameras
 from recorder.farm_client import EncodingFarmClient
 from recorder.session import RecordingSession
 from recorder.settings import RecorderSettings
@@ -33,6 +33,11 @@ def small_settings(tmp_path: Path, **overrides) -> RecorderSettings:
                   output_dir=tmp_path / "out")
     values.update(overrides)
     return RecorderSettings(**values)
+
+
+def cameras_of(settings: RecorderSettings):
+    return synthetic_cameras(settings.cameras, width=settings.width, height=settings.height,
+                             fps=settings.fps, seed=settings.seed)
 
 
 def check_all_videos(settings: RecorderSettings, report) -> None:
@@ -49,7 +54,7 @@ def check_all_videos(settings: RecorderSettings, report) -> None:
 
 def test_inline_session_encodes_every_episode(tmp_path):
     settings = small_settings(tmp_path)
-    report = RecordingSession(settings, synthetic_cameras(settings)).run()
+    report = RecordingSession(settings, cameras_of(settings)).run()
     assert report.mode == "sync"
     assert all(e.inline_encode_s > 0 for e in report.episodes)
     check_all_videos(settings, report)
@@ -60,7 +65,7 @@ def test_async_session_on_worker_processes(tmp_path, broker_url, start_worker):
     start_worker(broker_url)
     settings = small_settings(tmp_path, async_encoding=True, broker=broker_url)
     with EncodingFarmClient(broker_url, queue_size=settings.video_encoding_queue_size) as farm:
-        report = RecordingSession(settings, synthetic_cameras(settings), farm=farm).run()
+        report = RecordingSession(settings, cameras_of(settings), farm=farm).run()
         stats = farm.get_stats()
     assert report.mode == "async"
     assert report.all_ready_at is not None and report.all_ready_at >= report.recording_done_at
@@ -120,15 +125,19 @@ def test_zero_config_cli_starts_and_stops_its_own_farm(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     dataset = out / "local" / "robot_dataset"
     assert not (dataset / "videos").exists()
-    videos = sorted(video_dir.glob("videos/chunk-000/observation.images.*/episode_*.mp4"))
-    assert [v.relative_to(video_dir / "videos/chunk-000").as_posix() for v in videos] == [
-        "observation.images.cam0/episode_000000.mp4", "observation.images.cam0/episode_000001.mp4",
-        "observation.images.cam1/episode_000000.mp4", "observation.images.cam1/episode_000001.mp4"]
+    videos = sorted(video_dir.glob("videos/observation.images.*/chunk-000/file-*.mp4"))
+    assert [v.relative_to(video_dir / "videos").as_posix() for v in videos] == [
+        "observation.images.cam0/chunk-000/file-000.mp4",
+        "observation.images.cam0/chunk-000/file-001.mp4",
+        "observation.images.cam1/chunk-000/file-000.mp4",
+        "observation.images.cam1/chunk-000/file-001.mp4"]
     for video in videos:
-        camera = video.parent.name.removeprefix("observation.images.")
-        episode = int(video.stem.removeprefix("episode_"))
+        camera = video.parent.parent.name.removeprefix("observation.images.")
+        episode = int(video.stem.removeprefix("file-"))
         assert check_video_against_raw(video, str(dataset),
                                        raw_prefix(episode=episode, camera=camera)) == 30
+    # The dataset's metadata goes where its videos are.
+    assert json.loads((video_dir / "meta/info.json").read_text())["total_episodes"] == 2
     # The private Redis and workers ran from TMPDIR; none of them outlive the recorder.
     survivors = subprocess.run(["pgrep", "-f", str(tmp)], capture_output=True, text=True)
     assert survivors.stdout == "", survivors.stdout

@@ -28,7 +28,7 @@ DRIVER = """
 import json, sys
 from pathlib import Path
 from rich.console import Console
-from recorder.cli import record
+from recorder.session import record
 from recorder.settings import RecorderSettings
 from encoder_worker.storage import open_storage
 from video_checks import check_video_against_raw

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, wait_for
+from episodes import video_key
 from rich.console import Console
 from s3_fixtures import MotoServer
 from video_checks import check_video_against_raw
@@ -23,7 +24,9 @@ from encoder_worker.storage import Storage, StorageError, open_storage
 from encoder_worker.storage.local import LocalStorage
 from encoder_worker.storage.s3 import parse_s3_url
 from encoder_worker.tasks import manifest_pending
-from recorder import cli, session
+from recorder import farm_setup, session
+from recorder.cameras.synthetic import synthetic_cameras
+from recorder.dataset import writer
 from recorder.farm_storage import broker_is_local, check_farm_storage
 from recorder.settings import RecorderSettings
 
@@ -35,12 +38,11 @@ def check_outputs(output_url: str, raw_url: str, *, episodes: int, cameras: int,
                   tmp_path: Path) -> dict[tuple[int, str], int]:
     """Download every expected video and check it against its raw episode."""
     output = open_storage(output_url)
-    options = RecorderSettings().encoder_options()
     counts = {}
     for episode in range(episodes):
         for camera in (f"cam{i}" for i in range(cameras)):
             video = tmp_path / f"check-{episode}-{camera}.mp4"
-            output.download_file(options.output_key(episode=episode, camera=camera), video)
+            output.download_file(video_key(episode, camera), video)
             counts[episode, camera] = check_video_against_raw(
                 video, raw_url, raw_prefix(episode=episode, camera=camera))
     return counts
@@ -109,9 +111,10 @@ def test_local_folder_with_remote_farm_is_refused(tmp_path: Path,
     def no_broker(*_: object, **__: object) -> None:
         raise AssertionError("the broker must not be contacted")
 
-    monkeypatch.setattr(cli, "check_broker", no_broker)
+    monkeypatch.setattr(farm_setup, "check_broker", no_broker)
     settings = RecorderSettings(storage=str(tmp_path), async_encoding=True, broker=remote)
-    with pytest.raises(cli.RecorderError, match="s3://bucket/prefix"), cli.farm_for(settings):
+    with pytest.raises(farm_setup.RecorderError, match="s3://bucket/prefix"), \
+            farm_setup.farm_for(settings):
         pass
 
 
@@ -147,7 +150,7 @@ def test_inline_encoding_with_s3_storage(s3_url: str, tmp_path: Path) -> None:
     settings = RecorderSettings(storage=s3_url, episodes=1, episode_time=1, cameras=1,
                                 width=160, height=120, fps=15, codec="libx264",
                                 segment_frames=5)
-    report = cli.record(settings, console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
+    report = session.record(settings, console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
     assert not report.failed and len(report.results) == 1
     counts = check_outputs(s3_url, s3_url, episodes=1, cameras=1, tmp_path=tmp_path)
     assert counts == {(0, "cam0"): report.episodes[0].frames_recorded["cam0"]}
@@ -158,12 +161,13 @@ def test_recording_into_a_missing_bucket_fails_instead_of_hanging(
         s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # As if the bucket went away after the start-up checks (or puts are forbidden): the
     # spool's uploads fail permanently, and recording stops with what to fix.
-    monkeypatch.setattr(session, "next_episode_index", lambda *_, **__: 0)
+    monkeypatch.setattr(writer, "next_recording", lambda *_, **__: 0)
     missing = s3_url.replace("s3://", "s3://missing-", 1)
     settings = RecorderSettings(storage=missing, episodes=2, episode_time=1, cameras=2,
                                 width=64, height=48, fps=15, codec="libx264",
                                 segment_frames=5, spool_dir=tmp_path / "spool")
-    recording = session.RecordingSession(settings, cli.synthetic_cameras(settings))
+    recording = session.RecordingSession(settings, synthetic_cameras(
+        2, width=64, height=48, fps=15))
     with pytest.raises(StorageError, match=r"NoSuchBucket.*create the bucket"):
         recording.run()
     kept = list(tmp_path.glob("spool/*/keys/raw/episode_000000/cam*/segment_*.raw"))
@@ -176,7 +180,7 @@ def test_raw_local_videos_to_s3_with_local_farm(s3_url: str, tmp_path: Path) -> 
     settings = RecorderSettings(storage=str(raw), output_storage=s3_url, async_encoding=True,
                                 video_encoding_workers=1, episodes=1, episode_time=1,
                                 cameras=1, width=160, height=120, fps=15, codec="libx264")
-    report = cli.record(settings, console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
+    report = session.record(settings, console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
     assert not report.failed and len(report.results) == 1
     check_outputs(s3_url, str(raw), episodes=1, cameras=1, tmp_path=tmp_path)
 

@@ -5,21 +5,24 @@ import pytest
 
 from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeWriter, raw_prefix
 from encoder_worker.storage import open_storage
+from recorder.dataset.writer import finish_writers, next_recording
 from recorder.raw_writer import CameraWriter, WriterFailed
-from recorder.session import finish_writers, next_episode_index
-
-TEMPLATE = "videos/chunk-{chunk:03d}/observation.images.{camera}/episode_{episode:06d}.mp4"
 
 
-def test_episode_numbers_continue_after_raw_data_and_videos(tmp_path):
+def test_recording_numbers_continue_after_raw_data_and_videos(tmp_path):
     raw = open_storage(tmp_path / "raw")
     videos = open_storage(tmp_path / "videos")
-    assert next_episode_index(raw, videos, output_template=TEMPLATE) == 0
+    assert next_recording(raw, videos) == 0
     raw.put_bytes("raw/episode_000002/cam0/manifest.json", b"{}")
-    assert next_episode_index(raw, videos, output_template=TEMPLATE) == 3
-    # Raw data of episode 7 was deleted after encoding; its video still holds the number.
-    videos.put_bytes("videos/chunk-000/observation.images.cam0/episode_000007.mp4", b"x")
-    assert next_episode_index(raw, videos, output_template=TEMPLATE) == 8
+    assert next_recording(raw, videos) == 3
+    # Raw data of recording 7 was deleted after encoding; its video still holds the number.
+    videos.put_bytes("videos/observation.images.cam0/chunk-000/file-007.mp4", b"x")
+    assert next_recording(raw, videos) == 8
+    # So do v2.1 videos, and files in the upload spool.
+    videos.put_bytes("videos/chunk-000/observation.images.cam0/episode_000009.mp4", b"x")
+    assert next_recording(raw, videos) == 10
+    assert next_recording(raw, videos, spooled=["raw/episode_000012/cam0/segment_00000.raw"]) \
+        == 13
 
 
 class FailingSink(DirectSink):

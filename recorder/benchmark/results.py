@@ -123,7 +123,9 @@ class Totals(BaseModel):
                                                  "submission, first frame to recorder free")
     capture_s: float
     encoding_s: float = Field(description="sync: recorder blocked encoding; async: worker time")
-    blocking_s: float = Field(description="sync: inline encode; async: task submission")
+    blocking_s: float = Field(description="all that save_episode() made the robot wait for: "
+                                          "committing the episode (finalize), then inline "
+                                          "encode (sync) or job submission (async)")
     submission_s: float
     blocking_pct: float = Field(description="blocking_s as a share of total_recording_s")
     drain_from_first_frame_s: float | None = Field(
@@ -193,11 +195,13 @@ def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[Tas
               all_ready_at: float | None) -> Totals:
     """The run's totals, from what was measured per episode and per task."""
     submission = sum(ep.submission_s for ep in episodes)
+    committing = sum(ep.finalize_s for ep in episodes)
     if mode == "sync":
-        encoding = blocking = sum(ep.inline_encode_s for ep in episodes)
+        encoding = sum(ep.inline_encode_s for ep in episodes)
+        blocking = committing + encoding
     else:
         encoding = sum(t.worker_s for t in tasks if t.status != "failed")
-        blocking = submission
+        blocking = committing + submission
     total = recording_done_at - started_at
     stages = {}
     for stage in STAGES:

@@ -154,7 +154,7 @@ def _concatenate(dataset: Storage, group: list[_Entry], video_key: str, output: 
                 with av.open(str(path)) as source:
                     stream = source.streams.video[0]
                     if out_stream is None:
-                        out_stream = out.add_stream_from_template(stream)
+                        out_stream = out.add_stream_from_template(stream, opaque=True)
                     time_base = stream.time_base
                     assert time_base is not None
                     offset = round(Fraction(offset_s).limit_denominator(10**9) / time_base)

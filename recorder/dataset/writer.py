@@ -62,8 +62,8 @@ _NUMERIC = {"float32", "float64", "int64", "int32", "int16", "int8", "uint8", "b
 @dataclass
 class EpisodeReport:
     episode: int  # recording number: names its raw frames and, until packing, its videos
-    frames: int
     frames_recorded: dict[str, int]  # camera -> frames in its manifest
+    frames: int = 0  # frames added (data rows)
     finalize_s: float = 0.0  # last segments, manifests, rows and the episode record committed
     submission_s: float = 0.0  # async: sending jobs, waiting for queue room included
     inline_encode_s: float = 0.0  # sync: the recorder blocked on encoding
