@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast lint benchmark clean
+PYTHON312 ?= python3.12
+LEROBOT_VENV ?= .venv-lerobot
+
+.PHONY: demo test test-fast lint benchmark clean lerobot-conformance
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +24,19 @@ test: $(BIN)/.installed
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not integration"
 
+# Real LeRobot 0.6.1 (Python 3.12, about 5 GB with torch) loads what the farm records.
+$(LEROBOT_VENV)/.installed: pyproject.toml
+	$(PYTHON312) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_VENV)/bin/pip install -q --upgrade pip
+	$(LEROBOT_VENV)/bin/pip install -q 'lerobot[dataset]==0.6.1' -e '.[test]'
+	touch $@
+
+lerobot-conformance: $(LEROBOT_VENV)/.installed
+	$(LEROBOT_VENV)/bin/python -m pytest -m lerobot tests/test_lerobot_conformance.py
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check recorder encoder_worker tests
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) recordings benchmark_results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LEROBOT_VENV) recordings benchmark_results .pytest_cache .mypy_cache .ruff_cache

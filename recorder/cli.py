@@ -25,7 +25,9 @@ from recorder.dataset.pack import PackError, pack_dataset
 from recorder.farm_setup import RecorderError
 from recorder.interrupts import interrupt_on_sigterm
 from recorder.pending import encode_pending
+from recorder.progress import report_console
 from recorder.raw_writer import WriterFailed
+from recorder.record_loop import CaptureStats
 from recorder.session import SessionReport, pending_uploads_note, record
 from recorder.settings import RecorderSettings
 from recorder.upload_spool import SpoolBusy
@@ -42,6 +44,7 @@ DATASET_ALIASES = {
     "--dataset.episode_time_s": "episode_time",
     "--dataset.reset_time_s": "reset_time",
     "--dataset.fps": "fps",
+    "--dataset.single_task": "task",
 }
 
 
@@ -95,7 +98,7 @@ def run_record(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     if not settings.wait and settings.async_encoding and settings.broker is None:
         parser.error("--no-wait needs a lasting farm (--broker URL): the private farm of the "
                      "zero-config default stops when the recorder exits")
-    console = Console()
+    console = report_console()
     interrupt_on_sigterm()
     try:
         report = record(settings, console=console)
@@ -122,8 +125,9 @@ def print_summary(report: SessionReport, *, console: Console) -> None:
         episodes.add_column(column, justify="right")
     for ep in report.episodes:
         blocking = ep.submission_s if report.mode == "async" else ep.inline_encode_s
-        episodes.add_row(str(ep.episode), str(ep.capture.frames), str(ep.capture.late_frames),
-                         f"{ep.capture.capture_s:.2f}", f"{ep.finalize_s:.2f}", f"{blocking:.2f}")
+        capture = ep.capture or CaptureStats(frames=ep.frames)
+        episodes.add_row(str(ep.episode), str(capture.frames), str(capture.late_frames),
+                         f"{capture.capture_s:.2f}", f"{ep.finalize_s:.2f}", f"{blocking:.2f}")
     console.print(episodes)
 
     print_videos(report.results, console=console)
@@ -166,7 +170,7 @@ def print_videos(results: Sequence[EncodeResult], *, console: Console) -> None:
 
 def run_encode_pending(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     settings = settings_from_args(parser, RecorderSettings, args)
-    console = Console()
+    console = report_console()
     interrupt_on_sigterm()
     try:
         results, completion = encode_pending(settings, console=console, dry_run=args.dry_run)

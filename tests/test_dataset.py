@@ -84,7 +84,7 @@ def test_a_dataset_of_another_version_is_refused_and_left_alone(tmp_path):
     info = tmp_path / "ds/meta/info.json"
     info.parent.mkdir(parents=True)
     info.write_text('{"codebase_version": "v2.0", "fps": 30, "features": {}}')
-    with pytest.raises(DatasetError, match="codebase version 'v2.0'.*never modifies"):
+    with pytest.raises(DatasetError, match=r"codebase version 'v2.0'.*never modifies"):
         create(tmp_path / "ds", **FAST)
     assert json.loads(info.read_text())["codebase_version"] == "v2.0"
     assert sorted(p.name for p in (tmp_path / "ds").rglob("*")) == ["info.json", "meta"]
@@ -242,7 +242,7 @@ def test_v21_layout_on_request(tmp_path):
         for camera in CAMERAS:
             assert (root / f"videos/chunk-000/observation.images.{camera}/"
                            f"episode_{episode:06d}.mp4").exists()
-    with pytest.raises(DatasetError, match="pass --dataset-format v2.1"):
+    with pytest.raises(DatasetError, match=r"pass --dataset-format v2\.1"):
         create(root, **FAST)
 
 

@@ -163,7 +163,9 @@ def test_recording_into_a_missing_bucket_fails_instead_of_hanging(
     # spool's uploads fail permanently, and recording stops with what to fix.
     monkeypatch.setattr(writer, "next_recording", lambda *_, **__: 0)
     missing = s3_url.replace("s3://", "s3://missing-", 1)
-    settings = RecorderSettings(storage=missing, episodes=2, episode_time=1, cameras=2,
+    # The dataset's metadata goes to a bucket that exists; the raw uploads fail.
+    settings = RecorderSettings(storage=missing, output_storage=s3_url, episodes=2,
+                                episode_time=1, cameras=2,
                                 width=64, height=48, fps=15, codec="libx264",
                                 segment_frames=5, spool_dir=tmp_path / "spool")
     recording = session.RecordingSession(settings, synthetic_cameras(

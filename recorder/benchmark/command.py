@@ -11,10 +11,10 @@ from rich.table import Table
 from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
 from recorder.benchmark.results import BenchmarkResult
 from recorder.benchmark.settings import NOT_FLAGS, BenchmarkSettings
+from recorder.progress import report_console
 
 DEMO_EPISODE_TIME_S = 5.0
 DEMO_WORKERS = (1, 2, 4)
-REPORT_WIDTH = 140
 
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser, *,
@@ -53,7 +53,7 @@ def run_benchmark_command(parser: argparse.ArgumentParser, args: argparse.Namesp
     if args.action == "demo" and settings.broker is not None:
         parser.error("benchmark demo sweeps the workers of the zero-config farm; leave out "
                      "--broker (an external farm's workers are its own)")
-    console = _console()
+    console = report_console()
     # As `recorder record`: SIGTERM unwinds like Ctrl-C, so the local farm is stopped.
     interrupt_on_sigterm()
     try:
@@ -75,14 +75,6 @@ def run_benchmark_command(parser: argparse.ArgumentParser, args: argparse.Namesp
                       f"{settings.output_dir}[/yellow]")
         return 130
     return 1 if any(r.totals.tasks_failed for r in results) else 0
-
-
-def _console() -> Console:
-    # Rich assumes 80 columns when output is not a terminal: too narrow for the tables.
-    console = Console()
-    if not console.is_terminal:
-        console.width = max(console.width, REPORT_WIDTH)
-    return console
 
 
 def _say(console: Console, text: str) -> None:
@@ -148,7 +140,7 @@ def run_analyze_command(parser: argparse.ArgumentParser, args: argparse.Namespac
     from recorder.benchmark import analyze
     from recorder.benchmark.results import ResultsFileError
 
-    console = _console()
+    console = report_console()
     try:
         charts = analyze.analyze(args.files, output_dir=args.output_dir, console=console)
     except ResultsFileError as exc:

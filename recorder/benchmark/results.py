@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from encoder_worker.jobs import EncodeResult
+from recorder.record_loop import CaptureStats
 from recorder.session import EpisodeReport, SessionReport
 
 SCHEMA_VERSION = 1
@@ -169,7 +170,7 @@ class BenchmarkResult(BaseModel):
 
 
 def episode_timing(ep: EpisodeReport) -> EpisodeTiming:
-    c = ep.capture
+    c = ep.capture or CaptureStats(frames=ep.frames)
     return EpisodeTiming(
         episode=ep.episode, started_at=c.started_at, capture_s=c.capture_s, frames=c.frames,
         late_frames=c.late_frames, writer_waits=c.writer_waits,

@@ -76,7 +76,7 @@ def features_with_video_info(features: dict[str, dict], *, fps: int,
     canonical = {"libsvtav1": "av1", "libaom-av1": "av1", "libx264": "h264",
                  "libx265": "hevc", "h264_nvenc": "h264", "hevc_nvenc": "hevc",
                  "av1_nvenc": "av1"}.get(codec, codec)
-    encoder = {"g": options.gop, "crf": options.crf, "preset": options.preset,
+    encoder: dict[str, object] = {"g": options.gop, "crf": options.crf, "preset": options.preset,
                "fast_decode": 0, "video_backend": "pyav", "extra_options": options.extra}
     result = {}
     for key, feature in features.items():

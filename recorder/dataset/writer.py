@@ -24,7 +24,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,6 +84,14 @@ class _Episode:
     timestamps: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     writer_waits: int = 0
+
+
+def _sampler(stats: ImageStats, stride: int) -> Callable[[int, np.ndarray], None]:
+    """Adds every stride-th frame to stats (called in the camera's writer thread)."""
+    def sample(index: int, frame: np.ndarray) -> None:
+        if index % stride == 0:
+            stats.add(frame)
+    return sample
 
 
 def validate_features(features: dict[str, dict]) -> dict[str, dict]:
@@ -318,7 +326,7 @@ class FarmDataset:
                                  height=height, fps=self.fps,
                                  segment_frames=self.settings.segment_frames),
                 queue_frames=self.settings.writer_queue_frames,
-                on_written=lambda i, f, s=stats: s.add(f) if i % stride == 0 else None)
+                on_written=_sampler(stats, stride))
         columns: dict[str, list[np.ndarray]] = {
             key: [] for key, f in self.features.items() if f["dtype"] != "video"}
         self._episode = _Episode(recording, writers, sinks, image_stats, columns)
