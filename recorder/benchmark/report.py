@@ -30,12 +30,23 @@ def blocking_reduction_pct(sync: BenchmarkResult, async_: BenchmarkResult) -> fl
     return 100 * (blocked - async_.totals.blocking_s) / blocked
 
 
+def submission_pct(result: BenchmarkResult) -> float:
+    """Task submission (waiting for queue room included) as a share of recording time."""
+    t = result.totals
+    return 100 * t.submission_s / t.total_recording_s if t.total_recording_s > 0 else 0.0
+
+
+def commit_s(result: BenchmarkResult) -> float:
+    """Time save_episode() spent committing episodes: raw flush, manifests, rows, record."""
+    return sum(ep.finalize_s for ep in result.episodes)
+
+
 def verdicts(sync: BenchmarkResult | None, async_: BenchmarkResult | None) -> list[Verdict]:
     """Good signs and warnings, each warning with the fix it suggests."""
     out: list[Verdict] = []
     if async_ is not None:
         t = async_.totals
-        pct = t.blocking_pct
+        pct = submission_pct(async_)
         if pct > SUBMISSION_WARN_PCT:
             out.append(Verdict(
                 level="warning", code="submission_slow",
@@ -161,7 +172,8 @@ def _sync_block(result: BenchmarkResult) -> list[str]:
     return ["SYNCHRONOUS ENCODING:",
             f"  Total recording time: {t.total_recording_s:.2f}s",
             f"  Video encoding time: {t.encoding_s:.2f}s",
-            f"  Encoding percentage: {t.blocking_pct:.1f}%"]
+            f"  Encoding percentage: {100 * t.encoding_s / t.total_recording_s:.1f}%"
+            if t.total_recording_s > 0 else "  Encoding percentage: -"]
 
 
 def _async_block(result: BenchmarkResult) -> list[str]:
@@ -170,7 +182,7 @@ def _async_block(result: BenchmarkResult) -> list[str]:
             f"  Total recording time: {t.total_recording_s:.2f}s",
             f"  Video encoding time (background): {t.encoding_s:.2f}s",
             f"  Task submission time: {t.submission_s:.2f}s",
-            f"  Submission percentage: {t.blocking_pct:.1f}%"]
+            f"  Submission percentage: {submission_pct(result):.1f}%"]
 
 
 def details(results: list[BenchmarkResult]) -> list[str]:
@@ -196,6 +208,10 @@ def details(results: list[BenchmarkResult]) -> list[str]:
                 if st is not None:
                     lines.append(f"      {stage.replace('_', ' '):<11} "
                                  f"{st.mean_s:7.2f}s / {st.max_s:7.2f}s")
+        lines.append(f"    save_episode() blocked {t.blocking_s:.2f}s: committing episodes "
+                     f"(raw flush, manifests, rows) {commit_s(r):.2f}s, "
+                     + (f"sending jobs {t.submission_s:.2f}s" if r.mode == "async"
+                        else f"inline encoding {t.encoding_s:.2f}s"))
         loop_frames = sum(ep.frames for ep in r.episodes)
         lines.append(f"    Frames that missed their capture deadline: {t.late_frames} of "
                      f"{loop_frames}")
