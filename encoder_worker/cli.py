@@ -35,20 +35,26 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.nice:
         lower_priority(settings.nice)
-    try:
-        check_broker(settings.broker)
-    except (BrokerUnreachable, ValueError) as exc:
-        print(f"encoder-worker: {exc}", file=sys.stderr)
-        return 1
     for flag, url in (("--storage", settings.storage),
                       ("--output-storage", settings.output_storage)):
         # A wrong path, endpoint, bucket or credentials show now, not as failed jobs later.
         try:
             if url:
-                open_storage(url).check_access()
+                storage = open_storage(url)
+                folder = storage.local_dir("")
+                if folder is not None and not folder.is_dir():
+                    # A missing NFS mount must not look like an empty farm.
+                    raise StorageError(f"the folder {folder} does not exist: mount the shared "
+                                       "disk there (or create the folder) and start again")
+                storage.check_access()
         except (StorageError, ValueError) as exc:
             print(f"encoder-worker: {flag} {url}: {exc}", file=sys.stderr)
             return 1
+    try:
+        check_broker(settings.broker)
+    except (BrokerUnreachable, ValueError) as exc:
+        print(f"encoder-worker: {exc}", file=sys.stderr)
+        return 1
     return run_worker(settings, hostname=args.hostname, pool=args.pool)
 
 

@@ -62,8 +62,14 @@ def settings_from_args(
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else ""
-            where = flag(field) if field in given else f"{field} (environment)"
-            problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+            message = error["msg"].removeprefix("Value error, ")
+            if not error["loc"]:  # a check across fields: its message names them
+                problems.append(message)
+                continue
+            field = str(error["loc"][0])
+            where = flag(field) if field in given else \
+                f"{field} (environment {model.model_config.get('env_prefix', '')}" \
+                f"{field.upper()})"
+            problems.append(f"{where}: {message} (got {error.get('input')!r})")
         parser.error("; ".join(problems))
         raise  # parser.error exits; this keeps type checkers content

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from encoder_worker.storage import check_url
 
 DEFAULT_BROKER = "redis://localhost:6379/0"
 ENCODE_QUEUE = "encode"
@@ -40,4 +43,15 @@ class WorkerSettings(BaseSettings):
                                   description="seconds results are kept")
     nice: int = Field(default=0, ge=0, le=19,
                       description="lower the worker's CPU priority (beside a record loop)")
-    loglevel: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+    loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @field_validator("storage", "output_storage")
+    @classmethod
+    def _storage_url(cls, url: str | None) -> str | None:
+        return None if url is None else check_url(url)
+
+    @field_validator("loglevel", mode="before")
+    @classmethod
+    def _upper(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level

@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_record(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     settings = settings_from_args(parser, RecorderSettings, args)
+    refuse_broker_without_farm(parser, args, settings)
     if not settings.wait and settings.async_encoding and settings.broker is None:
         parser.error("--no-wait needs a lasting farm (--broker URL): the private farm of the "
                      "zero-config default stops when the recorder exits")
@@ -168,8 +169,17 @@ def print_videos(results: Sequence[EncodeResult], *, console: Console) -> None:
             console.print(f"[red]episode {r.episode} camera {r.camera} failed: {r.error}[/red]")
 
 
+def refuse_broker_without_farm(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                               settings: RecorderSettings) -> None:
+    """--broker without --async-encoding would be ignored silently: a usage error."""
+    if "broker" in vars(args) and not settings.async_encoding:
+        parser.error("--broker is used only with --async-encoding (inline encoding needs no "
+                     "farm): add --async-encoding, or leave out --broker")
+
+
 def run_encode_pending(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     settings = settings_from_args(parser, RecorderSettings, args)
+    refuse_broker_without_farm(parser, args, settings)
     console = report_console()
     interrupt_on_sigterm()
     try:

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from encoder_worker.jobs import EncoderOptions
+from encoder_worker.storage import check_url
 
 
 class RecorderSettings(BaseSettings):
@@ -69,6 +70,11 @@ class RecorderSettings(BaseSettings):
         description="local folder of raw files waiting for upload (s3 storage), one sub-folder "
                     "per storage; kept across runs. Default: OUTPUT_DIR/.upload-spool")
 
+    @field_validator("storage", "output_storage")
+    @classmethod
+    def _storage_url(cls, url: str | None) -> str | None:
+        return None if url is None else check_url(url)
+
     @field_validator("codec")
     @classmethod
     def _known_encoder(cls, codec: str) -> str:
@@ -82,8 +88,8 @@ class RecorderSettings(BaseSettings):
     @model_validator(mode="after")
     def _even_size(self) -> Self:
         if self.pix_fmt in ("yuv420p", "nv12") and (self.width % 2 or self.height % 2):
-            raise ValueError(f"{self.pix_fmt} needs an even width and height, "
-                             f"got {self.width}x{self.height}")
+            raise ValueError(f"--width and --height must be even for pix_fmt {self.pix_fmt} "
+                             f"(an even width and height), got {self.width}x{self.height}")
         return self
 
     @property

@@ -20,7 +20,10 @@ def run_cli(*args: str, module: str = "recorder.cli", timeout: float = 60,
 @pytest.mark.parametrize(("flags", "message"), [
     (["--fps", "0"], "--fps: Input should be greater than or equal to 1"),
     (["--episodes", "two"], "--episodes: Input should be a valid integer"),
-    (["--width", "641"], "even width and height"),
+    (["--width", "641"], "--width and --height must be even for pix_fmt yuv420p"),
+    (["--storage", "s3://"], "--storage: 's3://' names no bucket; use s3://bucket/prefix"),
+    (["--output-storage", "ftp://host/x"], "--output-storage: unsupported storage URL"),
+    (["--broker", "redis://127.0.0.1:1/0"], "--broker is used only with --async-encoding"),
     (["--codec", "nosuchcodec"], "no encoder 'nosuchcodec'"),
     (["--video-encoding-queue-size", "0"], "--video-encoding-queue-size"),
     (["--bogus"], "unrecognized arguments: --bogus"),
@@ -33,10 +36,42 @@ def test_bad_flags_exit_2_with_a_clear_message(flags, message, tmp_path):
     assert not any(tmp_path.iterdir()), "nothing is recorded on bad input"
 
 
-def test_worker_bad_flag_exits_2():
-    done = run_cli("run", "--concurrency", "0", module="encoder_worker.cli")
-    assert done.returncode == 2
-    assert "--concurrency" in done.stderr
+def test_bad_flags_name_no_environment_variable_they_did_not_come_from(tmp_path):
+    done = run_cli("record", "--output-dir", str(tmp_path), "--width", "641")
+    assert done.returncode == 2 and "(environment" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--concurrency", "0"], "--concurrency"),
+    (["--loglevel", "LOUD"], "--loglevel: Input should be 'DEBUG', 'INFO'"),
+    (["--storage", "s3://"], "--storage: 's3://' names no bucket"),
+])
+def test_worker_bad_flag_exits_2(flags, message):
+    done = run_cli("run", *flags, module="encoder_worker.cli")
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_worker_refuses_a_storage_folder_that_does_not_exist(tmp_path):
+    # A missing shared-disk mount must not look like an empty farm; nothing is created.
+    missing = tmp_path / "mnt" / "farm"
+    done = run_cli("run", "--storage", str(missing), "--broker", "redis://127.0.0.1:1/0",
+                   module="encoder_worker.cli")
+    assert done.returncode == 1
+    assert f"the folder {missing} does not exist: mount the shared disk" in done.stderr
+    assert not missing.parent.exists()
+
+
+def test_missing_aws_credentials_name_the_variables(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "AWS_EC2_METADATA_DISABLED": "true",
+           "FARM_S3_ENDPOINT_URL": "http://127.0.0.1:1"}  # never contacted: no credentials
+    done = run_cli("record", "--storage", "s3://bucket/datasets", "--output-dir",
+                   str(tmp_path / "out"), env=env)
+    assert done.returncode == 1, done.stderr
+    assert "Unable to locate credentials" in done.stderr
+    assert "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_unreachable_broker_is_reported_not_waited_on(tmp_path):

@@ -50,21 +50,37 @@ class Storage(Protocol):
         """Fail fast, with StorageError saying why, when the storage cannot be written."""
 
 
+def check_url(url: str | Path) -> str:
+    """url itself when it names a storage, without touching it; else ValueError saying how.
+
+    For settings validators: a bad URL is a usage error, found before anything starts.
+    """
+    text = str(url)
+    if text.startswith("s3://"):
+        bucket = text[len("s3://"):].split("/", 1)[0]
+        if not bucket:
+            raise ValueError(f"{text!r} names no bucket; use s3://bucket/prefix")
+        return text
+    if "://" in text and not text.startswith("file://"):
+        scheme = text.split("://", 1)[0]
+        raise ValueError(f"unsupported storage URL {text!r} (scheme {scheme!r}); "
+                         "use a folder path, file:///path or s3://bucket/prefix")
+    if not text.strip():
+        raise ValueError("empty storage URL; use a folder path or s3://bucket/prefix")
+    return text
+
+
 def open_storage(url: str | Path) -> Storage:
     """The backend for a storage URL: a plain path, file:///path or s3://bucket/prefix.
 
     Raises:
         ValueError: the URL's scheme is not supported.
     """
-    text = str(url)
+    text = check_url(url)
     if text.startswith("s3://"):
         from encoder_worker.storage.s3 import S3Storage
 
         return S3Storage.from_url(text)
-    if "://" in text and not text.startswith("file://"):
-        scheme = text.split("://", 1)[0]
-        raise ValueError(f"unsupported storage URL {text!r} (scheme {scheme!r}); "
-                         "use a folder path, file:///path or s3://bucket/prefix")
     from encoder_worker.storage.local import LocalStorage
 
     return LocalStorage.from_url(text)

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, Literal, cast
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -139,7 +139,11 @@ class S3Storage:
                 hint = "; an S3-compatible server may need FARM_S3_CHECKSUM=when_required"
             return StorageError(f"{action} {where}: {code} {error.get('Message', '')}{hint}")
         endpoint = self.settings.endpoint_url or "AWS S3"
-        return StorageError(f"{action} {where} via {endpoint}: {exc}")
+        hint = ""
+        if isinstance(exc, NoCredentialsError):
+            hint = ("; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, "
+                    "~/.aws/credentials, an instance role) for this process")
+        return StorageError(f"{action} {where} via {endpoint}: {exc}{hint}")
 
     def put_bytes(self, key: str, data: bytes) -> None:
         try:
