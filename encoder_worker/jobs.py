@@ -6,7 +6,7 @@ import time
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 SCHEMA_VERSION = 1
 
@@ -65,6 +65,14 @@ class EncodeJob(BaseModel):
                                         "recorder's dataset layout decides")
     options: EncoderOptions = Field(default_factory=EncoderOptions)
     submitted_at: float = Field(default_factory=time.time, description="unix time")
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, version: int) -> int:
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"job schema_version {version}; this worker reads "
+                             f"{SCHEMA_VERSION}: run the same release on recorder and workers")
+        return version
 
 
 class Timings(BaseModel):

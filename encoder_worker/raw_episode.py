@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from encoder_worker.storage import KeyNotFound, Storage
 
@@ -69,6 +69,14 @@ class Manifest(BaseModel):
     # True when recording stopped early (Ctrl-C, an error): kept, but never encoded as is.
     interrupted: bool = False
     recorded_at: float = Field(default_factory=time.time)
+
+    @field_validator("pix_fmt")
+    @classmethod
+    def _known_pix_fmt(cls, pix_fmt: str) -> str:
+        if pix_fmt not in BYTES_PER_PIXEL:
+            raise ValueError(f"raw pixel format {pix_fmt!r} is not one of "
+                             f"{sorted(BYTES_PER_PIXEL)}")
+        return pix_fmt
 
     @property
     def frame_bytes(self) -> int:

@@ -134,15 +134,23 @@ def _encode_counted(client: Any, job: EncodeJob, settings: WorkerSettings,
             job, f"the encode was started {MAX_ENCODE_ATTEMPTS} times and its worker died "
                  "each time (out of memory? a codec crash?); see the workers' logs",
             worker_host=socket.gethostname(), worker_pid=os.getpid())
-    result = encode_job(job, scratch_dir=settings.scratch_dir, before_publish=lease.check)
+    try:
+        result = encode_job(job, scratch_dir=settings.scratch_dir, before_publish=lease.check)
+    except (StorageError, OSError, LeaseLost):
+        # The worker lived: this start is not a worker death. Transient errors have their
+        # own count (Celery's retries); without this, 3 of them failed the job for good.
+        client.decr(key)
+        raise
     client.delete(key)
     return result
 
 
 def _invalid_payload(payload: Any, exc: ValidationError) -> EncodeResult:
     fields = payload if isinstance(payload, dict) else {}
+    episode = fields.get("episode")
     return EncodeResult(
-        job_id=str(fields.get("job_id", "?")), episode=int(fields.get("episode", -1) or -1),
+        job_id=str(fields.get("job_id", "?")),
+        episode=episode if isinstance(episode, int) and not isinstance(episode, bool) else -1,
         camera=str(fields.get("camera", "?")), status=Status.FAILED,
         error=f"invalid EncodeJob payload: {exc}",
         output_storage=str(fields.get("output_storage", "")),
