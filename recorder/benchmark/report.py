@@ -45,7 +45,6 @@ def verdicts(sync: BenchmarkResult | None, async_: BenchmarkResult | None) -> li
     """Good signs and warnings, each warning with the fix it suggests."""
     out: list[Verdict] = []
     if async_ is not None:
-        t = async_.totals
         pct = submission_pct(async_)
         if pct > SUBMISSION_WARN_PCT:
             out.append(Verdict(
