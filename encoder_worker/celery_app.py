@@ -13,6 +13,9 @@ def make_app(broker: str, *, settings: WorkerSettings | None = None) -> Celery:
     """A Celery app on broker, its results kept in the same Redis."""
     settings = settings or WorkerSettings(broker=broker)
     app = Celery("encoder_worker", broker=broker, backend=broker, include=["encoder_worker.tasks"])
+    if broker.startswith("redis://"):  # rediss:// (TLS) keeps kombu's own, untested here
+        # Items on the queue that are not messages are set aside, never fatal.
+        app.conf.broker_transport = "encoder_worker.transport:Transport"
     transport = {"visibility_timeout": settings.visibility_timeout_s}
     app.conf.update(
         task_serializer="json",

@@ -3,18 +3,24 @@ results with the reason; transient storage errors are not counted as worker deat
 
 from __future__ import annotations
 
+import json
+
 import fakeredis
 import pytest
+from conftest import wait_for
 from episodes import job_for, write_episode
 from pydantic import ValidationError
 
 from encoder_worker import tasks
+from encoder_worker.broker import redis_client
 from encoder_worker.encode import encode_job
-from encoder_worker.jobs import EncodeJob, Status
+from encoder_worker.jobs import EncodeJob, EncoderOptions, Status
 from encoder_worker.lease import JobLease
 from encoder_worker.raw_episode import manifest_key, raw_prefix
-from encoder_worker.settings import WorkerSettings
+from encoder_worker.settings import ENCODE_QUEUE, WorkerSettings
 from encoder_worker.storage import StorageError, open_storage
+from encoder_worker.transport import REJECTED_KEY
+from recorder.farm_client import EncodingFarmClient
 
 
 @pytest.fixture
@@ -73,3 +79,33 @@ def test_transient_storage_errors_are_not_counted_as_worker_deaths(storage, monk
     result = tasks._encode_counted(client, job, settings, lease)
     assert result.status is Status.SUCCEEDED, result.error
     assert client.get(tasks.ATTEMPTS_PREFIX + job.job_id) is None
+
+
+@pytest.mark.integration
+def test_items_that_are_not_messages_are_set_aside_and_no_worker_exits(
+        tmp_path, broker_url, start_worker):
+    worker = start_worker(broker_url)
+    client = redis_client(broker_url)
+    good = {"body": "bm90IGJhc2U2NA==", "headers": {},
+            "properties": {"delivery_tag": "x", "body_encoding": "base64"}}
+    hostile = ["not json at all", "5", json.dumps(good | {"body": "***not base64***"}),
+               json.dumps({"properties": {}})]
+    for item in hostile:
+        client.lpush(ENCODE_QUEUE, item)
+    wait_for(lambda: client.llen(REJECTED_KEY) == len(hostile), timeout_s=60,
+             what="the worker to set every hostile item aside")
+    reasons = [json.loads(r)["reason"] for r in client.lrange(REJECTED_KEY, 0, -1)]
+    assert any(r.startswith("not JSON") for r in reasons)
+    assert any("a JSON int, not a message envelope" in r for r in reasons)
+    assert any("not base64" in r for r in reasons)
+    assert worker.process.poll() is None, worker.output()
+    # The same worker still encodes a real job.
+    storage = open_storage(tmp_path / "data")
+    job = job_for(storage, write_episode(storage, frames=5),
+                  options=EncoderOptions(codec="libx264"))
+    with EncodingFarmClient(broker_url) as farm:
+        farm.submit(job)
+        [result] = farm.wait(timeout_s=120)
+    assert result.status is Status.SUCCEEDED, result.error
+    assert worker.process.poll() is None
+    assert "rejected an item on queue" in worker.output()
