@@ -71,7 +71,7 @@ class Channel(redis.Channel):
             set_aside(self.client, exc.doc, f"not JSON: {exc}", queue="?")
             raise Empty() from None
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: str, timeout: Any = None) -> Any:
         try:
             return super()._get(queue)
         except json.JSONDecodeError as exc:
