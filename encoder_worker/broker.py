@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 import redis
 
@@ -40,3 +40,16 @@ def check_broker(url: str, *, timeout_s: float = 5.0) -> None:
         ) from exc
     finally:
         client.close()
+
+
+def redact(url: str | None) -> str | None:
+    """The URL without its password: logs and results files get shared."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

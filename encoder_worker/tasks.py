@@ -38,6 +38,40 @@ _DROP_CLAIM_IF_UNLEASED = ("if redis.call('exists', KEYS[2]) == 0 then "
                            "return redis.call('hdel', KEYS[1], ARGV[1]) else return 0 end")
 
 
+# kombu's Redis transport keeps delivered, not yet acknowledged messages here.
+KOMBU_UNACKED_KEY = "unacked"
+
+
+def job_is_known(client: Any, *, job_id: str, task_id: str, queue: str) -> bool:
+    """True when the farm's Redis knows the job: queued, delivered (unacked), claimed,
+    leased or with a result. False after a Redis that lost its data (restarted without
+    its append-only file): the job must be sent again.
+    """
+    if client.hexists(CLAIMS_KEY, job_id) or lease_held(client, job_id):
+        return True
+    if client.exists(f"celery-task-meta-{task_id}"):
+        return True
+    for raw in client.lrange(queue, 0, -1):
+        if _task_id_of(raw) == task_id:
+            return True
+    for raw in client.hvals(KOMBU_UNACKED_KEY):
+        try:
+            envelope = json.loads(raw)[0]
+        except (ValueError, IndexError, KeyError, TypeError):
+            continue
+        if _task_id_of(json.dumps(envelope)) == task_id:
+            return True
+    return False
+
+
+def _task_id_of(raw: bytes | str) -> str | None:
+    try:
+        headers = json.loads(raw).get("headers", {})
+    except (ValueError, AttributeError):
+        return None
+    return headers.get("id") if isinstance(headers, dict) else None
+
+
 def worker_settings(app: Celery) -> WorkerSettings:
     stored = app.conf.get("farm_worker_settings")
     return WorkerSettings.model_validate(stored) if stored else WorkerSettings()

@@ -12,22 +12,32 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
-from encoder_worker.broker import redis_client
+from encoder_worker.broker import redact, redis_client
 from encoder_worker.celery_app import ENCODE_TASK, make_app
 from encoder_worker.jobs import EncodeJob, EncodeResult
 from encoder_worker.settings import ENCODE_QUEUE
+from encoder_worker.tasks import job_is_known
 
 logger = logging.getLogger(__name__)
 
 # How often outstanding results are checked while waiting (one Redis GET per job).
 POLL_INTERVAL_S = 0.1
+# How often, while waiting, outstanding jobs are looked for in the farm's Redis (a Redis
+# that lost its data lost them): a job unknown at two checks in a row is sent again.
+LOST_JOB_CHECK_S = 20.0
+# How often a Redis that does not answer is said so again.
+BROKER_DOWN_NOTE_S = 10.0
+BROKER_ERRORS = (OperationalError, RedisError, ConnectionError, OSError)
 
 
 class FarmTimeout(Exception):
@@ -50,54 +60,135 @@ class _Outstanding:
     job: EncodeJob
     handle: AsyncResult
     submitted_at: float = field(default_factory=time.time)
+    unknown_since: float | None = None  # the farm's Redis did not know the job then
 
 
 class EncodingFarmClient:
-    """Sends EncodeJobs to the farm's queue, at most queue_size outstanding at once."""
+    """Sends EncodeJobs to the farm's queue, at most queue_size outstanding at once.
 
-    def __init__(self, broker: str, *, queue_size: int = 100, queue: str = ENCODE_QUEUE) -> None:
+    The farm's Redis may go away for a while (a restart, a network cut): jobs submitted
+    meanwhile are kept here and sent once it answers again, so recording goes on. A Redis
+    that came back without its data (no append-only file) lost the jobs it held: while
+    waiting, jobs that the farm no longer knows of are sent again (their videos are
+    published once: a job that finds its verified video returns already_done).
+    """
+
+    def __init__(self, broker: str, *, queue_size: int = 100, queue: str = ENCODE_QUEUE,
+                 lost_job_check_s: float = LOST_JOB_CHECK_S) -> None:
         self.broker = broker
         self.queue = queue
         self.queue_size = queue_size
+        self.lost_job_check_s = lost_job_check_s
         self.app = make_app(broker)
         self._redis = redis_client(broker)
         self._outstanding: dict[str, _Outstanding] = {}
+        self._unsent: deque[EncodeJob] = deque()
+        self._down_since: float | None = None
+        self._down_noted_at = 0.0
+        self._last_lost_check = time.monotonic()
         self.results: list[EncodeResult] = []
         # Called while waiting; raises when the farm can no longer finish (local workers died).
         self.health_check: Callable[[], None] | None = None
         self.submitted = 0
+        self.resent = 0  # jobs sent again because the farm had lost them
         self.submission_wait_s = 0.0
 
     def submit(self, job: EncodeJob) -> float:
-        """Queue one job; returns the seconds spent waiting for room under queue_size."""
+        """Queue one job; returns the seconds spent waiting for room under queue_size.
+
+        Never raises for an unreachable Redis: the job is sent once Redis answers.
+        """
         started = time.perf_counter()
-        while len(self._outstanding) >= self.queue_size:
+        while len(self._outstanding) + len(self._unsent) >= self.queue_size:
             if not self.poll():
                 time.sleep(POLL_INTERVAL_S)
         waited = time.perf_counter() - started
         self.submission_wait_s += waited
-        job = job.model_copy(update={"submitted_at": time.time()})
-        handle = self.app.send_task(ENCODE_TASK, args=[job.model_dump(mode="json")],
-                                    task_id=job.job_id, queue=self.queue)
-        self._outstanding[job.job_id] = _Outstanding(job, handle)
+        self._unsent.append(job.model_copy(update={"submitted_at": time.time()}))
         self.submitted += 1
+        self._send_unsent()
         return waited
 
+    def _send_unsent(self) -> None:
+        while self._unsent:
+            job = self._unsent[0]
+            try:
+                handle = self._send(job)
+            except BROKER_ERRORS as exc:
+                self._broker_down(exc)
+                return
+            self._unsent.popleft()
+            self._outstanding[job.job_id] = _Outstanding(job, handle)
+        self._broker_back()
+
+    def _send(self, job: EncodeJob) -> AsyncResult:
+        # No publish retries: a Redis that is down must not hold the recorder for long.
+        return self.app.send_task(ENCODE_TASK, args=[job.model_dump(mode="json")],
+                                  task_id=job.job_id, queue=self.queue, retry=False)
+
+    def _broker_down(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        if now - self._down_noted_at >= BROKER_DOWN_NOTE_S:
+            self._down_noted_at = now
+            logger.warning(
+                "the farm's Redis at %s does not answer (%s) for %.0fs: recording goes on; "
+                "%d jobs wait to be sent, %d for their results", redact(self.broker),
+                type(exc).__name__, now - self._down_since, len(self._unsent),
+                len(self._outstanding))
+
+    def _broker_back(self) -> None:
+        if self._down_since is not None:
+            logger.warning("the farm's Redis at %s answers again after %.0fs",
+                           redact(self.broker), time.monotonic() - self._down_since)
+            self._down_since = None
+            self._down_noted_at = 0.0
+
     def poll(self) -> list[EncodeResult]:
-        """Collect the results that are ready now; returns them."""
+        """Send what waits to be sent, collect the results that are ready now; returns them."""
+        self._send_unsent()
         ready = []
-        for job_id, entry in list(self._outstanding.items()):
-            if not entry.handle.ready():
-                continue
-            result = _result_of(entry)
-            entry.handle.forget()
-            del self._outstanding[job_id]
-            self.results.append(result)
-            ready.append(result)
-            if not result.ok:
-                logger.error("episode %d camera %s: %s", result.episode, result.camera,
-                             result.error)
+        try:
+            for job_id, entry in list(self._outstanding.items()):
+                if not entry.handle.ready():
+                    continue
+                result = _result_of(entry)
+                entry.handle.forget()
+                del self._outstanding[job_id]
+                self.results.append(result)
+                ready.append(result)
+                if not result.ok:
+                    logger.error("episode %d camera %s: %s", result.episode, result.camera,
+                                 result.error)
+        except BROKER_ERRORS as exc:
+            self._broker_down(exc)
         return ready
+
+    def resend_lost_jobs(self) -> list[str]:
+        """Send again the outstanding jobs the farm's Redis does not know (twice in a row,
+        lost_job_check_s apart: a job between a worker's pop and its claim is not lost)."""
+        resent = []
+        try:
+            for entry in list(self._outstanding.values()):
+                job = entry.job
+                if job_is_known(self._redis, job_id=job.job_id, task_id=job.job_id,
+                                queue=self.queue):
+                    entry.unknown_since = None
+                    continue
+                if entry.unknown_since is None:
+                    entry.unknown_since = time.monotonic()
+                    continue
+                logger.warning("job %s (episode %d, camera %s) is not known to the farm any "
+                               "more (its Redis lost its data?): sending it again",
+                               job.job_id, job.episode, job.camera)
+                entry.handle = self._send(job)
+                entry.unknown_since = None
+                self.resent += 1
+                resent.append(job.job_id)
+        except BROKER_ERRORS as exc:
+            self._broker_down(exc)
+        return resent
 
     def wait(self, *, timeout_s: float | None = None,
              on_result: Callable[[EncodeResult], None] | None = None) -> list[EncodeResult]:
@@ -107,25 +198,29 @@ class EncodingFarmClient:
             FarmTimeout: timeout_s passed with jobs still outstanding.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self._outstanding:
+        while self._outstanding or self._unsent:
             if self.health_check is not None:
                 self.health_check()
             new = self.poll()
             for result in new:
                 if on_result is not None:
                     on_result(result)
-            if not self._outstanding:
+            if not (self._outstanding or self._unsent):
                 break
+            if time.monotonic() - self._last_lost_check >= self.lost_job_check_s:
+                self._last_lost_check = time.monotonic()
+                self.resend_lost_jobs()
             if deadline is not None and time.monotonic() > deadline:
-                raise FarmTimeout(f"{len(self._outstanding)} encode jobs still outstanding "
-                                  f"after {timeout_s:g}s; are workers running?")
+                raise FarmTimeout(f"{len(self._outstanding) + len(self._unsent)} encode jobs "
+                                  f"still outstanding after {timeout_s:g}s; are workers "
+                                  "running?")
             if not new:
                 time.sleep(POLL_INTERVAL_S)
         return list(self.results)
 
     @property
     def outstanding(self) -> int:
-        return len(self._outstanding)
+        return len(self._outstanding) + len(self._unsent)
 
     def queue_depth(self) -> int:
         return int(self._redis.llen(self.queue))
@@ -138,7 +233,7 @@ class EncodingFarmClient:
             tasks_failed=sum(not r.ok for r in self.results),
             average_encoding_time=statistics.fmean(worker_times) if worker_times else 0.0,
             queue_depth=self.queue_depth(),
-            in_flight=len(self._outstanding),
+            in_flight=self.outstanding,
             submission_wait_s=self.submission_wait_s,
         )
 

@@ -6,7 +6,7 @@ import os
 import platform
 import socket
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import av
 
@@ -31,18 +31,6 @@ def cpu_count() -> int:
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
 
-
-def redact(url: str | None) -> str | None:
-    """The URL without its password: results files get shared."""
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def broker_kind(broker: str | None, *, async_encoding: bool) -> str:

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import Progress
 
-from encoder_worker.broker import redis_client
+from encoder_worker.broker import redact, redis_client
 from recorder.benchmark import environment
 from recorder.benchmark.report import verdicts
 from recorder.benchmark.results import (
@@ -158,7 +158,7 @@ def _config(settings: BenchmarkSettings, mode: Mode, *, storage: str, width: int
         segment_frames=settings.segment_frames,
         video_encoding_workers=settings.video_encoding_workers,
         video_encoding_queue_size=settings.video_encoding_queue_size,
-        broker=environment.redact(settings.broker), storage=storage,
+        broker=redact(settings.broker), storage=storage,
     )
 
 
