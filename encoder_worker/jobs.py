@@ -61,6 +61,10 @@ class EncodeJob(BaseModel):
     raw_storage: str = Field(description="storage URL holding the raw episode")
     raw_prefix: str = Field(description="key prefix of the raw episode in raw_storage")
     output_storage: str
+    # Ids of local storage folders (STORAGE_ID_KEY): a worker that maps a folder to its own
+    # mount checks that it is the same folder. None for S3 and older recorders.
+    raw_storage_id: str | None = None
+    output_storage_id: str | None = None
     output_key: str = Field(description="where the video goes in output_storage; the "
                                         "recorder's dataset layout decides")
     options: EncoderOptions = Field(default_factory=EncoderOptions)

@@ -21,7 +21,7 @@ from encoder_worker.jobs import EncodeJob, EncodeResult, Status
 from encoder_worker.lease import LEASE_PREFIX, JobLease, LeaseLost, lease_held
 from encoder_worker.raw_episode import manifest_key
 from encoder_worker.settings import WorkerSettings
-from encoder_worker.storage import StorageError, open_storage
+from encoder_worker.storage import StorageError, local_storage_id, open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,30 @@ def localize(job: EncodeJob, settings: WorkerSettings) -> EncodeJob:
     return job.model_copy(update=updates)
 
 
+def storage_mismatch(sent: EncodeJob, local: EncodeJob) -> str | None:
+    """Why this worker's folders are not the recorder's (None: they are, or unknown).
+
+    A worker that maps a job's folder to its own --storage would otherwise look for raw
+    frames that are not there for as long as --manifest-wait-s, and the recorder wait.
+    """
+    for what, url, mapped, expected in (
+            ("raw", sent.raw_storage, local.raw_storage, sent.raw_storage_id),
+            ("video", sent.output_storage, local.output_storage, sent.output_storage_id)):
+        if expected is None or not is_local_url(mapped):
+            continue
+        try:
+            found = local_storage_id(open_storage(mapped))
+        except (StorageError, OSError, ValueError):
+            found = None
+        if found != expected:
+            return (f"this worker reads the job's {what} folder {url} at {mapped}, which is "
+                    "not the recorder's folder (its .farm-storage-id differs or is missing): "
+                    "record into the folder the workers mount (recorder --storage PATH, "
+                    "with the worker's --storage naming its own mount of it) or use "
+                    "s3:// storage")
+    return None
+
+
 def is_local_url(url: str) -> bool:
     return not url.startswith("s3://")
 
@@ -121,7 +145,12 @@ def encode(self: Task, payload: dict[str, Any], transient_failures: int = 0) -> 
     except ValidationError as exc:
         return _invalid_payload(payload, exc).model_dump(mode="json")
     settings = worker_settings(self.app)
+    sent = job
     job = localize(job, settings)
+    if problem := storage_mismatch(sent, job):
+        logger.error("job %s: %s", job.job_id, problem)
+        return EncodeResult.failed(job, problem, worker_host=socket.gethostname(),
+                                   worker_pid=os.getpid()).model_dump(mode="json")
     client = redis_client(settings.broker)
     lease = JobLease(client, job.job_id, ttl_s=settings.lease_ttl_s)
     if not lease.acquire():

@@ -2,6 +2,7 @@
 environment as its redis and worker services, the shared folder mounted at another path."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ def test_worker_service_encodes_from_the_shared_folder(tmp_path, compose, start_
     assert redis_service["command"][:3] == ["redis-server", "--appendonly", "yes"]
     redis = RedisServer(tmp_path / "redis", port=free_port(), appendonly=True)
     redis.start()
+    service = None
     try:
         farm_data = tmp_path / "farm-data"  # ./farm-data on the host
         farm_data.mkdir()
@@ -37,7 +39,7 @@ def test_worker_service_encodes_from_the_shared_folder(tmp_path, compose, start_
         env = {k: str(v) for k, v in worker["environment"].items()}
         env |= {"FARM_BROKER": redis.url, "FARM_STORAGE": str(mount)}
         command = [sys.executable, "-m", "encoder_worker.cli", *worker["command"]]
-        start_worker(redis.url, env=env, command=command)
+        service = start_worker(redis.url, env=env, command=command)
         done = subprocess.run(
             [sys.executable, "-m", "recorder.cli", "record", "--async-encoding",
              "--broker", redis.url, "--storage", str(farm_data), "--episodes", "1",
@@ -50,6 +52,8 @@ def test_worker_service_encodes_from_the_shared_folder(tmp_path, compose, start_
             assert check_video_against_raw(video, str(farm_data),
                                            raw_prefix(episode=0, camera=camera)) == 30
     finally:
+        if service is not None:  # before Redis: a worker shutting down talks to it
+            service.kill(signal.SIGTERM)
         redis.stop()
 
 

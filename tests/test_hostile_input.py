@@ -18,7 +18,7 @@ from encoder_worker.jobs import EncodeJob, EncoderOptions, Status
 from encoder_worker.lease import JobLease
 from encoder_worker.raw_episode import manifest_key, raw_prefix
 from encoder_worker.settings import ENCODE_QUEUE, WorkerSettings
-from encoder_worker.storage import StorageError, open_storage
+from encoder_worker.storage import StorageError, local_storage_id, open_storage
 from encoder_worker.transport import REJECTED_KEY
 from recorder.farm_client import EncodingFarmClient
 
@@ -109,3 +109,24 @@ def test_items_that_are_not_messages_are_set_aside_and_no_worker_exits(
     assert result.status is Status.SUCCEEDED, result.error
     assert worker.process.poll() is None
     assert "rejected an item on queue" in worker.output()
+
+
+@pytest.mark.integration
+def test_a_worker_whose_mount_is_another_folder_fails_the_job_at_once(
+        tmp_path, broker_url, start_worker):
+    # As in a compose farm: the worker's --storage is its mount of the farm's folder, but
+    # the recorder kept its own default folder. Before, the job waited an hour.
+    mount = tmp_path / "farm-data"
+    mount.mkdir()
+    start_worker(broker_url, "--storage", str(mount))
+    recorder_folder = open_storage(tmp_path / "recorder-data")
+    job = job_for(recorder_folder, write_episode(recorder_folder, frames=5),
+                  options=EncoderOptions(codec="libx264"))
+    job = job.model_copy(update={"raw_storage_id": local_storage_id(recorder_folder,
+                                                                     create=True)})
+    with EncodingFarmClient(broker_url) as farm:
+        farm.submit(job)
+        [result] = farm.wait(timeout_s=60)
+    assert result.status is Status.FAILED
+    assert "not the recorder's folder" in (result.error or "")
+    assert "recorder --storage PATH" in (result.error or "")

@@ -50,6 +50,27 @@ class Storage(Protocol):
         """Fail fast, with StorageError saying why, when the storage cannot be written."""
 
 
+# A local storage folder's identity: written once by the recorder, read by workers that
+# map the job's folder to a mount of their own, to tell the recorder's folder from another.
+STORAGE_ID_KEY = ".farm-storage-id"
+
+
+def local_storage_id(storage: Storage, *, create: bool = False) -> str | None:
+    """The id of a local storage folder (None: not local, or none yet and not create)."""
+    if storage.local_dir("") is None:
+        return None
+    try:
+        return storage.get_bytes(STORAGE_ID_KEY).decode().strip()
+    except KeyNotFound:
+        if not create:
+            return None
+    import uuid
+
+    new = uuid.uuid4().hex
+    storage.put_bytes(STORAGE_ID_KEY, new.encode())
+    return new
+
+
 def check_url(url: str | Path) -> str:
     """url itself when it names a storage, without touching it; else ValueError saying how.
 

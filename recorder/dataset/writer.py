@@ -36,7 +36,7 @@ from rich.progress import Progress
 from encoder_worker.encode import encode_job
 from encoder_worker.jobs import EncodeJob, EncodeResult, EncoderOptions
 from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeWriter, raw_prefix
-from encoder_worker.storage import Storage, StorageError, open_storage
+from encoder_worker.storage import Storage, StorageError, local_storage_id, open_storage
 from recorder.dataset import metadata
 from recorder.dataset.complete import Completion, complete_dataset
 from recorder.dataset.layout import DEFAULT_FEATURES, INFO_KEY, Layout, camera_name
@@ -150,7 +150,9 @@ def episode_job(recording: int, video_key: str, *, run_id: str, raw: Storage,
     return EncodeJob(
         job_id=f"{run_id}-ep{recording:06d}-{camera}", episode=recording, camera=camera,
         raw_storage=raw.url, raw_prefix=raw_prefix(episode=recording, camera=camera),
-        output_storage=dataset.url, output_key=output_key, options=options)
+        raw_storage_id=local_storage_id(raw, create=True), output_storage=dataset.url,
+        output_storage_id=local_storage_id(dataset, create=True), output_key=output_key,
+        options=options)
 
 
 def encode_inline(job: EncodeJob) -> EncodeResult:
