@@ -244,7 +244,9 @@ class LeaseReaper:
 
     def _run(self) -> None:
         client = redis_client(self.settings.broker)
-        while not self._stop.wait(self.settings.lease_ttl_s / 2):
+        # A lapsed lease is seen within a quarter of its TTL: a killed worker's job is sent
+        # again at most lease_ttl_s * 1.25 after its last heartbeat.
+        while not self._stop.wait(self.settings.lease_ttl_s / 4):
             try:
                 self.reap_once(client)
             except Exception:

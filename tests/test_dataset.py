@@ -16,6 +16,8 @@ from conftest import REPO, wait_for
 from dataset_checks import check_v3_dataset, mirror
 from recordings import CAMERAS, TASKS, features, record_episodes
 
+from encoder_worker.broker import redis_client
+from encoder_worker.settings import ENCODE_QUEUE
 from recorder.dataset import DatasetError, FarmDataset
 from recorder.dataset.pack import pack_dataset
 from recorder.dataset.stats import ImageStats, aggregate, numeric_stats
@@ -249,3 +251,21 @@ def test_v21_layout_on_request(tmp_path):
 def run_recorder(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "recorder.cli", *args], capture_output=True,
                           text=True, timeout=300)
+
+
+@pytest.mark.integration
+def test_jobs_are_sent_once_their_episode_is_uploaded(moto_server, s3_url, broker_url,
+                                                      tmp_path):
+    # No worker ever waits for a manifest that is still in the recorder's spool.
+    client = redis_client(broker_url)
+    with EncodingFarmClient(broker_url) as farm:
+        dataset = FarmDataset.create("test/dataset", fps=30, features=features(160, 120),
+                                     root=s3_url, spool_dir=tmp_path / "spool",
+                                     async_encoding=True, wait=False, farm=farm, **FAST)
+        moto_server.stop()  # an S3 outage: the episode stays in the spool
+        record_episodes(dataset, episodes=1, frames=10)
+        assert client.llen(ENCODE_QUEUE) == 0 and farm.submitted == 0
+        moto_server.start()
+        dataset.finalize()  # waits for the uploads, then sends the jobs
+        assert client.llen(ENCODE_QUEUE) == len(CAMERAS) == farm.submitted
+        assert dataset.raw_storage.exists("raw/episode_000000/episode.json")

@@ -86,6 +86,13 @@ class _Episode:
     writer_waits: int = 0
 
 
+@dataclass
+class _Deferred:
+    upload: Any  # the upload of the episode's record, the last of its files
+    jobs: list[EncodeJob]
+    report: EpisodeReport
+
+
 def _sampler(stats: ImageStats, stride: int) -> Callable[[int, np.ndarray], None]:
     """Adds every stride-th frame to stats (called in the camera's writer thread)."""
     def sample(index: int, frame: np.ndarray) -> None:
@@ -210,6 +217,7 @@ class FarmDataset:
         self.inline_results: list[EncodeResult] = []
         self.completion: Completion | None = None
         self._episode: _Episode | None = None
+        self._deferred: list[_Deferred] = []  # async jobs of episodes still uploading
         self._uploads: UploadSpool | None = None  # raw storage that is not a local folder
         self._exit = contextlib.ExitStack()
         self._closed = False
@@ -276,6 +284,8 @@ class FarmDataset:
             raise ValueError(f"add_frame: missing features {missing}, unknown features "
                              f"{unknown}; the dataset's features are {sorted(self.features)}")
         checked = {key: self._checked(key, value) for key, value in values.items()}
+        if self._deferred:
+            self._submit_uploaded()
         episode = self._episode or self._start_episode()
         index = len(episode.tasks)
         captured = time.perf_counter() - episode.started
@@ -350,8 +360,9 @@ class FarmDataset:
             raise ValueError("save_episode: no frame was added since the last save_episode()")
         started = time.perf_counter()
         self._episode = None
+        self._submit_uploaded()
         manifests = finish_writers(episode.writers.values(), interrupted=False)
-        self._stage(episode)
+        uploading = self._stage(episode)
         report = EpisodeReport(
             episode=episode.recording, frames=len(episode.tasks),
             frames_recorded={m.camera: m.frame_count for m in manifests},
@@ -359,11 +370,12 @@ class FarmDataset:
         jobs = [self._job(episode.recording, key) for key in self.video_keys]
         report.job_ids = [job.job_id for job in jobs]
         t0 = time.perf_counter()
-        if self.settings.async_encoding:
-            assert self.farm is not None
-            for job in jobs:
-                self.farm.submit(job)
-            report.submission_s = time.perf_counter() - t0
+        if self.settings.async_encoding and uploading is not None \
+                and not uploading.done.is_set():
+            # Sent once the episode is uploaded, so that no worker waits for its manifest.
+            self._deferred.append(_Deferred(uploading, jobs, report))
+        elif self.settings.async_encoding:
+            self._submit(jobs, report)
         else:
             results = [encode_inline(job) for job in jobs]
             report.inline_encode_s = time.perf_counter() - t0
@@ -377,6 +389,19 @@ class FarmDataset:
         logger.info("recording %d: %d frames saved", episode.recording, report.frames)
         return report
 
+    def _submit(self, jobs: list[EncodeJob], report: EpisodeReport) -> None:
+        assert self.farm is not None
+        t0 = time.perf_counter()
+        for job in jobs:
+            self.farm.submit(job)
+        report.submission_s += time.perf_counter() - t0
+
+    def _submit_uploaded(self) -> None:
+        """Send the jobs of episodes whose uploads finished since the last look."""
+        while self._deferred and self._deferred[0].upload.done.is_set():
+            deferred = self._deferred.pop(0)
+            self._submit(deferred.jobs, deferred.report)
+
     def clear_episode_buffer(self) -> None:
         """Drop the episode in progress from the dataset (re-record it).
 
@@ -386,8 +411,11 @@ class FarmDataset:
         if episode is not None:
             finish_writers(episode.writers.values(), interrupted=True)
 
-    def _stage(self, episode: _Episode) -> None:
-        """Write the episode's rows, then its record: the episode's commit point."""
+    def _stage(self, episode: _Episode) -> Any:
+        """Write the episode's rows, then its record: the episode's commit point.
+
+        Returns the record's upload when it goes through the upload spool, else None.
+        """
         length = len(episode.tasks)
         columns: dict[str, pa.Array] = {}
         stats: dict[str, dict[str, Any]] = {}
@@ -417,7 +445,7 @@ class FarmDataset:
             self.raw_storage.put_bytes(rows_key(episode.recording), rows)
             self.raw_storage.put_bytes(record_key(episode.recording),
                                        record.model_dump_json().encode())
-            return
+            return None
         earlier = [s.manifest_upload for s in episode.sinks
                    if isinstance(s, SpoolSink) and s.manifest_upload is not None]
         earlier.append(self._uploads.put_bytes(rows_key(episode.recording), rows))
@@ -425,6 +453,7 @@ class FarmDataset:
                                        record.model_dump_json().encode(), after=earlier)
         if not self.settings.async_encoding:
             self._uploads.wait_for_upload(last)
+        return last
 
     def _video_key(self, recording: int, key: str) -> str:
         return self.layout.video_key_of(recording=recording, video_key=key)
@@ -456,6 +485,7 @@ class FarmDataset:
                                self._episode.recording, len(self._episode.tasks))
             self.clear_episode_buffer()
             self.finish_uploads()
+            self._submit_uploaded()  # every upload is done now
             if self.farm is not None and self.settings.async_encoding and self.settings.wait:
                 self._wait_for_farm()
             self.completion = complete_dataset(self.storage, self.raw_storage)
