@@ -51,6 +51,18 @@ class EncoderOptions(BaseModel):
         return preset
 
 
+# Time limits assume a worker encodes at least this many pixels a second (SVT-AV1 preset
+# 12 did about 37 Mpx/s per encode on one core here; x264 veryslow at 1080p about 10):
+# an encode this slow is hung or starved, and is stopped and retried.
+SLOWEST_PIXELS_PER_S = 1_000_000
+TIME_LIMIT_BASE_S = 300.0
+
+
+def encode_time_limit_s(*, frames: int, width: int, height: int) -> float:
+    """The soft time limit of encoding frames frames of width x height."""
+    return TIME_LIMIT_BASE_S + frames * width * height / SLOWEST_PIXELS_PER_S
+
+
 class EncodeJob(BaseModel):
     """One (episode, camera) to encode: where its raw frames are and where the MP4 goes."""
 
@@ -65,6 +77,9 @@ class EncodeJob(BaseModel):
     # mount checks that it is the same folder. None for S3 and older recorders.
     raw_storage_id: str | None = None
     output_storage_id: str | None = None
+    time_limit_s: float | None = Field(
+        default=None, gt=0, description="an encode running longer is stopped and retried "
+                                        "(encode_time_limit_s); None: no limit")
     output_key: str = Field(description="where the video goes in output_storage; the "
                                         "recorder's dataset layout decides")
     options: EncoderOptions = Field(default_factory=EncoderOptions)

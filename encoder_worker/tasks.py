@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from celery import Celery, Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready, worker_shutdown
 from pydantic import ValidationError
 
@@ -34,6 +35,9 @@ MANIFEST_POLL_MAX_S = 10.0
 # A job whose encodes killed their worker this often fails instead of going round again.
 MAX_ENCODE_ATTEMPTS = 3
 ATTEMPTS_PREFIX = "farm:attempts:"
+# Encodes of a job stopped by its soft time limit; a job fails after MAX_TIME_LIMIT_RUNS.
+TIME_LIMITS_PREFIX = "farm:time-limits:"
+MAX_TIME_LIMIT_RUNS = 2
 _DROP_CLAIM_IF_UNLEASED = ("if redis.call('exists', KEYS[2]) == 0 then "
                            "return redis.call('hdel', KEYS[1], ARGV[1]) else return 0 end")
 
@@ -171,6 +175,8 @@ def encode(self: Task, payload: dict[str, Any], transient_failures: int = 0) -> 
             result = _encode_counted(client, job, settings, lease)
         finally:
             client.hdel(CLAIMS_KEY, job.job_id)
+    except SoftTimeLimitExceeded:
+        return _over_time_limit(self, client, job, settings)
     except LeaseLost:
         logger.warning("job %s: lease lapsed mid-encode; not publishing", job.job_id)
         raise self.retry(countdown=settings.lease_ttl_s / 2, max_retries=None) from None
@@ -199,13 +205,32 @@ def _encode_counted(client: Any, job: EncodeJob, settings: WorkerSettings,
             worker_host=socket.gethostname(), worker_pid=os.getpid())
     try:
         result = encode_job(job, scratch_dir=settings.scratch_dir, before_publish=lease.check)
-    except (StorageError, OSError, LeaseLost):
+    except (StorageError, OSError, LeaseLost, SoftTimeLimitExceeded):
         # The worker lived: this start is not a worker death. Transient errors have their
         # own count (Celery's retries); without this, 3 of them failed the job for good.
         client.decr(key)
         raise
     client.delete(key)
     return result
+
+
+def _over_time_limit(task: Task, client: Any, job: EncodeJob,
+                     settings: WorkerSettings) -> dict[str, Any]:
+    """A hung or starved encode was stopped: retried (another worker may take it) up to
+    MAX_TIME_LIMIT_RUNS times, then a failed result that says so."""
+    key = TIME_LIMITS_PREFIX + job.job_id
+    runs = int(client.incr(key))
+    client.expire(key, settings.result_expires_s)
+    if runs < MAX_TIME_LIMIT_RUNS:
+        logger.warning("job %s ran over its time limit of %.0fs; sent again", job.job_id,
+                       job.time_limit_s or 0)
+        raise task.retry(countdown=1, max_retries=None)
+    client.delete(key)
+    return EncodeResult.failed(
+        job, f"the encode ran over its time limit of {job.time_limit_s:.0f}s "
+             f"{MAX_TIME_LIMIT_RUNS} times and was stopped each time (a hung encoder, or a "
+             "worker far slower than the limit assumes); see the workers' logs",
+        worker_host=socket.gethostname(), worker_pid=os.getpid()).model_dump(mode="json")
 
 
 def _invalid_payload(payload: Any, exc: ValidationError) -> EncodeResult:

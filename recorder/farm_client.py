@@ -37,6 +37,8 @@ POLL_INTERVAL_S = 0.1
 LOST_JOB_CHECK_S = 20.0
 # How often a Redis that does not answer is said so again.
 BROKER_DOWN_NOTE_S = 10.0
+# A task still running this long after its soft time limit is killed by its worker.
+HARD_TIME_LIMIT_MARGIN_S = 60.0
 BROKER_ERRORS = (OperationalError, RedisError, ConnectionError, OSError)
 
 
@@ -123,8 +125,13 @@ class EncodingFarmClient:
 
     def _send(self, job: EncodeJob) -> AsyncResult:
         # No publish retries: a Redis that is down must not hold the recorder for long.
+        limits = {}
+        if job.time_limit_s is not None:
+            # Soft: the task stops itself and is retried; hard: its process is killed.
+            limits = {"soft_time_limit": job.time_limit_s,
+                      "time_limit": job.time_limit_s + HARD_TIME_LIMIT_MARGIN_S}
         return self.app.send_task(ENCODE_TASK, args=[job.model_dump(mode="json")],
-                                  task_id=job.job_id, queue=self.queue, retry=False)
+                                  task_id=job.job_id, queue=self.queue, retry=False, **limits)
 
     def _broker_down(self, exc: BaseException) -> None:
         now = time.monotonic()

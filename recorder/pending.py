@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 
-from encoder_worker.jobs import EncodeResult
+from encoder_worker.jobs import EncodeResult, encode_time_limit_s
 from encoder_worker.raw_episode import Manifest
 from encoder_worker.storage import Storage, open_storage
 from recorder.dataset import metadata
@@ -67,7 +67,8 @@ def encode_pending(settings: RecorderSettings, *, console: Console,
     """
     raw = open_storage(settings.raw_storage_url)
     dataset = open_storage(settings.output_storage_url)
-    if metadata.read_info(dataset) is None:
+    info = metadata.read_info(dataset)
+    if info is None:
         raise RecorderError(f"{dataset.url} holds no dataset (no meta/info.json): check "
                             "--output-dir/--repo-id or --storage")
     scan = scan_pending(raw, dataset)
@@ -82,9 +83,14 @@ def encode_pending(settings: RecorderSettings, *, console: Console,
     if scan.pending:
         run_id = "pending-" + uuid.uuid4().hex[:8]
         options = settings.encoder_options()
-        jobs = [episode_job(recording, key, run_id=run_id, raw=raw, dataset=dataset,
-                            output_key=video, options=options)
-                for recording, key, video in scan.pending]
+        jobs = []
+        for recording, key, video in scan.pending:
+            job = episode_job(recording, key, run_id=run_id, raw=raw, dataset=dataset,
+                              output_key=video, options=options)
+            height, width = info["features"][key]["shape"][:2]
+            job.time_limit_s = encode_time_limit_s(
+                frames=load_staged(raw, recording).length, width=width, height=height)
+            jobs.append(job)
         with farm_for(settings) as farm, progress_display(console) as progress:
             task = progress.add_task("encoding", total=len(jobs))
             if farm is None:

@@ -130,3 +130,23 @@ def test_a_worker_whose_mount_is_another_folder_fails_the_job_at_once(
     assert result.status is Status.FAILED
     assert "not the recorder's folder" in (result.error or "")
     assert "recorder --storage PATH" in (result.error or "")
+
+
+@pytest.mark.integration
+def test_an_encode_over_its_time_limit_is_stopped_retried_and_reported(
+        tmp_path, broker_url, start_worker):
+    storage = open_storage(tmp_path / "data")
+    # Far slower than its (test-sized) limit, as a hung encoder would be.
+    manifest = write_episode(storage, frames=240, width=640, height=480, segment_frames=30)
+    job = job_for(storage, manifest, job_id="slow",
+                  options=EncoderOptions(codec="libx264", preset="veryslow", gop=30))
+    job.time_limit_s = 1.0
+    worker = start_worker(broker_url)
+    with EncodingFarmClient(broker_url) as farm:
+        farm.submit(job)
+        [result] = farm.wait(timeout_s=240)
+    assert result.status is Status.FAILED
+    assert "ran over its time limit of 1s 2 times" in (result.error or "")
+    assert "ran over its time limit" in worker.output()
+    assert not storage.exists(job.output_key), "nothing is published"
+    assert redis_client(broker_url).get(tasks.TIME_LIMITS_PREFIX + "slow") is None

@@ -34,7 +34,7 @@ import pyarrow as pa
 from rich.progress import Progress
 
 from encoder_worker.encode import encode_job
-from encoder_worker.jobs import EncodeJob, EncodeResult, EncoderOptions
+from encoder_worker.jobs import EncodeJob, EncodeResult, EncoderOptions, encode_time_limit_s
 from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeWriter, raw_prefix
 from encoder_worker.storage import Storage, StorageError, local_storage_id, open_storage
 from recorder.dataset import metadata
@@ -367,7 +367,8 @@ class FarmDataset:
             episode=episode.recording, frames=len(episode.tasks),
             frames_recorded={m.camera: m.frame_count for m in manifests},
             finalize_s=time.perf_counter() - started, writer_waits=episode.writer_waits)
-        jobs = [self._job(episode.recording, key) for key in self.video_keys]
+        jobs = [self._job(episode.recording, key, frames=len(episode.tasks))
+                for key in self.video_keys]
         report.job_ids = [job.job_id for job in jobs]
         t0 = time.perf_counter()
         if self.settings.async_encoding and uploading is not None \
@@ -458,10 +459,13 @@ class FarmDataset:
     def _video_key(self, recording: int, key: str) -> str:
         return self.layout.video_key_of(recording=recording, video_key=key)
 
-    def _job(self, recording: int, key: str) -> EncodeJob:
-        return episode_job(recording, key, run_id=self.run_id, raw=self.raw_storage,
-                           dataset=self.storage, output_key=self._video_key(recording, key),
-                           options=self.options)
+    def _job(self, recording: int, key: str, *, frames: int) -> EncodeJob:
+        job = episode_job(recording, key, run_id=self.run_id, raw=self.raw_storage,
+                          dataset=self.storage, output_key=self._video_key(recording, key),
+                          options=self.options)
+        height, width, _ = self.features[key]["shape"]
+        job.time_limit_s = encode_time_limit_s(frames=frames, width=width, height=height)
+        return job
 
     # -- finishing ---------------------------------------------------------------------
 
