@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose and not sys.stderr.isatty():
+        # In a log, the recorder says what it does and waits for (a terminal shows bars).
+        logging.getLogger("recorder").setLevel(logging.INFO)
     commands = {"record": run_record, "benchmark": run_benchmark_command,
                 "analyze": run_analyze_command, "encode-pending": run_encode_pending,
                 "pack": run_pack}

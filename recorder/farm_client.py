@@ -37,6 +37,9 @@ POLL_INTERVAL_S = 0.1
 LOST_JOB_CHECK_S = 20.0
 # How often a Redis that does not answer is said so again.
 BROKER_DOWN_NOTE_S = 10.0
+# While waiting, a line says what for this often (logged; a terminal has its progress bar).
+WAIT_NOTE_S = 10.0
+WAIT_NOTE_JOBS = 4  # outstanding jobs named in it
 # A task still running this long after its soft time limit is killed by its worker.
 HARD_TIME_LIMIT_MARGIN_S = 60.0
 BROKER_ERRORS = (OperationalError, RedisError, ConnectionError, OSError)
@@ -76,11 +79,13 @@ class EncodingFarmClient:
     """
 
     def __init__(self, broker: str, *, queue_size: int = 100, queue: str = ENCODE_QUEUE,
-                 lost_job_check_s: float = LOST_JOB_CHECK_S) -> None:
+                 lost_job_check_s: float = LOST_JOB_CHECK_S,
+                 wait_note_s: float = WAIT_NOTE_S) -> None:
         self.broker = broker
         self.queue = queue
         self.queue_size = queue_size
         self.lost_job_check_s = lost_job_check_s
+        self.wait_note_s = wait_note_s
         self.app = make_app(broker)
         self._redis = redis_client(broker)
         self._outstanding: dict[str, _Outstanding] = {}
@@ -205,6 +210,7 @@ class EncodingFarmClient:
             FarmTimeout: timeout_s passed with jobs still outstanding.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        started = last_note = time.monotonic()
         while self._outstanding or self._unsent:
             if self.health_check is not None:
                 self.health_check()
@@ -214,6 +220,9 @@ class EncodingFarmClient:
                     on_result(result)
             if not (self._outstanding or self._unsent):
                 break
+            if time.monotonic() - last_note >= self.wait_note_s:
+                last_note = time.monotonic()
+                self._note_waiting(time.monotonic() - started)
             if time.monotonic() - self._last_lost_check >= self.lost_job_check_s:
                 self._last_lost_check = time.monotonic()
                 self.resend_lost_jobs()
@@ -224,6 +233,21 @@ class EncodingFarmClient:
             if not new:
                 time.sleep(POLL_INTERVAL_S)
         return list(self.results)
+
+    def _note_waiting(self, waited_s: float) -> None:
+        """Say what the wait is for: a log line, for output that is not a terminal."""
+        missing = [f"episode {e.job.episode} {e.job.camera}"
+                   for e in list(self._outstanding.values())[:WAIT_NOTE_JOBS]]
+        missing += [f"episode {j.episode} {j.camera} (not sent yet)"
+                    for j in list(self._unsent)[:WAIT_NOTE_JOBS - len(missing)]]
+        more = self.outstanding - len(missing)
+        try:
+            queued = f"{self.queue_depth()} jobs queued at the farm"
+        except BROKER_ERRORS:
+            queued = "the farm's Redis does not answer"
+        logger.info("waiting %.0fs for the farm at %s: %d of %d videos done; %s; waiting for "
+                    "%s%s", waited_s, redact(self.broker), len(self.results), self.submitted,
+                    queued, ", ".join(missing), f" and {more} more" if more > 0 else "")
 
     @property
     def outstanding(self) -> int:

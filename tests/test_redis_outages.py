@@ -12,7 +12,7 @@ from video_checks import check_video_against_raw
 from encoder_worker.jobs import EncoderOptions, Status
 from encoder_worker.raw_episode import raw_prefix
 from encoder_worker.storage import open_storage
-from recorder.farm_client import EncodingFarmClient
+from recorder.farm_client import EncodingFarmClient, FarmTimeout
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +66,17 @@ def test_jobs_lost_by_a_redis_restarted_empty_are_sent_again(
     check_results(storage, results, 2)
     assert "not known to the farm any more" in caplog.text
     assert all(r.status is Status.SUCCEEDED for r in results)
+
+
+def test_a_long_wait_says_what_it_waits_for(tmp_path, redis_server, caplog):
+    _, jobs = jobs_of(tmp_path, 2)
+    caplog.set_level("INFO", logger="recorder")
+    with EncodingFarmClient(redis_server.url, wait_note_s=0.2) as farm:
+        for job in jobs:
+            farm.submit(job)
+        with pytest.raises(FarmTimeout):
+            farm.wait(timeout_s=1.0)  # no worker: nothing finishes
+    notes = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
+    assert notes, caplog.text
+    assert "0 of 2 videos done; 2 jobs queued at the farm; waiting for episode 0 cam0, " \
+           "episode 1 cam0" in notes[-1]
