@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 # job_id -> {"task_id", "payload"} for every job some worker is encoding right now.
 CLAIMS_KEY = "farm:claims"
+# job id -> {task_id, payload, due}: jobs waiting in a Celery countdown (for a manifest, a
+# lease, a transient error to pass), sent again by a reaper once overdue.
+WAITING_KEY = "farm:waiting"
 # Transient failures (storage or network) are retried this often, with backoff.
 MAX_TRANSIENT_RETRIES = 8
 # While a job's manifest is not stored yet, look again after at most this long.
@@ -156,11 +159,13 @@ def encode(self: Task, payload: dict[str, Any], transient_failures: int = 0) -> 
         return EncodeResult.failed(job, problem, worker_host=socket.gethostname(),
                                    worker_pid=os.getpid()).model_dump(mode="json")
     client = redis_client(settings.broker)
+    client.hdel(WAITING_KEY, job.job_id)  # this run is the one that waited, if any
     lease = JobLease(client, job.job_id, ttl_s=settings.lease_ttl_s)
     if not lease.acquire():
         # Another copy (a redelivery) is encoding it: come back when it is done.
         logger.info("job %s is leased by another worker; retrying later", job.job_id)
-        raise self.retry(countdown=settings.lease_ttl_s / 2, max_retries=None)
+        raise _retry_later(self, client, payload, settings,
+                           countdown=settings.lease_ttl_s / 2)
     claim = json.dumps({"task_id": self.request.id, "payload": payload})
     try:
         try:
@@ -171,7 +176,7 @@ def encode(self: Task, payload: dict[str, Any], transient_failures: int = 0) -> 
                                 max(0.5, (time.time() - job.submitted_at) / 4))
                 logger.info("job %s: raw manifest not uploaded yet; looking again in %.1fs",
                             job.job_id, countdown)
-                raise self.retry(countdown=countdown, max_retries=None)
+                raise _retry_later(self, client, payload, settings, countdown=countdown)
             result = _encode_counted(client, job, settings, lease)
         finally:
             client.hdel(CLAIMS_KEY, job.job_id)
@@ -179,17 +184,36 @@ def encode(self: Task, payload: dict[str, Any], transient_failures: int = 0) -> 
         return _over_time_limit(self, client, job, settings)
     except LeaseLost:
         logger.warning("job %s: lease lapsed mid-encode; not publishing", job.job_id)
-        raise self.retry(countdown=settings.lease_ttl_s / 2, max_retries=None) from None
+        raise _retry_later(self, client, payload, settings,
+                           countdown=settings.lease_ttl_s / 2) from None
     except (StorageError, OSError) as exc:
         # Counted apart from Celery's retries, which waits for a lease or a manifest add to.
         if transient_failures >= MAX_TRANSIENT_RETRIES:
             raise
         logger.warning("job %s: %s; retry %d", job.job_id, exc, transient_failures + 1)
-        raise self.retry(exc=exc, countdown=min(60, 2**transient_failures), max_retries=None,
-                         kwargs={"transient_failures": transient_failures + 1}) from exc
+        raise _retry_later(self, client, payload, settings,
+                           countdown=min(60, 2**transient_failures), exc=exc,
+                           transient_failures=transient_failures + 1) from exc
     finally:
         lease.release()
     return result.model_dump(mode="json")
+
+
+def _retry_later(task: Task, client: Any, payload: dict[str, Any], settings: WorkerSettings,
+                 *, countdown: float, exc: BaseException | None = None,
+                 transient_failures: int = 0) -> BaseException:
+    """Celery's retry after countdown, recorded on WAITING_KEY first.
+
+    The retried message waits, unacknowledged, in the worker that takes it; if that
+    worker is killed, Redis gives it back only after the visibility timeout (hours). The
+    record lets any worker's reaper send the job again once it is overdue.
+    """
+    job_id = str(payload.get("job_id"))
+    due = time.time() + countdown + settings.lease_ttl_s
+    client.hset(WAITING_KEY, job_id, json.dumps(
+        {"task_id": task.request.id, "payload": payload, "due": due}))
+    kwargs = {"transient_failures": transient_failures} if transient_failures else None
+    return task.retry(countdown=countdown, max_retries=None, exc=exc, kwargs=kwargs)
 
 
 def _encode_counted(client: Any, job: EncodeJob, settings: WorkerSettings,
@@ -295,7 +319,27 @@ class LeaseReaper:
             self.app.send_task(ENCODE_TASK, args=[claim["payload"]],
                                task_id=claim["task_id"], queue=self.settings.queue)
             requeued.append(job_id)
-        return requeued
+        return requeued + self.resend_overdue(client)
+
+    def resend_overdue(self, client: Any) -> list[str]:
+        """Send again the jobs whose countdown is long over: their worker went away."""
+        resent = []
+        now = time.time()
+        for raw_job_id, raw_entry in client.hgetall(WAITING_KEY).items():
+            job_id = raw_job_id.decode()
+            entry = json.loads(raw_entry)
+            if entry["due"] > now or lease_held(client, job_id):
+                continue
+            if not client.hdel(WAITING_KEY, job_id):  # another reaper took it
+                continue
+            if self.app.AsyncResult(entry["task_id"]).ready():
+                continue
+            logger.warning("job %s waited in a countdown on a worker that went away; sent "
+                           "again", job_id)
+            self.app.send_task(ENCODE_TASK, args=[entry["payload"]],
+                               task_id=entry["task_id"], queue=self.settings.queue)
+            resent.append(job_id)
+        return resent
 
 
 _reapers: list[LeaseReaper] = []

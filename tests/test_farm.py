@@ -15,11 +15,18 @@ from video_checks import check_video_against_raw
 from encoder_worker.broker import redis_client
 from encoder_worker.celery_app import make_app
 from encoder_worker.jobs import EncoderOptions, Status
-from encoder_worker.lease import JobLease
+from encoder_worker.lease import LEASE_PREFIX, JobLease
 from encoder_worker.raw_episode import Manifest, raw_prefix
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import open_storage
-from encoder_worker.tasks import ATTEMPTS_PREFIX, CLAIMS_KEY, MAX_ENCODE_ATTEMPTS, LeaseReaper
+from encoder_worker.tasks import (
+    ATTEMPTS_PREFIX,
+    CLAIMS_KEY,
+    KOMBU_UNACKED_KEY,
+    MAX_ENCODE_ATTEMPTS,
+    WAITING_KEY,
+    LeaseReaper,
+)
 from recorder.cameras.synthetic import synthetic_cameras
 from recorder.farm_client import EncodingFarmClient
 from recorder.session import RecordingSession
@@ -272,3 +279,28 @@ def test_reaper_requeues_only_jobs_whose_lease_lapsed(tmp_path, broker_url):
     finally:
         alive.release()
         app.close()
+
+
+def test_a_job_waiting_in_a_killed_workers_countdown_is_sent_again(
+        tmp_path, broker_url, start_worker):
+    storage = open_storage(tmp_path / "data")
+    job = job_for(storage, write_episode(storage, frames=10), job_id="waiting",
+                  options=EncoderOptions(codec="libx264"))
+    client = redis_client(broker_url)
+    # Another copy holds the lease: the worker puts the job in a countdown, again and again.
+    client.set(LEASE_PREFIX + "waiting", "another copy", px=600_000)
+    env = {"FARM_LEASE_TTL_S": "2"}
+    first = start_worker(broker_url, env=env)
+    with EncodingFarmClient(broker_url) as farm:
+        farm.submit(job)
+        wait_for(lambda: client.hexists(WAITING_KEY, "waiting") and client.llen("encode") == 0
+                 and client.hlen(KOMBU_UNACKED_KEY) == 1, timeout_s=60,
+                 what="the job to wait in the first worker's countdown, held unacknowledged")
+        first.kill(signal.SIGKILL)  # the countdown's message dies with it, unacknowledged
+        client.delete(LEASE_PREFIX + "waiting")  # the other copy is gone too
+        second = start_worker(broker_url, env=env)
+        [result] = farm.wait(timeout_s=120)
+    assert result.status is Status.SUCCEEDED, result.error
+    assert result.worker_pid != first.process.pid
+    assert "waited in a countdown on a worker that went away" in second.output()
+    assert not client.hexists(WAITING_KEY, "waiting")
