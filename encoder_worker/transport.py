@@ -20,9 +20,10 @@ from typing import Any
 
 from kombu.transport import redis
 
+from encoder_worker.ledger import REJECTED_KEY
+
 logger = logging.getLogger(__name__)
 
-REJECTED_KEY = "farm:rejected"
 REJECTED_KEPT = 1000  # the newest rejected items kept
 
 

@@ -25,8 +25,8 @@ from redis.exceptions import RedisError
 from encoder_worker.broker import redact, redis_client
 from encoder_worker.celery_app import ENCODE_TASK, make_app
 from encoder_worker.jobs import EncodeJob, EncodeResult
+from encoder_worker.ledger import JobLedger
 from encoder_worker.settings import ENCODE_QUEUE
-from encoder_worker.tasks import job_is_known
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class EncodingFarmClient:
         self.wait_note_s = wait_note_s
         self.app = make_app(broker)
         self._redis = redis_client(broker)
+        self._ledger = JobLedger(self._redis)
         self._outstanding: dict[str, _Outstanding] = {}
         self._unsent: deque[EncodeJob] = deque()
         self._down_since: float | None = None
@@ -184,8 +185,7 @@ class EncodingFarmClient:
         try:
             for entry in list(self._outstanding.values()):
                 job = entry.job
-                if job_is_known(self._redis, job_id=job.job_id, task_id=job.job_id,
-                                queue=self.queue):
+                if self._ledger.known(job.job_id, task_id=job.job_id, queue=self.queue):
                     entry.unknown_since = None
                     continue
                 if entry.unknown_since is None:

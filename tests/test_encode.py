@@ -6,7 +6,7 @@ from video_checks import check_video_against_raw
 
 from encoder_worker.encode import encode_job
 from encoder_worker.jobs import EncoderOptions, Status
-from encoder_worker.lease import LeaseLost
+from encoder_worker.ledger import LeaseLost
 from encoder_worker.raw_episode import raw_prefix
 from encoder_worker.storage import open_storage
 

@@ -13,20 +13,21 @@ from episodes import job_for, write_episode
 from video_checks import check_video_against_raw
 
 from encoder_worker.broker import redis_client
-from encoder_worker.celery_app import make_app
+from encoder_worker.celery_app import ENCODE_TASK, make_app
 from encoder_worker.jobs import EncoderOptions, Status
-from encoder_worker.lease import LEASE_PREFIX, JobLease
-from encoder_worker.raw_episode import Manifest, raw_prefix
-from encoder_worker.settings import WorkerSettings
-from encoder_worker.storage import open_storage
-from encoder_worker.tasks import (
+from encoder_worker.ledger import (
     ATTEMPTS_PREFIX,
     CLAIMS_KEY,
     KOMBU_UNACKED_KEY,
-    MAX_ENCODE_ATTEMPTS,
+    LEASE_PREFIX,
     WAITING_KEY,
+    JobLease,
     LeaseReaper,
 )
+from encoder_worker.raw_episode import Manifest, raw_prefix
+from encoder_worker.settings import WorkerSettings
+from encoder_worker.storage import open_storage
+from encoder_worker.tasks import MAX_ENCODE_ATTEMPTS
 from recorder.cameras.synthetic import synthetic_cameras
 from recorder.farm_client import EncodingFarmClient
 from recorder.session import RecordingSession
@@ -270,12 +271,20 @@ def test_reaper_requeues_only_jobs_whose_lease_lapsed(tmp_path, broker_url):
             {"task_id": f"task-{job_id}", "payload": {"job_id": job_id}}))
     alive = JobLease(client, "alive", ttl_s=60)
     assert alive.acquire()
+
+    def reaper() -> LeaseReaper:
+        return LeaseReaper(
+            client, lease_ttl_s=settings.lease_ttl_s,
+            resend=lambda task_id, payload: app.send_task(
+                ENCODE_TASK, args=[payload], task_id=task_id,
+                queue=settings.queue),
+            is_done=lambda task_id: app.AsyncResult(task_id).ready())
     try:
-        assert LeaseReaper(app, settings).reap_once(client) == ["orphan"]
+        assert reaper().reap_once() == ["orphan"]
         assert client.hkeys(CLAIMS_KEY) == [b"alive"]
         assert client.llen(settings.queue) == 1  # the orphan, sent again
         # A second reaper pass (another worker's) finds nothing left to re-send.
-        assert LeaseReaper(app, settings).reap_once(client) == []
+        assert reaper().reap_once() == []
     finally:
         alive.release()
         app.close()

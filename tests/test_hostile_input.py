@@ -15,11 +15,10 @@ from encoder_worker import tasks
 from encoder_worker.broker import redis_client
 from encoder_worker.encode import encode_job
 from encoder_worker.jobs import EncodeJob, EncoderOptions, Status
-from encoder_worker.lease import JobLease
+from encoder_worker.ledger import REJECTED_KEY, TIME_LIMITS_PREFIX, JobLedger
 from encoder_worker.raw_episode import manifest_key, raw_prefix
 from encoder_worker.settings import ENCODE_QUEUE, WorkerSettings
 from encoder_worker.storage import StorageError, local_storage_id, open_storage
-from encoder_worker.transport import REJECTED_KEY
 from recorder.farm_client import EncodingFarmClient
 
 
@@ -72,13 +71,14 @@ def test_transient_storage_errors_are_not_counted_as_worker_deaths(storage, monk
 
     monkeypatch.setattr(tasks, "encode_job", flaky)
     settings = WorkerSettings()
-    lease = JobLease(client, job.job_id, ttl_s=60)
+    ledger = JobLedger(client)
+    lease = ledger.lease(job.job_id, ttl_s=60)
     for _ in range(tasks.MAX_ENCODE_ATTEMPTS + 1):
         with pytest.raises(StorageError):
-            tasks._encode_counted(client, job, settings, lease)
-    result = tasks._encode_counted(client, job, settings, lease)
+            tasks._encode_counted(ledger, job, settings, lease)
+    result = tasks._encode_counted(ledger, job, settings, lease)
     assert result.status is Status.SUCCEEDED, result.error
-    assert client.get(tasks.ATTEMPTS_PREFIX + job.job_id) is None
+    assert client.get("farm:attempts:" + job.job_id) is None
 
 
 @pytest.mark.integration
@@ -149,4 +149,4 @@ def test_an_encode_over_its_time_limit_is_stopped_retried_and_reported(
     assert "ran over its time limit of 1s 2 times" in (result.error or "")
     assert "ran over its time limit" in worker.output()
     assert not storage.exists(job.output_key), "nothing is published"
-    assert redis_client(broker_url).get(tasks.TIME_LIMITS_PREFIX + "slow") is None
+    assert redis_client(broker_url).get(TIME_LIMITS_PREFIX + "slow") is None

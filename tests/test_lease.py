@@ -2,7 +2,11 @@
 
 import fakeredis
 
-from encoder_worker.lease import JobLease, lease_held
+from encoder_worker.ledger import JobLease, JobLedger
+
+
+def lease_held(client, job_id):
+    return JobLedger(client).leased(job_id)
 
 
 def test_only_one_holder_at_a_time_and_release_frees_it():
