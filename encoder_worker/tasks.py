@@ -141,6 +141,12 @@ def encode(self: Task, payload: dict[str, Any], transient_failures: int = 0) -> 
         raise _retry_later(self, ledger, payload, settings,
                            countdown=settings.lease_ttl_s / 2) from None
     except (StorageError, OSError) as exc:
+        if isinstance(exc, StorageError) and exc.permanent:
+            # A missing bucket or refused credentials: no retry fixes it; say so now.
+            logger.error("job %s: %s", job.job_id, exc)
+            return EncodeResult.failed(job, f"StorageError: {exc}",
+                                       worker_host=socket.gethostname(),
+                                       worker_pid=os.getpid()).model_dump(mode="json")
         # Counted apart from Celery's retries, which waits for a lease or a manifest add to.
         if transient_failures >= MAX_TRANSIENT_RETRIES:
             raise

@@ -39,25 +39,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from encoder_worker.raw_episode import MANIFEST_NAME, Manifest, manifest_key
 from encoder_worker.storage import Storage, StorageError
 
 logger = logging.getLogger(__name__)
-
-# S3 error codes that retrying cannot fix, and what the user has to do about them.
-PERMANENT_ERRORS = {
-    "NoSuchBucket": "create the bucket or fix the storage URL",
-    "InvalidBucketName": "fix the storage URL",
-    "AccessDenied": "check the AWS credentials and bucket policy this process sees",
-    "InvalidAccessKeyId": "check the AWS credentials this process sees",
-    "SignatureDoesNotMatch": "check the AWS credentials this process sees",
-    "AuthorizationHeaderMalformed": "check the region (FARM_S3_REGION) and credentials",
-    "PermanentRedirect": "the bucket is in another region: set FARM_S3_REGION",
-}
-
 
 KEYS_DIR = "keys"
 URL_FILE = "storage-url"
@@ -323,9 +310,8 @@ class UploadSpool:
                     # It will wait in the spool: now it must survive a power cut.
                     _fsync(upload.path)
                 with self._cond:
-                    code = _error_code(exc)
-                    if code in PERMANENT_ERRORS:
-                        self._fail(exc, code)
+                    if _permanent(exc):
+                        self._fail(exc)
                         return False
                     if self._error is not None:
                         return False
@@ -339,11 +325,11 @@ class UploadSpool:
                         return False
                 delay = min(self.retry_max_s, delay * 2)
 
-    def _fail(self, exc: Exception, code: str) -> None:
+    def _fail(self, exc: Exception) -> None:
         """Stop the spool on a permanent error; called holding the lock."""
         if self._error is not None:
             return
-        hint = PERMANENT_ERRORS[code]
+        hint = exc.hint if isinstance(exc, StorageError) else ""
         reason = str(exc) if hint in str(exc) else f"{exc}; {hint}"
         self._error = StorageError(
             f"uploads to {self.storage.url} stopped: {reason}. Nothing more "
@@ -524,20 +510,12 @@ def _check_manifest(path: Path, segments: list[Path]) -> str | None:
     return None
 
 
-def _error_code(exc: BaseException) -> str | None:
-    """The S3 error code of a botocore ClientError behind exc (a cause of a cause), if any.
-
-    Storage backends raise StorageError from the client's error; boto3's upload_file
-    wraps it once more without `from`, so implicit contexts count too.
-    """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ClientError):
-            return str(current.response.get("Error", {}).get("Code", "")) or None
-        current = current.__cause__ or current.__context__
-    return None
+def _permanent(exc: BaseException) -> bool:
+    """Whether no retry can fix an upload error: as the storage classified it; a spool
+    file that is gone or unreadable (not a StorageError) cannot be uploaded either."""
+    if isinstance(exc, StorageError):
+        return exc.permanent
+    return isinstance(exc, OSError)
 
 
 def _fsync(path: Path) -> None:

@@ -14,7 +14,7 @@ from conftest import wait_for
 from encoder_worker.raw_episode import DirectSink, RawEpisodeReader, RawEpisodeWriter
 from encoder_worker.storage import StorageError
 from encoder_worker.storage.local import LocalStorage
-from encoder_worker.storage.s3 import S3Storage
+from encoder_worker.storage.s3 import S3Storage, s3_error
 from recorder import upload_spool
 from recorder.upload_spool import SpoolBusy, UploadSpool, spool_folder
 
@@ -35,15 +35,9 @@ class FlakyStorage(LocalStorage):
             self.refused += 1
             if self.code is None:
                 raise StorageError(f"{key}: connection refused (test outage)")
-            try:
-                # boto3's upload_file wraps the client's error without `from`.
-                try:
-                    raise ClientError({"Error": {"Code": self.code, "Message": "test"}},
-                                      "PutObject")
-                except ClientError as exc:
-                    raise RuntimeError(f"Failed to upload: {exc}")  # noqa: B904
-            except RuntimeError as exc:
-                raise StorageError(f"uploading {key}: {exc}") from exc
+            # Classified as S3Storage classifies what boto3 raises.
+            error = ClientError({"Error": {"Code": self.code, "Message": "test"}}, "PutObject")
+            raise s3_error(f"uploading {key}", error, endpoint="test") from error
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._check(key)
@@ -335,3 +329,32 @@ def test_a_spool_folder_has_one_live_user(tmp_path: Path) -> None:
     assert spool_folder(tmp_path, long + "/a") != spool_folder(tmp_path, long + "/b")
     assert spool_folder(tmp_path, "s3://bucket/datasets/x").name.startswith(
         "bucket-datasets-x-")
+
+
+def test_a_spool_file_that_is_gone_stops_the_spool_instead_of_retrying(tmp_path: Path) -> None:
+    storage = FlakyStorage(tmp_path / "bucket")
+    storage.down.set()  # refused (an outage) until the file is gone
+    spool = UploadSpool(storage, tmp_path / "spool", max_bytes=10**9, retry_initial_s=0.01,
+                        retry_max_s=0.05)
+    sink = spool.sink("raw/episode_000000/cam0")
+    with sink.open_segment("segment_00000.raw") as f:
+        f.write(b"x" * 100)
+    sink.commit_segment("segment_00000.raw", f)
+    wait_for(lambda: storage.refused >= 2, timeout_s=30, what="failed upload attempts")
+    (spool.keys_dir / "raw/episode_000000/cam0/segment_00000.raw").unlink()
+    storage.down.clear()
+    with pytest.raises(StorageError, match=r"stopped: .*No such file"):
+        spool.wait(timeout_s=60)
+    with pytest.raises(StorageError):
+        spool.close()
+
+
+def test_storage_errors_are_classified_where_they_happen() -> None:
+    def error(code: str) -> StorageError:
+        return s3_error("uploading k", ClientError({"Error": {"Code": code}}, "PutObject"),
+                        endpoint="test")
+
+    assert error("NoSuchBucket").permanent and error("NoSuchBucket").hint
+    assert error("AccessDenied").permanent
+    assert not error("SlowDown").permanent and not error("InternalError").permanent
+    assert error("SlowDown").code == "SlowDown"

@@ -7,7 +7,24 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 
 class StorageError(Exception):
-    """A storage operation failed; the message says which key and why."""
+    """A storage operation failed; the message says which key and why.
+
+    Classified where it happens, by the backend, so that callers never dig into a
+    client library's exceptions:
+
+    Attributes:
+        code: the backend's error code ("NoSuchBucket", "SlowDown", "ENOENT"), if any.
+        permanent: True when retrying cannot fix it (a missing bucket, refused
+            credentials, a file that is gone); False for outages and throttling.
+        hint: what the user can do about it ("" when retrying is the answer).
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, permanent: bool = False,
+                 hint: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.permanent = permanent
+        self.hint = hint
 
 
 class KeyNotFound(StorageError):

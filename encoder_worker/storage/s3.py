@@ -51,6 +51,42 @@ class S3Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
 
 
+# S3 error codes that retrying cannot fix, and what the user has to do about them.
+PERMANENT_ERRORS = {
+    "NoSuchBucket": "create the bucket or fix the storage URL",
+    "InvalidBucketName": "fix the storage URL",
+    "AccessDenied": "check the AWS credentials and bucket policy this process sees",
+    "InvalidAccessKeyId": "check the AWS credentials this process sees",
+    "SignatureDoesNotMatch": "check the AWS credentials this process sees",
+    "AuthorizationHeaderMalformed": "check the region (FARM_S3_REGION) and credentials",
+    "PermanentRedirect": "the bucket is in another region: set FARM_S3_REGION",
+}
+# Refused requests that a setting fixes; retrying as is does not.
+_CHECKSUM_ERRORS = ("InvalidRequest", "BadDigest", "XAmzContentSHA256Mismatch")
+_NO_CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, "
+                        "~/.aws/credentials, an instance role) for this process")
+
+
+def s3_error(what: str, exc: BaseException, *, endpoint: str) -> StorageError:
+    """The classified StorageError of a boto3/botocore failure while doing what."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        if code in _NOT_FOUND:
+            return KeyNotFound(f"{what}: does not exist", code=code, permanent=True)
+        hint = PERMANENT_ERRORS.get(code, "")
+        if code in _CHECKSUM_ERRORS:
+            hint = "an S3-compatible server may need FARM_S3_CHECKSUM=when_required"
+        return StorageError(f"{what}: {code} {error.get('Message', '')}"
+                            + (f"; {hint}" if hint else ""),
+                            code=code, permanent=bool(hint), hint=hint)
+    if isinstance(exc, NoCredentialsError):
+        return StorageError(f"{what} via {endpoint}: {exc}; {_NO_CREDENTIALS_HINT}",
+                            code="NoCredentials", permanent=True, hint=_NO_CREDENTIALS_HINT)
+    # Connection errors, timeouts and the like: an outage, retried.
+    return StorageError(f"{what} via {endpoint}: {exc}", code=type(exc).__name__)
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """(bucket, prefix) of s3://bucket/prefix; the prefix has no leading or trailing '/'.
 
@@ -124,26 +160,8 @@ class S3Storage:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _error(self, action: str, key: str, exc: Exception) -> StorageError:
-        where = f"{self.url}/{key}"
-        if isinstance(exc, ClientError):
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code", ""))
-            if code in _NOT_FOUND:
-                return KeyNotFound(f"{where} does not exist")
-            hint = ""
-            if code == "NoSuchBucket":
-                hint = f"; create bucket {self.bucket!r} or fix the storage URL"
-            elif code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                hint = "; check the AWS credentials this process sees"
-            elif code in ("InvalidRequest", "BadDigest", "XAmzContentSHA256Mismatch"):
-                hint = "; an S3-compatible server may need FARM_S3_CHECKSUM=when_required"
-            return StorageError(f"{action} {where}: {code} {error.get('Message', '')}{hint}")
         endpoint = self.settings.endpoint_url or "AWS S3"
-        hint = ""
-        if isinstance(exc, NoCredentialsError):
-            hint = ("; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, "
-                    "~/.aws/credentials, an instance role) for this process")
-        return StorageError(f"{action} {where} via {endpoint}: {exc}{hint}")
+        return s3_error(f"{action} {self.url}/{key}", exc, endpoint=endpoint)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         try:
@@ -211,7 +229,10 @@ class S3Storage:
             behind = exc.__cause__ or exc.__context__
             if isinstance(behind, (BotoCoreError, ClientError)):
                 raise self._error("uploading", key, behind) from exc
-            raise StorageError(f"uploading {path} to {self.url}/{key}: {exc}") from exc
+            # The local file itself: gone or unreadable, which no retry fixes.
+            gone = isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError))
+            raise StorageError(f"uploading {path} to {self.url}/{key}: {exc}",
+                               code=type(exc).__name__, permanent=gone) from exc
         path.unlink(missing_ok=True)
 
     def download_file(self, key: str, path: Path) -> None:
@@ -242,7 +263,9 @@ class S3Storage:
             if code in _NOT_FOUND or code == "NoSuchBucket":
                 endpoint = self.settings.endpoint_url or "AWS S3"
                 raise StorageError(f"NoSuchBucket: bucket {self.bucket!r} does not exist at "
-                                   f"{endpoint}; create it or fix the storage URL") from exc
+                                   f"{endpoint}; create it or fix the storage URL",
+                                   code="NoSuchBucket", permanent=True,
+                                   hint=PERMANENT_ERRORS["NoSuchBucket"]) from exc
             raise self._error("checking bucket of", "", exc) from exc
         except BotoCoreError as exc:
             raise self._error("checking bucket of", "", exc) from exc
