@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import threading
@@ -49,7 +50,8 @@ class CameraWriter:
                 if self._on_written is not None:
                     self._on_written(index, item[0])
             except BaseException as exc:
-                logger.exception("writer for %s failed", self.writer.camera)
+                # Said once, by whoever stops the recording; the traceback with -v.
+                logger.debug("writer for %s failed", self.writer.camera, exc_info=True)
                 self._error = exc
 
     def put(self, frame: np.ndarray, timestamp_s: float, *, period_s: float) -> bool:
@@ -78,14 +80,19 @@ class CameraWriter:
         if self._error is not None:
             try:
                 self.writer.close_after_failure()
-            except Exception:
-                logger.exception("camera %s: could not commit the frames stored before the "
-                                 "failure", self.writer.camera)
+            except Exception as exc:
+                logger.error("camera %s: the segments stored before the failure stay on disk "
+                             "without a manifest: %s", self.writer.camera, exc)
+                logger.debug("committing them failed", exc_info=True)
             self._raise_if_failed()
         return self.writer.close(interrupted=interrupted)
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             camera = self.writer.camera
-            raise WriterFailed(f"camera {camera}: storing frames failed: {self._error}") \
+            hint = ""
+            if isinstance(self._error, OSError) and self._error.errno == errno.ENOSPC:
+                hint = ("; the disk is full: free space there, or record elsewhere "
+                        "(--output-dir, --storage); the frames stored before are kept")
+            raise WriterFailed(f"camera {camera}: storing frames failed: {self._error}{hint}") \
                 from self._error

@@ -1,5 +1,6 @@
 """Flags, environment variables and bad input of the two CLIs."""
 
+import os
 import subprocess
 import sys
 
@@ -132,3 +133,28 @@ def test_unwritable_storage_is_refused_before_recording(tmp_path):
     assert done.returncode == 1
     assert f"--storage {blocker / 'dataset'}" in done.stdout + done.stderr
     assert "cannot create the storage folder" in done.stdout + done.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MB tmpfs: a disk that fills up a few seconds into a recording (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.integration
+def test_a_full_disk_stops_the_recording_with_one_clear_message(small_disk):
+    done = run_cli("record", "--async-encoding", "--episodes", "2", "--episode-time", "3",
+                   "--output-dir", str(small_disk / "out"), timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("recorder: camera cam") and "No space left on device" in last
+    assert "the disk is full: free space there, or record elsewhere" in last
+    segments = list(small_disk.glob("out/local/robot_dataset/raw/episode_000000/cam*/*.raw"))
+    assert segments, "the frames stored before the disk filled up are kept"

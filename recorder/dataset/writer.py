@@ -179,8 +179,12 @@ def finish_writers(writers: Iterable[CameraWriter], *, interrupted: bool) -> lis
         try:
             manifests.append(writer.finish(interrupted=interrupted))
         except BaseException as exc:  # Ctrl-C included: the other cameras still commit
-            logger.error("camera %s: %s", writer.writer.camera, exc)
             errors.append(exc)
+            if len(errors) > 1:  # the first is raised, and said by whoever catches it
+                camera = writer.writer.camera
+                said = str(exc)
+                logger.error("%s", said if said.startswith(f"camera {camera}")
+                             else f"camera {camera}: {said}")
     if errors:
         raise errors[0]
     return manifests
