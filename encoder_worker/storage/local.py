@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from encoder_worker.storage import KeyNotFound, StorageError
+
+# OS errors that no retry fixes, and what the user has to do about them.
+PERMANENT_ERRNOS = {
+    errno.ENOSPC: "the disk is full: free space there, or use another folder",
+    errno.EDQUOT: "the disk quota is used up: free space, or use another folder",
+    errno.EACCES: "this user may not write there: fix the folder's permissions",
+    errno.EPERM: "this user may not write there: fix the folder's permissions",
+    errno.EROFS: "the folder is on a read-only file system",
+    errno.ENOENT: "a file is missing (removed while in use?)",
+}
+
+
+@contextlib.contextmanager
+def classified(action: str, where: str) -> Iterator[None]:
+    """OSErrors of a local write, raised as StorageError with code, permanence and hint."""
+    try:
+        yield
+    except OSError as exc:
+        hint = PERMANENT_ERRNOS.get(exc.errno or 0, "")
+        code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        raise StorageError(f"{action} {where}: {exc.strerror or exc}"
+                           + (f"; {hint}" if hint else ""),
+                           code=code, permanent=bool(hint), hint=hint) from exc
 
 
 class LocalStorage:
@@ -32,6 +58,10 @@ class LocalStorage:
         return path
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        with classified("writing", f"{self.url}/{key}"):
+            self._put_bytes(key, data)
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -77,6 +107,10 @@ class LocalStorage:
         )
 
     def publish_file(self, key: str, path: Path) -> None:
+        with classified("publishing", f"{self.url}/{key}"):
+            self._publish_file(key, path)
+
+    def _publish_file(self, key: str, path: Path) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
