@@ -20,7 +20,7 @@ def redis_client(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
             socket_connect_timeout=timeout_s,
         )
     if not url.startswith(("redis://", "rediss://")):
-        raise ValueError(f"broker {url!r} is not a Redis URL (redis://host:port/db)")
+        raise ValueError(f"broker {redact(url)!r} is not a Redis URL (redis://host:port/db)")
     return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
 
@@ -33,9 +33,19 @@ def check_broker(url: str, *, timeout_s: float = 5.0) -> None:
     client = redis_client(url, timeout_s=timeout_s)
     try:
         client.ping()
+    except redis.AuthenticationError as exc:
+        raise BrokerUnreachable(
+            f"the broker at {redact(url)} refused the password ({exc}): put Redis's password "
+            "in the URL, redis://:PASSWORD@host:port/db"
+        ) from exc
+    except redis.ResponseError as exc:  # NOAUTH: Redis wants a password, none was given
+        raise BrokerUnreachable(
+            f"the broker at {redact(url)} answered {exc}: put Redis's password in the URL, "
+            "redis://:PASSWORD@host:port/db"
+        ) from exc
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise BrokerUnreachable(
-            f"cannot reach the broker at {url} within {timeout_s:g}s ({exc}); "
+            f"cannot reach the broker at {redact(url)} within {timeout_s:g}s ({exc}); "
             "is Redis running there, and is the URL right?"
         ) from exc
     finally:

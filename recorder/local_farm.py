@@ -54,8 +54,9 @@ class RedisServer:
     """A redis-server child process, on a unix socket or a TCP port, owned by its caller."""
 
     def __init__(self, workdir: Path, *, port: int | None = None, appendonly: bool = False,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", password: str | None = None) -> None:
         self.workdir = workdir
+        self.password = password
         self.port = port
         self.host = host
         self.appendonly = appendonly
@@ -66,7 +67,8 @@ class RedisServer:
     def url(self) -> str:
         if self.port is None:
             return f"redis+socket://{self.socket_path}"
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -77,6 +79,8 @@ class RedisServer:
                      "--unixsocketperm", "700"]
         else:
             args += ["--port", str(self.port), "--bind", self.host]
+        if self.password:
+            args += ["--requirepass", self.password]
         log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)

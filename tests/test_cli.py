@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import free_port
 
 from encoder_worker.broker import redis_client
 from recorder.cli import build_parser
@@ -162,3 +163,32 @@ def test_a_full_disk_stops_the_recording_with_one_clear_message(small_disk):
     assert "the disk is full: free space there" in last
     segments = list(small_disk.glob("out/local/robot_dataset/raw/episode_*/cam*/segment_*.raw"))
     assert segments, "the frames stored before the disk filled up are kept"
+
+
+SECRET = "s3cr3t-pa55word"
+
+
+@pytest.mark.integration
+def test_a_password_protected_broker_works_and_the_password_is_never_printed(
+        tmp_path, start_worker):
+    redis = RedisServer(tmp_path / "redis", port=free_port(), appendonly=True, password=SECRET)
+    redis.start()
+    try:
+        worker = start_worker(redis.url)
+        done = run_cli("record", "--async-encoding", "--broker", redis.url, "--episodes", "1",
+                       "--episode-time", "1", "--width", "160", "--height", "120",
+                       "--output-dir", str(tmp_path / "out"), timeout=180)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "1 episodes, 30 frames" in done.stdout
+        wrong = redis.url.replace(SECRET, "wrong")
+        refused = run_cli("record", "--async-encoding", "--broker", wrong, "--output-dir",
+                          str(tmp_path / "out2"))
+        assert refused.returncode == 1 and "refused the password" in refused.stderr
+        none = run_cli("record", "--async-encoding", "--broker",
+                       redis.url.replace(f":{SECRET}@", ""), "--output-dir",
+                       str(tmp_path / "out3"))
+        assert none.returncode == 1 and "put Redis's password in the URL" in none.stderr
+        for text in (done.stdout, done.stderr, refused.stderr, worker.output()):
+            assert SECRET not in text
+    finally:
+        redis.stop()
