@@ -11,7 +11,8 @@ ENCODE_TASK = "encoder_worker.encode"
 
 def make_app(broker: str, *, settings: WorkerSettings | None = None) -> Celery:
     """A Celery app on broker, its results kept in the same Redis."""
-    settings = settings or WorkerSettings(broker=broker)
+    # A recorder's app (settings None) reads no worker settings from its environment.
+    settings = settings or WorkerSettings.model_construct(broker=broker)
     app = Celery("encoder_worker", broker=broker, backend=broker, include=["encoder_worker.tasks"])
     if broker.startswith("redis://"):  # rediss:// (TLS) keeps kombu's own, untested here
         # Items on the queue that are not messages are set aside, never fatal.

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from encoder_worker.storage import check_url
 
@@ -14,8 +21,44 @@ DEFAULT_BROKER = "redis://localhost:6379/0"
 ENCODE_QUEUE = "encode"
 
 
+WORKER_ENV_PREFIX = "FARM_WORKER_"
+# Before, workers read FARM_*, the recorder's names: FARM_STORAGE was a raw-data URL to one
+# and a mount path to the other. Still read, with a warning, until the next release.
+LEGACY_ENV_PREFIX = "FARM_"
+
+
+class _LegacyEnvironment(EnvSettingsSource):
+    """FARM_<NAME> for a worker setting not given as FARM_WORKER_<NAME>, with a warning."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls, env_prefix=LEGACY_ENV_PREFIX)
+
+    def __call__(self) -> dict[str, Any]:
+        given = {key.upper() for key in os.environ}
+        found = {name: value for name, value in super().__call__().items()
+                 if f"{WORKER_ENV_PREFIX}{name.upper()}" not in given}
+        for name in found:
+            warnings.warn(f"{LEGACY_ENV_PREFIX}{name.upper()} is read as "
+                          f"{WORKER_ENV_PREFIX}{name.upper()}; rename it: workers stop reading "
+                          "the recorder's FARM_* names in the next release",
+                          FutureWarning, stacklevel=2)
+        return found
+
+
 class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FARM_", extra="ignore")
+    """An encoder worker's settings: flags, FARM_WORKER_* variables (the recorder's are
+    FARM_*, and mean other things: FARM_STORAGE is where a recorder writes)."""
+
+    model_config = SettingsConfigDict(env_prefix=WORKER_ENV_PREFIX, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _LegacyEnvironment(settings_cls), dotenv_settings,
+                file_secret_settings)
 
     broker: str = Field(default=DEFAULT_BROKER, description="Redis URL of the farm")
     storage: str | None = Field(

@@ -1,4 +1,4 @@
-"""The app that `celery -A encoder_worker worker` finds: settings from FARM_* variables."""
+"""The app that `celery -A encoder_worker worker` finds: settings from FARM_WORKER_* variables."""
 
 from encoder_worker.celery_app import make_app
 from encoder_worker.settings import WorkerSettings

@@ -25,9 +25,11 @@ logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 60.0
 WORKER_STOP_GRACE_S = 30.0
-# Settings that mean one thing to the recorder and another to a worker.
-_RECORDER_ONLY_ENV = {"FARM_STORAGE", "FARM_OUTPUT_STORAGE", "FARM_BROKER", "FARM_CONCURRENCY",
-                      "FARM_QUEUE"}
+# A worker's settings that the zero-config farm sets itself: neither the recorder's FARM_*
+# (which workers still read, as old names) nor a worker machine's FARM_WORKER_* may reach
+# its local workers.
+_RECORDER_ONLY_ENV = {f"{prefix}{name}" for prefix in ("FARM_", "FARM_WORKER_")
+                      for name in ("STORAGE", "OUTPUT_STORAGE", "BROKER", "CONCURRENCY", "QUEUE")}
 
 
 class FarmStartError(Exception):

@@ -192,3 +192,17 @@ def test_a_password_protected_broker_works_and_the_password_is_never_printed(
             assert SECRET not in text
     finally:
         redis.stop()
+
+
+def test_worker_settings_have_their_own_names_and_read_the_old_ones_with_a_warning(
+        monkeypatch):
+    from encoder_worker.settings import WorkerSettings
+
+    monkeypatch.setenv("FARM_WORKER_CONCURRENCY", "3")
+    monkeypatch.setenv("FARM_STORAGE", "s3://recorders-bucket/raw")  # the recorder's
+    monkeypatch.setenv("FARM_WORKER_STORAGE", "/mnt/farm")
+    assert WorkerSettings().concurrency == 3
+    assert WorkerSettings().storage == "/mnt/farm"
+    monkeypatch.delenv("FARM_WORKER_STORAGE")
+    with pytest.warns(FutureWarning, match="FARM_STORAGE is read as FARM_WORKER_STORAGE"):
+        assert WorkerSettings().storage == "s3://recorders-bucket/raw"

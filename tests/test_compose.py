@@ -37,7 +37,7 @@ def test_worker_service_encodes_from_the_shared_folder(tmp_path, compose, start_
         mount.symlink_to(farm_data)
         worker = compose["services"]["worker"]
         env = {k: str(v) for k, v in worker["environment"].items()}
-        env |= {"FARM_BROKER": redis.url, "FARM_STORAGE": str(mount)}
+        env |= {"FARM_WORKER_BROKER": redis.url, "FARM_WORKER_STORAGE": str(mount)}
         command = [sys.executable, "-m", "encoder_worker.cli", *worker["command"]]
         service = start_worker(redis.url, env=env, command=command)
         done = subprocess.run(

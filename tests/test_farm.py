@@ -158,7 +158,7 @@ def test_killed_worker_job_is_taken_over_by_another(tmp_path, broker_url, start_
     manifest = write_episode(storage, frames=240, width=640, height=480, segment_frames=30)
     job = job_for(storage, manifest, job_id="takeover",
                   options=EncoderOptions(codec="libx264", preset="veryslow", gop=30))
-    env = {"FARM_LEASE_TTL_S": "2"}
+    env = {"FARM_WORKER_LEASE_TTL_S": "2"}
     first = start_worker(broker_url, env=env)
     client = redis_client(broker_url)
     with EncodingFarmClient(broker_url) as farm:
@@ -220,12 +220,12 @@ def test_ctrl_c_keeps_recorded_frames_and_stops_the_private_farm(tmp_path):
 
 
 def test_plain_celery_command_runs_the_same_worker(tmp_path, broker_url, start_worker):
-    """`celery -A encoder_worker worker` takes its settings from FARM_* variables."""
+    """`celery -A encoder_worker worker` takes its settings from FARM_WORKER_* variables."""
     storage = open_storage(tmp_path / "data")
     manifest = write_episode(storage, frames=10)
     start_worker(broker_url, "--queues", "encode", "--concurrency", "1",
                  command=[sys.executable, "-m", "celery", "-A", "encoder_worker", "worker"],
-                 env={"FARM_BROKER": broker_url})
+                 env={"FARM_WORKER_BROKER": broker_url})
     with EncodingFarmClient(broker_url) as farm:
         farm.submit(job_for(storage, manifest, options=EncoderOptions(codec="libx264")))
         [result] = farm.wait(timeout_s=120)
@@ -298,7 +298,7 @@ def test_a_job_waiting_in_a_killed_workers_countdown_is_sent_again(
     client = redis_client(broker_url)
     # Another copy holds the lease: the worker puts the job in a countdown, again and again.
     client.set(LEASE_PREFIX + "waiting", "another copy", px=600_000)
-    env = {"FARM_LEASE_TTL_S": "2"}
+    env = {"FARM_WORKER_LEASE_TTL_S": "2"}
     first = start_worker(broker_url, env=env)
     with EncodingFarmClient(broker_url) as farm:
         farm.submit(job)
