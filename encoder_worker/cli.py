@@ -1,15 +1,17 @@
-"""`encoder-worker run`: start a Celery worker that takes encode jobs from the farm."""
+"""`encoder-worker run | failed | requeue`: a worker of the farm, and its failed jobs."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
-from encoder_worker.broker import BrokerUnreachable, check_broker
+from encoder_worker.broker import BrokerUnreachable, check_broker, redis_client
 from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import StorageError, open_storage
@@ -24,6 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Celery node name (default encoder@HOST-PID)")
     run.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"],
                      help="Celery pool; prefork isolates encodes in child processes")
+    failed = commands.add_parser("failed", help="list the farm's failed jobs and why")
+    add_settings_arguments(failed, WorkerSettings, fields=["broker"])
+    failed.add_argument("--json", action="store_true", help="one JSON document")
+    requeue = commands.add_parser(
+        "requeue", help="send failed jobs again (a job whose video is there already is not "
+                        "encoded twice)")
+    add_settings_arguments(requeue, WorkerSettings, fields=["broker", "queue"])
+    requeue.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    requeue.add_argument("--all-failed", action="store_true", help="every failed job")
     return parser
 
 
@@ -31,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = settings_from_args(parser, WorkerSettings, args)
+    if args.command in ("failed", "requeue"):
+        return run_failed_command(parser, args, settings)
     logging.basicConfig(level=settings.loglevel.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.nice:
@@ -56,6 +69,58 @@ def main(argv: list[str] | None = None) -> int:
         print(f"encoder-worker: {exc}", file=sys.stderr)
         return 1
     return run_worker(settings, hostname=args.hostname, pool=args.pool)
+
+
+def run_failed_command(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                       settings: WorkerSettings) -> int:
+    """`encoder-worker failed` and `encoder-worker requeue`."""
+    if args.command == "requeue" and bool(args.job_ids) == bool(args.all_failed):
+        parser.error("requeue needs JOB_ID ... or --all-failed (one of them)")
+    try:
+        check_broker(settings.broker)
+    except (BrokerUnreachable, ValueError) as exc:
+        print(f"encoder-worker: {exc}", file=sys.stderr)
+        return 1
+    from encoder_worker.ledger import JobLedger
+
+    ledger = JobLedger(redis_client(settings.broker))
+    if args.command == "failed":
+        print_failures(ledger.failures(), as_json=args.json)
+        return 0
+    from encoder_worker.celery_app import ENCODE_TASK, make_app
+
+    app = make_app(settings.broker)
+    job_ids = list(ledger.failures()) if args.all_failed else args.job_ids
+    missing = []
+    for job_id in job_ids:
+        entry = ledger.take_failure(job_id)
+        if entry is None:
+            missing.append(job_id)
+            continue
+        app.send_task(ENCODE_TASK, args=[entry["payload"]], task_id=entry["task_id"],
+                      queue=settings.queue)
+    app.close()
+    print(f"requeued {len(job_ids) - len(missing)} jobs; `encoder-worker failed` lists any "
+          "that fail again")
+    if missing:
+        print(f"encoder-worker: no failed job {', '.join(missing)} (`encoder-worker failed` "
+              "lists them)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_failures(failures: dict[str, dict], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(failures, indent=2))
+        return
+    if not failures:
+        print("no failed jobs")
+        return
+    for job_id, entry in sorted(failures.items(), key=lambda item: item[1]["failed_at"]):
+        result = entry["result"]
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["failed_at"]))
+        where = f"episode {result.get('episode', '?')} camera {result.get('camera', '?')}"
+        print(f"{at}  {job_id}  {where}: {result.get('error')}")
 
 
 def lower_priority(nice: int) -> None:

@@ -6,6 +6,8 @@
     farm:waiting            job -> {task_id, payload, due} of every job in a Celery countdown
     farm:attempts:<job>     encodes started and not finished (worker deaths)
     farm:time-limits:<job>  encodes stopped by the job's time limit
+    farm:failed             job -> {task_id, payload, result, failed_at} of failed jobs, kept
+                            for a set time (`encoder-worker failed`, `encoder-worker requeue`)
     farm:rejected           queue items that were not messages, set aside (transport.py)
 
 Redis redelivers an unacknowledged task only after the visibility timeout (hours, so that
@@ -36,6 +38,7 @@ WAITING_KEY = "farm:waiting"
 ATTEMPTS_PREFIX = "farm:attempts:"
 TIME_LIMITS_PREFIX = "farm:time-limits:"
 REJECTED_KEY = "farm:rejected"
+FAILED_KEY = "farm:failed"
 # kombu's Redis transport keeps delivered, not yet acknowledged messages here.
 KOMBU_UNACKED_KEY = "unacked"
 
@@ -162,6 +165,34 @@ class JobLedger:
         count = int(self.client.incr(key))
         self.client.expire(key, int(self.keep_s))
         return count
+
+    # failed jobs, for operators
+    def record_failure(self, job_id: str, *, task_id: str, payload: Any,
+                       result: dict[str, Any], keep_s: float) -> None:
+        """Keep a failed job (its payload, to send it again) for keep_s."""
+        self.client.hset(FAILED_KEY, job_id, json.dumps(
+            {"task_id": task_id, "payload": payload, "result": result,
+             "failed_at": time.time(), "keep_until": time.time() + keep_s}))
+        self.failures()  # drops the expired ones
+
+    def failures(self) -> dict[str, dict[str, Any]]:
+        """Failed jobs kept now, by job id; expired ones are dropped on the way."""
+        kept = {}
+        now = time.time()
+        for raw_job_id, raw in self.client.hgetall(FAILED_KEY).items():
+            entry = json.loads(raw)
+            if entry.get("keep_until", 0) < now:
+                self.client.hdel(FAILED_KEY, raw_job_id)
+                continue
+            kept[raw_job_id.decode()] = entry
+        return kept
+
+    def take_failure(self, job_id: str) -> dict[str, Any] | None:
+        """A failed job's record, removed (to send it again); None if there is none."""
+        raw = self.client.hget(FAILED_KEY, job_id)
+        if raw is None or not self.client.hdel(FAILED_KEY, job_id):
+            return None
+        return dict(json.loads(raw))
 
     def known(self, job_id: str, *, task_id: str, queue: str) -> bool:
         """True when Redis knows the job: queued, delivered (unacked), claimed, waiting,

@@ -84,6 +84,9 @@ class WorkerSettings(BaseSettings):
         description="Redis redelivers unacked tasks after this; keep above the longest encode")
     result_expires_s: int = Field(default=7 * 24 * 3600, gt=0,
                                   description="seconds results are kept")
+    failed_keep_s: int = Field(
+        default=7 * 24 * 3600, gt=0,
+        description="seconds failed jobs are kept for `encoder-worker failed` and `requeue`")
     nice: int = Field(default=0, ge=0, le=19,
                       description="lower the worker's CPU priority (beside a record loop)")
     loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(

@@ -9,9 +9,10 @@ import time
 from typing import Any
 
 from celery import Celery, Task, shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.signals import worker_ready, worker_shutdown
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from encoder_worker.broker import redis_client
 from encoder_worker.celery_app import ENCODE_TASK
@@ -102,6 +103,33 @@ def manifest_pending(job: EncodeJob, settings: WorkerSettings) -> bool:
 
 @shared_task(name=ENCODE_TASK, bind=True, max_retries=None)
 def encode(self: Task, payload: dict[str, Any], transient_failures: int = 0) -> dict[str, Any]:
+    """Run one job; a failed one is also kept in the ledger for `encoder-worker failed`."""
+    try:
+        result = _encode_task(self, payload, transient_failures)
+    except Retry:
+        raise
+    except Exception as exc:  # the task fails with it (transient retries used up)
+        _keep_failure(self, payload, {"status": "failed", "error": f"{type(exc).__name__}: "
+                                                                   f"{exc}"})
+        raise
+    if result.get("status") == "failed":
+        _keep_failure(self, payload, result)
+    return result
+
+
+def _keep_failure(task: Task, payload: Any, result: dict[str, Any]) -> None:
+    settings = worker_settings(task.app)
+    job_id = str(payload.get("job_id", "?")) if isinstance(payload, dict) else "?"
+    try:
+        JobLedger(redis_client(settings.broker)).record_failure(
+            job_id, task_id=task.request.id, payload=payload, result=result,
+            keep_s=settings.failed_keep_s)
+    except RedisError as exc:  # the result still reaches the recorder
+        logger.warning("job %s: could not keep its failure for `encoder-worker failed`: %s",
+                       job_id, exc)
+
+
+def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -> dict[str, Any]:
     try:
         job = EncodeJob.model_validate(payload)
     except ValidationError as exc:

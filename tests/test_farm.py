@@ -313,3 +313,37 @@ def test_a_job_waiting_in_a_killed_workers_countdown_is_sent_again(
     assert result.worker_pid != first.process.pid
     assert "waited in a countdown on a worker that went away" in second.output()
     assert not client.hexists(WAITING_KEY, "waiting")
+
+
+def test_failed_jobs_are_listed_and_requeued(tmp_path, broker_url, start_worker):
+    storage = open_storage(tmp_path / "data")
+    manifest = write_episode(storage, frames=10)
+    segment = storage.path(raw_prefix(episode=0, camera="cam0") + "/segment_00000.raw")
+    good = segment.read_bytes()
+    segment.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # corrupt: the job fails
+    job = job_for(storage, manifest, job_id="broken", options=EncoderOptions(codec="libx264"))
+    start_worker(broker_url)
+    with EncodingFarmClient(broker_url) as farm:
+        farm.submit(job)
+        [result] = farm.wait(timeout_s=120)
+    assert result.status is Status.FAILED
+
+    def worker_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "encoder_worker.cli", *args, "--broker",
+                               broker_url], capture_output=True, text=True, timeout=60)
+
+    listed = worker_cli("failed")
+    assert listed.returncode == 0, listed.stderr
+    assert "broken  episode 0 camera cam0: RawEpisodeError: segment" in listed.stdout
+    assert "is corrupt" in listed.stdout
+    as_json = json.loads(worker_cli("failed", "--json").stdout)
+    assert as_json["broken"]["payload"]["job_id"] == "broken"
+
+    segment.write_bytes(good)  # the operator fixed the cause
+    again = worker_cli("requeue", "--all-failed")
+    assert again.returncode == 0 and "requeued 1 jobs" in again.stdout
+    wait_for(lambda: storage.exists(job.output_key), timeout_s=120,
+             what="the requeued job's video")
+    assert worker_cli("failed").stdout.strip() == "no failed jobs"
+    unknown = worker_cli("requeue", "nosuchjob")
+    assert unknown.returncode == 1 and "no failed job nosuchjob" in unknown.stderr
