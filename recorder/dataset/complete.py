@@ -101,7 +101,8 @@ def complete_dataset(dataset: Storage, raw: Storage) -> Completion:
                         splits={"train": f"0:{len(rows)}"})
             if fmt == "v2.1":
                 info.update(total_chunks=(len(rows) - 1) // info["chunks_size"] + 1,
-                            total_videos=len(rows) * len(episode.videos))
+                            total_videos=len(rows) * sum(
+                                f["dtype"] == "video" for f in info["features"].values()))
             metadata.write_json(dataset, INFO_KEY, info)  # the commit point
             result.added = [row["episode_index"] for row in new_rows]
             logger.info("dataset %s: episodes %s joined", dataset.url, result.added)
