@@ -36,6 +36,7 @@ class PendingScan:
     unstaged: list[tuple[int, str]] = field(default_factory=list)  # (recording, camera)
     # raw frames with no episode record: interrupted, or cleared by clear_episode_buffer()
     done: int = 0  # videos of staged episodes that are published
+    lengths: dict[int, int] = field(default_factory=dict)  # recording -> frames, if pending
 
 
 def scan_pending(raw: Storage, dataset: Storage) -> PendingScan:
@@ -44,11 +45,13 @@ def scan_pending(raw: Storage, dataset: Storage) -> PendingScan:
     staged = set()
     for recording in staged_recordings(raw):
         staged.add(recording)
-        for key, video in sorted(load_staged(raw, recording).videos.items()):
+        episode = load_staged(raw, recording)
+        for key, video in sorted(episode.videos.items()):
             if dataset.exists(video):
                 scan.done += 1
             else:
                 scan.pending.append((recording, key, video))
+                scan.lengths[recording] = episode.length
     for key in raw.list_keys("raw"):
         match = _MANIFEST.match(key)
         if match is not None and int(match.group(1)) not in staged:
@@ -89,7 +92,7 @@ def encode_pending(settings: RecorderSettings, *, console: Console,
                               output_key=video, options=options)
             height, width = info["features"][key]["shape"][:2]
             job.time_limit_s = encode_time_limit_s(
-                frames=load_staged(raw, recording).length, width=width, height=height)
+                frames=scan.lengths[recording], width=width, height=height)
             jobs.append(job)
         with farm_for(settings) as farm, progress_display(console) as progress:
             task = progress.add_task("encoding", total=len(jobs))

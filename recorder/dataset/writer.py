@@ -41,7 +41,7 @@ from recorder.dataset import metadata
 from recorder.dataset.complete import Completion, complete_dataset
 from recorder.dataset.layout import DEFAULT_FEATURES, INFO_KEY, Layout, camera_name
 from recorder.dataset.staging import StagedEpisode, record_key, rows_key, rows_to_parquet
-from recorder.dataset.stats import ImageStats, numeric_stats, sample_stride, to_json
+from recorder.dataset.stats import ImageStats, Stats, numeric_stats, sample_stride, to_json
 from recorder.farm_client import EncodingFarmClient
 from recorder.farm_setup import farm_for
 from recorder.raw_writer import CameraWriter
@@ -67,7 +67,6 @@ class EpisodeReport:
     finalize_s: float = 0.0  # last segments, manifests, rows and the episode record committed
     submission_s: float = 0.0  # async: sending jobs, waiting for queue room included
     inline_encode_s: float = 0.0  # sync: the recorder blocked on encoding
-    save_s: float = 0.0  # all that save_episode() made the caller wait for
     writer_waits: int = 0  # frames for which a camera writer was behind and add_frame waited
     job_ids: list[str] = field(default_factory=list)
     capture: CaptureStats | None = None  # filled in by a capture loop that measured it
@@ -389,7 +388,6 @@ class FarmDataset:
                     logger.error("recording %d camera %s: %s", episode.recording,
                                  result.camera, result.error)
             self.inline_results += results
-        report.save_s = time.perf_counter() - started
         self.episodes.append(report)
         logger.info("recording %d: %d frames saved", episode.recording, report.frames)
         return report
@@ -423,28 +421,28 @@ class FarmDataset:
         """
         length = len(episode.tasks)
         columns: dict[str, pa.Array] = {}
-        stats: dict[str, dict[str, Any]] = {}
+        stats: dict[str, Stats] = {}
         for key, values in episode.columns.items():
             array = np.stack(values)
             dtype = pa.from_numpy_dtype(array.dtype)
             columns[key] = pa.FixedSizeListArray.from_arrays(
                 pa.array(array.reshape(-1), dtype), array.shape[1])
-            stats[key] = to_json({key: numeric_stats(array)})[key]
+            stats[key] = numeric_stats(array)
         timestamps = np.asarray(episode.timestamps, dtype=np.float32)
         frame_index = np.arange(length, dtype=np.int64)
         columns["timestamp"] = pa.array(timestamps)
         columns["frame_index"] = pa.array(frame_index)
         columns["task"] = pa.array(episode.tasks, pa.string())
-        stats["timestamp"] = to_json({"t": numeric_stats(timestamps)})["t"]
-        stats["frame_index"] = to_json({"f": numeric_stats(frame_index)})["f"]
+        stats["timestamp"] = numeric_stats(timestamps)
+        stats["frame_index"] = numeric_stats(frame_index)
         for key, image_stats in episode.image_stats.items():
-            stats[key] = to_json({key: image_stats.result()})[key]
+            stats[key] = image_stats.result()
         # episode_index, index and task_index are given when the episode joins the dataset.
         record = StagedEpisode(
             recording=episode.recording, length=length,
             tasks=list(dict.fromkeys(episode.tasks)),
             videos={key: self._video_key(episode.recording, key) for key in self.video_keys},
-            stats=stats)
+            stats=to_json(stats))
         rows = rows_to_parquet(columns)
         if self._uploads is None:
             self.raw_storage.put_bytes(rows_key(episode.recording), rows)
