@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(parser, WorkerSettings, args)
     if args.command in ("failed", "requeue"):
         return run_failed_command(parser, args, settings)
+    if not settings.storage_roots():
+        parser.error("say which storage this worker may use: --storage PATH|s3://bucket/prefix "
+                     "(where it reads jobs' raw frames), or --allow-storage URL[,URL...]; jobs "
+                     "naming any other storage are refused")
     logging.basicConfig(level=settings.loglevel.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.nice:

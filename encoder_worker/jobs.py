@@ -85,6 +85,14 @@ class EncodeJob(BaseModel):
     options: EncoderOptions = Field(default_factory=EncoderOptions)
     submitted_at: float = Field(default_factory=time.time, description="unix time")
 
+    @field_validator("raw_prefix", "output_key")
+    @classmethod
+    def _key_inside_storage(cls, key: str) -> str:
+        # Keys are relative to their storage: none may climb out of it.
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"key {key!r} must be relative and without '..' parts")
+        return key
+
     @field_validator("schema_version")
     @classmethod
     def _known_schema(cls, version: int) -> int:

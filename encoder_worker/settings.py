@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -64,11 +66,16 @@ class WorkerSettings(BaseSettings):
     storage: str | None = Field(
         default=None,
         description="this worker's path to a local storage folder named in jobs (a shared "
-                    "disk mounted elsewhere); s3:// URLs in jobs are used as sent")
+                    "disk mounted elsewhere), or the s3://bucket/prefix its jobs use")
     output_storage: str | None = Field(
         default=None,
         description="this worker's path to a local video folder named in jobs, when it "
                     "differs from the raw folder")
+    allow_storage: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="storage this worker may read and write besides --storage and "
+                    "--output-storage: folders or s3://bucket/prefix, comma-separated (or a "
+                    "JSON list); a job naming any other storage fails at once")
     concurrency: int = Field(default=1, ge=1, description="encodes run at once on this worker")
     queue: str = Field(default=ENCODE_QUEUE, description="queue to take jobs from")
     scratch_dir: Path | None = Field(default=None, description="temp folder for encodes")
@@ -89,6 +96,10 @@ class WorkerSettings(BaseSettings):
         description="seconds failed jobs are kept for `encoder-worker failed` and `requeue`")
     nice: int = Field(default=0, ge=0, le=19,
                       description="lower the worker's CPU priority (beside a record loop)")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="serve Prometheus metrics on this port (http://HOST:PORT/metrics); "
+                    "none: no metrics server")
     loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 
@@ -96,6 +107,20 @@ class WorkerSettings(BaseSettings):
     @classmethod
     def _storage_url(cls, url: str | None) -> str | None:
         return None if url is None else check_url(url)
+
+    @field_validator("allow_storage", mode="before")
+    @classmethod
+    def _storage_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, list):
+            return [check_url(str(url).strip()) for url in value if str(url).strip()]
+        return value
+
+    def storage_roots(self) -> list[str]:
+        """Every storage a job may name (as mapped to this worker's mounts)."""
+        return [*self.allow_storage, *(url for url in (self.storage, self.output_storage) if url)]
 
     @field_validator("loglevel", mode="before")
     @classmethod

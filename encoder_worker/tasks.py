@@ -21,7 +21,7 @@ from encoder_worker.jobs import EncodeJob, EncodeResult, Status
 from encoder_worker.ledger import JobLease, JobLedger, LeaseLost, LeaseReaper
 from encoder_worker.raw_episode import manifest_key
 from encoder_worker.settings import WorkerSettings
-from encoder_worker.storage import StorageError, local_storage_id, open_storage
+from encoder_worker.storage import StorageError, local_storage_id, open_storage, within
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,22 @@ def localize(job: EncodeJob, settings: WorkerSettings) -> EncodeJob:
     if output_mount and is_local_url(job.output_storage):
         updates["output_storage"] = output_mount
     return job.model_copy(update=updates)
+
+
+def storage_not_allowed(job: EncodeJob, settings: WorkerSettings) -> str | None:
+    """Why this worker may not use the job's storage (None: it may).
+
+    Anyone who can write to the queue can send a job: without this, a job could make a
+    worker read any folder, or write a video anywhere it may write.
+    """
+    roots = settings.storage_roots()
+    for what, url in (("raw", job.raw_storage), ("video", job.output_storage)):
+        if not any(within(url, root) for root in roots):
+            allowed = ", ".join(roots) or "none"
+            return (f"the job's {what} storage {url} is not one this worker may use "
+                    f"(allowed: {allowed}); if it should, start the worker with "
+                    "--allow-storage naming it, or --storage for a mount of it")
+    return None
 
 
 def storage_mismatch(sent: EncodeJob, local: EncodeJob) -> str | None:
@@ -137,7 +153,7 @@ def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -
     settings = worker_settings(self.app)
     sent = job
     job = localize(job, settings)
-    if problem := storage_mismatch(sent, job):
+    if problem := storage_not_allowed(job, settings) or storage_mismatch(sent, job):
         logger.error("job %s: %s", job.job_id, problem)
         return EncodeResult.failed(job, problem, worker_host=socket.gethostname(),
                                    worker_pid=os.getpid()).model_dump(mode="json")

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from encoder_worker.broker import BrokerUnreachable, check_broker
 from encoder_worker.storage import StorageError
+from encoder_worker.storage.local import LocalStorage
 from recorder.farm_client import EncodingFarmClient
 from recorder.farm_storage import check_farm_storage, check_storage_access
 from recorder.local_farm import FarmStartError, LocalFarm
@@ -40,7 +41,10 @@ def farm_for(settings: RecorderSettings) -> Iterator[EncodingFarmClient | None]:
                                     queue_size=settings.video_encoding_queue_size) as client:
                 yield client
             return
-        with LocalFarm(workers=settings.video_encoding_workers) as local, \
+        # The local workers' allow-list; folders absolute, as jobs name them.
+        storage = [url if url.startswith("s3://") else LocalStorage.from_url(url).url
+                   for url in (settings.raw_storage_url, settings.output_storage_url)]
+        with LocalFarm(workers=settings.video_encoding_workers, storage=storage) as local, \
                 EncodingFarmClient(local.broker_url,
                                    queue_size=settings.video_encoding_queue_size) as client:
             client.health_check = local.check_workers

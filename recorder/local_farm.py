@@ -7,6 +7,7 @@ recorder run and stopped when it ends, Ctrl-C included.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -111,8 +112,11 @@ class RedisServer:
 class LocalFarm:
     """Private Redis plus `workers` encoder-worker processes; a context manager."""
 
-    def __init__(self, *, workers: int, worker_env: dict[str, str] | None = None) -> None:
+    def __init__(self, *, workers: int, storage: list[str],
+                 worker_env: dict[str, str] | None = None) -> None:
+        """storage: the raw and video storage the workers may use (their allow-list)."""
         self.workers = workers
+        self.storage = storage
         self.worker_env = worker_env or {}
         self._tmp = Path(tempfile.mkdtemp(prefix="encoding-farm-"))
         self.redis = RedisServer(self._tmp)
@@ -132,6 +136,7 @@ class LocalFarm:
             self._procs.append(subprocess.Popen(
                 [sys.executable, "-m", "encoder_worker.cli", "run", "--broker", self.broker_url,
                  "--concurrency", "1", "--hostname", f"local{index}@%h",
+                 "--allow-storage", json.dumps(self.storage),
                  # Encoding must never starve the record loop on the same host.
                  "--nice", "10"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,

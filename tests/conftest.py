@@ -94,7 +94,9 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
-                env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+                # Tests keep their storage under tmp_path: the workers' allow-list.
+                env={**os.environ, "PYTHONPATH": str(REPO),
+                     "FARM_WORKER_ALLOW_STORAGE": str(tmp_path), **(env or {})},
                 start_new_session=True,
             )
         worker = WorkerProcess(process, log, name)

@@ -55,6 +55,13 @@ def test_worker_bad_flag_exits_2(flags, message):
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_worker_must_be_told_which_storage_it_may_use():
+    done = run_cli("run", "--broker", "redis://127.0.0.1:1/0", module="encoder_worker.cli")
+    assert done.returncode == 2, done.stderr
+    assert "say which storage this worker may use: --storage" in done.stderr
+    assert "--allow-storage" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_worker_refuses_a_storage_folder_that_does_not_exist(tmp_path):
     # A missing shared-disk mount must not look like an empty farm; nothing is created.
     missing = tmp_path / "mnt" / "farm"
@@ -83,7 +90,8 @@ def test_unreachable_broker_is_reported_not_waited_on(tmp_path):
                    timeout=60)
     assert done.returncode == 1
     assert "cannot reach the broker at redis://127.0.0.1:1/0" in done.stdout + done.stderr
-    worker = run_cli("run", "--broker", "redis://127.0.0.1:1/0", module="encoder_worker.cli")
+    worker = run_cli("run", "--broker", "redis://127.0.0.1:1/0", "--allow-storage",
+                     str(tmp_path), module="encoder_worker.cli")
     assert worker.returncode == 1
     assert "cannot reach the broker" in worker.stderr
 

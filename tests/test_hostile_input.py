@@ -111,6 +111,54 @@ def test_items_that_are_not_messages_are_set_aside_and_no_worker_exits(
     assert "rejected an item on queue" in worker.output()
 
 
+@pytest.mark.parametrize("key", ["../../etc/passwd", "/etc/passwd", "videos/../../x.mp4"])
+def test_job_keys_that_climb_out_of_their_storage_are_invalid(storage, key):
+    payload = job_for(storage, write_episode(storage, frames=2)).model_dump(mode="json")
+    for field in ("raw_prefix", "output_key"):
+        with pytest.raises(ValidationError, match=r"must be relative and without '\.\.' parts"):
+            EncodeJob.model_validate({**payload, field: key})
+
+
+def test_only_allowed_storage_is_accepted(tmp_path, storage):
+    job = job_for(storage, write_episode(storage, frames=2))
+    allowed = WorkerSettings(allow_storage=f"{tmp_path / 'dataset'},s3://farm/robots")
+    assert tasks.storage_not_allowed(job, allowed) is None
+    (tmp_path / "link").symlink_to("/")
+    for update in ({"output_storage": str(tmp_path / "elsewhere")}, {"raw_storage": "/"},
+                   {"raw_storage": str(tmp_path / "dataset" / ".." / "other")},
+                   {"output_storage": str(tmp_path / "link" / "tmp")},
+                   {"output_storage": "s3://farm/robots-other"},
+                   {"output_storage": "s3://other-bucket/robots"}):
+        problem = tasks.storage_not_allowed(job.model_copy(update=update), allowed)
+        assert problem is not None and "is not one this worker may use" in problem, update
+        assert "--allow-storage" in problem
+    inside = job.model_copy(update={"output_storage": "s3://farm/robots/team-a"})
+    assert tasks.storage_not_allowed(inside, allowed) is None
+    # --storage is allowed by itself: the job's local folders are read at that mount.
+    mounted = WorkerSettings(storage=str(tmp_path / "dataset"))
+    assert tasks.storage_not_allowed(tasks.localize(job, mounted), mounted) is None
+
+
+@pytest.mark.integration
+def test_a_job_naming_storage_outside_the_allow_list_fails_at_once(
+        tmp_path, broker_url, start_worker):
+    data = open_storage(tmp_path / "data")
+    start_worker(broker_url, env={"FARM_WORKER_ALLOW_STORAGE": str(tmp_path / "data")})
+    job = job_for(data, write_episode(data, frames=5), options=EncoderOptions(codec="libx264"))
+    elsewhere = tmp_path / "elsewhere"
+    bad = [job.model_copy(update={"job_id": "out", "output_storage": str(elsewhere)}),
+           job.model_copy(update={"job_id": "root", "raw_storage": "/"})]
+    with EncodingFarmClient(broker_url) as farm:
+        for each in bad:
+            farm.submit(each)
+        results = farm.wait(timeout_s=60)
+    assert {result.job_id for result in results} == {"out", "root"}
+    for result in results:
+        assert result.status is Status.FAILED
+        assert "is not one this worker may use" in (result.error or "")
+    assert not elsewhere.exists()
+
+
 @pytest.mark.integration
 def test_a_worker_whose_mount_is_another_folder_fails_the_job_at_once(
         tmp_path, broker_url, start_worker):

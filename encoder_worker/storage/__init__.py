@@ -88,6 +88,19 @@ def local_storage_id(storage: Storage, *, create: bool = False) -> str | None:
     return new
 
 
+def within(url: str, root: str) -> bool:
+    """True when storage url is root or lies beneath it: folders compared resolved (no
+    escape through .. or links), S3 by bucket and whole prefix parts."""
+    if url.startswith("s3://") or root.startswith("s3://"):
+        if not (url.startswith("s3://") and root.startswith("s3://")):
+            return False
+        inner, outer = url[len("s3://"):].rstrip("/"), root[len("s3://"):].rstrip("/")
+        return inner == outer or inner.startswith(outer + "/")
+    from encoder_worker.storage.local import LocalStorage
+
+    return LocalStorage.from_url(url).root.is_relative_to(LocalStorage.from_url(root).root)
+
+
 def check_url(url: str | Path) -> str:
     """url itself when it names a storage, without touching it; else ValueError saying how.
 
