@@ -10,6 +10,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from encoder_worker.broker import BrokerUnreachable, check_broker, redis_client
 from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
@@ -145,6 +146,8 @@ def lower_priority(nice: int) -> None:
 
 
 def run_worker(settings: WorkerSettings, *, hostname: str | None, pool: str) -> int:
+    from celery.signals import worker_shutdown
+
     from encoder_worker.celery_app import make_app
 
     app = make_app(settings.broker, settings=settings)
@@ -152,12 +155,24 @@ def run_worker(settings: WorkerSettings, *, hostname: str | None, pool: str) -> 
     import encoder_worker.tasks  # noqa: F401  - registers the encode task
 
     node = hostname or f"encoder@{socket.gethostname()}-{os.getpid()}"
+    # worker_main drops the worker's exit code: a worker that crashed ("Unrecoverable
+    # error") exited 0 and supervisors did not restart it. Its shutdown signal has it.
+    exit_codes: list[int] = []
+
+    def keep_exit_code(sender: Any = None, **_: Any) -> None:
+        exit_codes.append(getattr(sender, "exitcode", None) or 0)
+
+    worker_shutdown.connect(keep_exit_code, weak=False)
     app.worker_main([
         "worker", f"--concurrency={settings.concurrency}", f"--queues={settings.queue}",
         f"--loglevel={settings.loglevel}", f"--hostname={node}", f"--pool={pool}",
         "--without-gossip", "--without-mingle",
     ])
-    return 0
+    code = max(exit_codes, default=0)
+    if code:
+        logging.getLogger(__name__).error("the worker stopped on an error (exit code %s); see "
+                                          "the log above", code)
+    return code
 
 
 if __name__ == "__main__":

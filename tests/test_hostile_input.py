@@ -140,6 +140,19 @@ def test_only_allowed_storage_is_accepted(tmp_path, storage):
 
 
 @pytest.mark.integration
+def test_a_worker_that_crashes_exits_non_zero(broker_url, start_worker):
+    # Not what it received, but a broken broker: the queue key is no longer a list. The
+    # worker cannot go on; a supervisor must see it fail (before: exit status 0).
+    worker = start_worker(broker_url)
+    redis_client(broker_url).set(ENCODE_QUEUE, "not a list")
+    wait_for(lambda: worker.process.poll() is not None, timeout_s=60,
+             what="the worker to stop on the broken queue")
+    assert worker.process.returncode == 1, worker.output()
+    assert "Unrecoverable error" in worker.output()
+    assert "the worker stopped on an error (exit code 1)" in worker.output()
+
+
+@pytest.mark.integration
 def test_a_job_naming_storage_outside_the_allow_list_fails_at_once(
         tmp_path, broker_url, start_worker):
     data = open_storage(tmp_path / "data")
