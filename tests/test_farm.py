@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -158,18 +159,26 @@ def test_killed_worker_job_is_taken_over_by_another(tmp_path, broker_url, start_
     manifest = write_episode(storage, frames=240, width=640, height=480, segment_frames=30)
     job = job_for(storage, manifest, job_id="takeover",
                   options=EncoderOptions(codec="libx264", preset="veryslow", gop=30))
-    env = {"FARM_WORKER_LEASE_TTL_S": "2"}
+    lease_ttl_s = float(os.environ.get("TAKEOVER_LEASE_TTL_S", "2"))  # 60 to see the default
+    env = {"FARM_WORKER_LEASE_TTL_S": str(lease_ttl_s)}
     first = start_worker(broker_url, env=env)
     client = redis_client(broker_url)
     with EncodingFarmClient(broker_url) as farm:
         farm.submit(job)
         wait_for(lambda: client.hexists(CLAIMS_KEY, "takeover"), timeout_s=60,
                  what="the first worker to claim the job")
+        killed_at = time.time()
         first.kill(signal.SIGKILL)
         second = start_worker(broker_url, env=env)
-        [result] = farm.wait(timeout_s=240)
+        [result] = farm.wait(timeout_s=240 + lease_ttl_s)
     assert result.status is Status.SUCCEEDED, result.error
     assert result.worker_pid != first.process.pid
+    # The bound, a deadline rather than a speed: restarted <= 30 s after the lease
+    # lapsed (reapers look every lease_ttl_s / 4).
+    restarted_after_lapse_s = result.started_at - (killed_at + lease_ttl_s)
+    print(f"restarted {restarted_after_lapse_s:.1f}s after the lease lapsed "
+          f"(lease {lease_ttl_s:g}s)")
+    assert restarted_after_lapse_s <= 30
     assert "re-queued" in second.output() or "re-queued" in first.output()
     check_video_against_raw(storage.path(job.output_key), storage.url,
                             raw_prefix(episode=0, camera="cam0"), min_psnr_db=25)
