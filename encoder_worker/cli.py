@@ -1,4 +1,5 @@
-"""`encoder-worker run | failed | requeue`: a worker of the farm, and its failed jobs."""
+"""`encoder-worker run | failed | requeue | status`: a worker of the farm, its failed jobs,
+and the farm's status."""
 
 from __future__ import annotations
 
@@ -36,6 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(requeue, WorkerSettings, fields=["broker", "queue"])
     requeue.add_argument("job_ids", nargs="*", metavar="JOB_ID")
     requeue.add_argument("--all-failed", action="store_true", help="every failed job")
+    status = commands.add_parser(
+        "status", help="the farm now: queue, workers and their jobs, leases, countdowns, the "
+                       "last hour's jobs (read-only)")
+    add_settings_arguments(status, WorkerSettings, fields=["broker", "queue"])
+    status.add_argument("--json", action="store_true", help="one JSON document (with "
+                        "--watch: one a line per refresh)")
+    status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    status.add_argument("--interval", type=float, default=2.0, metavar="S",
+                        help="seconds between refreshes with --watch [default 2]")
+    status.add_argument("--inspect-timeout", type=float, default=1.0, metavar="S",
+                        help="seconds to wait for workers' answers [default 1]")
     return parser
 
 
@@ -45,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(parser, WorkerSettings, args)
     if args.command in ("failed", "requeue"):
         return run_failed_command(parser, args, settings)
+    if args.command == "status":
+        return run_status_command(args, settings)
     if not settings.storage_roots():
         parser.error("say which storage this worker may use: --storage PATH|s3://bucket/prefix "
                      "(where it reads jobs' raw frames), or --allow-storage URL[,URL...]; jobs "
@@ -73,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     except (BrokerUnreachable, ValueError) as exc:
         print(f"encoder-worker: {exc}", file=sys.stderr)
         return 1
+    if settings.metrics_port is not None:
+        from encoder_worker.metrics import MetricsServerError, start_metrics_server
+
+        try:  # before the pool forks: its children inherit the metrics folder
+            start_metrics_server(settings.metrics_port)
+        except MetricsServerError as exc:
+            print(f"encoder-worker: --metrics-port: {exc}", file=sys.stderr)
+            return 1
     return run_worker(settings, hostname=args.hostname, pool=args.pool)
 
 
@@ -112,6 +134,20 @@ def run_failed_command(parser: argparse.ArgumentParser, args: argparse.Namespace
               "lists them)", file=sys.stderr)
         return 1
     return 0
+
+
+def run_status_command(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    """`encoder-worker status`."""
+    try:
+        check_broker(settings.broker)
+    except (BrokerUnreachable, ValueError) as exc:
+        print(f"encoder-worker: {exc}", file=sys.stderr)
+        return 1
+    from encoder_worker.status_view import run_status
+
+    return run_status(settings.broker, queue=settings.queue, as_json=args.json,
+                      watch=args.watch, interval_s=args.interval,
+                      inspect_timeout_s=args.inspect_timeout)
 
 
 def print_failures(failures: dict[str, dict], *, as_json: bool) -> None:

@@ -33,10 +33,15 @@ class EncodeError(Exception):
 # MP4 metadata tag naming the raw episode a video was made from (its manifest's digest).
 SOURCE_TAG = "comment"
 SOURCE_PREFIX = "robot-encoding-farm source="
+# An encode's progress callback is called at most this often (and once more at its end).
+PROGRESS_INTERVAL_S = 1.0
+# progress(frames_done, frames_total)
+ProgressCallback = Callable[[int, int], None]
 
 
 def encode_job(job: EncodeJob, *, scratch_dir: Path | None = None,
-               before_publish: Callable[[], None] | None = None) -> EncodeResult:
+               before_publish: Callable[[], None] | None = None,
+               progress: ProgressCallback | None = None) -> EncodeResult:
     """Run one EncodeJob to a published, verified MP4.
 
     Failures that retrying cannot fix (missing or corrupt raw data, a codec error, an
@@ -45,6 +50,8 @@ def encode_job(job: EncodeJob, *, scratch_dir: Path | None = None,
 
     Args:
         before_publish: called just before publishing; raises to stop it (a lost lease).
+        progress: told (frames_done, frames_total) while frames are encoded, at most every
+            PROGRESS_INTERVAL_S and after the last frame; it must not raise.
     """
     started = time.time()
     result = EncodeResult.failed(job, "", worker_host=socket.gethostname(),
@@ -52,7 +59,8 @@ def encode_job(job: EncodeJob, *, scratch_dir: Path | None = None,
     result.error = None
     result.timings.queue_wait_s = max(0.0, started - job.submitted_at)
     try:
-        _encode_into(result, job, scratch_dir=scratch_dir, before_publish=before_publish)
+        _encode_into(result, job, scratch_dir=scratch_dir, before_publish=before_publish,
+                     progress=progress)
     except (RawEpisodeError, EncodeError, av.FFmpegError) as exc:
         result.status = Status.FAILED
         result.error = f"{type(exc).__name__}: {exc}"
@@ -64,7 +72,8 @@ def encode_job(job: EncodeJob, *, scratch_dir: Path | None = None,
 
 
 def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | None,
-                 before_publish: Callable[[], None] | None) -> None:
+                 before_publish: Callable[[], None] | None,
+                 progress: ProgressCallback | None = None) -> None:
     raw_storage = open_storage(job.raw_storage)
     output_storage = open_storage(job.output_storage)
     reader = RawEpisodeReader(raw_storage, job.raw_prefix)
@@ -94,7 +103,8 @@ def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | No
             result.bytes = existing.stat().st_size
             return
         video = Path(tmp) / "episode.mp4"
-        fetch_s, encode_s = encode_frames(reader, video, job, source=source)
+        fetch_s, encode_s = encode_frames(reader, video, job, source=source,
+                                          progress=progress)
         result.timings.fetch_s = fetch_s
         result.timings.encode_s = encode_s
 
@@ -113,11 +123,13 @@ def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | No
 
 
 def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
-                  source: str = "") -> tuple[float, float]:
+                  source: str = "",
+                  progress: ProgressCallback | None = None) -> tuple[float, float]:
     """Encode every frame of reader into video; returns (fetch_s, encode_s).
 
     Args:
         source: written to the video's metadata, to recognise it later.
+        progress: see encode_job.
     """
     manifest = reader.manifest
     options = job.options
@@ -139,6 +151,9 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
             demote_realtime_threads()
             frames = reader.frames()
             index = 0
+            if progress is not None:
+                progress(0, manifest.frame_count)
+            reported = time.perf_counter()
             while True:
                 t0 = time.perf_counter()
                 array = next(frames, None)
@@ -149,8 +164,14 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
                 frame = av.VideoFrame.from_ndarray(array, format=manifest.pix_fmt)
                 frame.pts = index
                 container.mux(stream.encode(frame.reformat(format=options.pix_fmt)))
-                encode_s += time.perf_counter() - t1
+                t2 = time.perf_counter()
+                encode_s += t2 - t1
                 index += 1
+                if progress is not None and t2 - reported >= PROGRESS_INTERVAL_S:
+                    progress(index, manifest.frame_count)
+                    reported = t2
+            if progress is not None:
+                progress(index, manifest.frame_count)
             t0 = time.perf_counter()
             container.mux(stream.encode(None))  # flush the encoder's delayed frames
         encode_s += time.perf_counter() - t0

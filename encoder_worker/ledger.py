@@ -9,6 +9,11 @@
     farm:failed             job -> {task_id, payload, result, failed_at} of failed jobs, kept
                             for a set time (`encoder-worker failed`, `encoder-worker requeue`)
     farm:rejected           queue items that were not messages, set aside (transport.py)
+    farm:progress           job -> {worker, frames_done, frames_total, fps, ...} of jobs
+                            encoding now, at most one update a second (`encoder-worker status`)
+    farm:finished           the last hour's finished jobs (sorted by time, at most
+                            FINISHED_MAX, expires an hour after the last one): status's
+                            completed and failed counts, encode times and frame rates
 
 Redis redelivers an unacknowledged task only after the visibility timeout (hours, so that
 long encodes are not started twice). The lease, the claims and the waiting records are
@@ -19,11 +24,13 @@ tell whether Redis still knows a job.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -39,8 +46,17 @@ ATTEMPTS_PREFIX = "farm:attempts:"
 TIME_LIMITS_PREFIX = "farm:time-limits:"
 REJECTED_KEY = "farm:rejected"
 FAILED_KEY = "farm:failed"
+PROGRESS_KEY = "farm:progress"
+FINISHED_KEY = "farm:finished"
+# farm:finished keeps this long a history, and at most this many jobs of it.
+FINISHED_WINDOW_S = 3600.0
+FINISHED_MAX = 20_000
 # kombu's Redis transport keeps delivered, not yet acknowledged messages here.
 KOMBU_UNACKED_KEY = "unacked"
+# ...and the queues bound to Celery's control exchange here: one per worker node.
+KOMBU_PIDBOX_BINDINGS_KEY = "_kombu.binding.celery.pidbox"
+_KOMBU_BINDING_SEP = "\x06\x16"
+_PIDBOX_SUFFIX = ".celery.pidbox"
 
 _DROP_CLAIM_IF_UNLEASED = ("if redis.call('exists', KEYS[2]) == 0 then "
                            "return redis.call('hdel', KEYS[1], ARGV[1]) else return 0 end")
@@ -133,9 +149,13 @@ class JobLedger:
         return bool(self.client.hexists(CLAIMS_KEY, job_id))
 
     # waiting: jobs in a Celery countdown
-    def wait(self, job_id: str, *, task_id: str, payload: Any, due: float) -> None:
+    def wait(self, job_id: str, *, task_id: str, payload: Any, due: float,
+             reason: str = "", retry_at: float | None = None) -> None:
+        """Record a countdown: due is when a reaper may send it again, retry_at when its
+        worker means to run it, reason why it waits (for `encoder-worker status`)."""
         self.client.hset(WAITING_KEY, job_id, json.dumps(
-            {"task_id": task_id, "payload": payload, "due": due}))
+            {"task_id": task_id, "payload": payload, "due": due, "reason": reason,
+             "retry_at": retry_at}))
 
     def stop_waiting(self, job_id: str) -> None:
         self.client.hdel(WAITING_KEY, job_id)
@@ -194,6 +214,63 @@ class JobLedger:
             return None
         return dict(json.loads(raw))
 
+    # progress and history, for `encoder-worker status`
+    def report_progress(self, job_id: str, record: dict[str, Any], *, ttl_s: float) -> None:
+        """Set a running job's progress; the whole hash lapses ttl_s after the last update
+        anywhere (a farm whose workers all died leaves nothing behind)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(PROGRESS_KEY, job_id, json.dumps(record))
+            pipe.expire(PROGRESS_KEY, max(1, int(ttl_s)))
+            pipe.execute()
+
+    def clear_progress(self, job_id: str) -> None:
+        self.client.hdel(PROGRESS_KEY, job_id)
+
+    def record_finished(self, entry: dict[str, Any], *, now: float) -> None:
+        """Add a finished job to the last hour's history (entry holds finished_at); older
+        and surplus entries go in the same round trip, and the key expires with the hour."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(FINISHED_KEY, {json.dumps(entry, sort_keys=True): now})
+            pipe.zremrangebyscore(FINISHED_KEY, "-inf", f"({now - FINISHED_WINDOW_S}")
+            pipe.zremrangebyrank(FINISHED_KEY, 0, -FINISHED_MAX - 1)
+            pipe.expire(FINISHED_KEY, int(FINISHED_WINDOW_S))
+            pipe.execute()
+
+    def snapshot(self, *, queue: str, now: float) -> LedgerSnapshot:
+        """Everything `encoder-worker status` shows from Redis, in two round trips and
+        read-only (expired failures are left for `encoder-worker failed` to drop)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.llen(queue)
+            pipe.lindex(queue, -1)  # kombu LPUSHes and BRPOPs: the tail goes next
+            pipe.hlen(KOMBU_UNACKED_KEY)
+            pipe.hgetall(CLAIMS_KEY)
+            pipe.hgetall(WAITING_KEY)
+            pipe.hgetall(PROGRESS_KEY)
+            pipe.zrangebyscore(FINISHED_KEY, now - FINISHED_WINDOW_S, "+inf")
+            pipe.hlen(FAILED_KEY)
+            pipe.llen(REJECTED_KEY)
+            pipe.smembers(KOMBU_PIDBOX_BINDINGS_KEY)
+            (depth, next_raw, delivered, claims, waiting, progress, finished, failed,
+             rejected, pidboxes) = pipe.execute()
+        claims = {k.decode(): json.loads(v) for k, v in claims.items()}
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in claims:
+                pipe.pttl(LEASE_PREFIX + job_id)
+            ttls = pipe.execute() if claims else []
+        return LedgerSnapshot(
+            queue_depth=int(depth), next_queued=_payload_of(next_raw) if next_raw else None,
+            delivered=int(delivered), claims=claims,
+            lease_ttl_s={job_id: (ttl / 1000 if ttl >= 0 else None)
+                         for job_id, ttl in zip(claims, ttls, strict=True)},
+            waiting={k.decode(): json.loads(v) for k, v in waiting.items()},
+            progress={k.decode(): json.loads(v) for k, v in progress.items()},
+            finished=[json.loads(raw) for raw in finished], failed_kept=int(failed),
+            rejected=int(rejected),
+            control_nodes=sorted(
+                queue.removesuffix(_PIDBOX_SUFFIX) for queue in
+                (member.decode(errors="replace").split(_KOMBU_BINDING_SEP)[-1]
+                 for member in pidboxes) if queue.endswith(_PIDBOX_SUFFIX)))
+
     def known(self, job_id: str, *, task_id: str, queue: str) -> bool:
         """True when Redis knows the job: queued, delivered (unacked), claimed, waiting,
         leased or with a result. False after a Redis that lost its data (restarted without
@@ -226,6 +303,7 @@ class JobLedger:
             # Atomic: a copy that took the lease since the check above keeps its claim.
             if self.client.eval(_DROP_CLAIM_IF_UNLEASED, 2, CLAIMS_KEY, LEASE_PREFIX + job_id,
                                 job_id):
+                self.clear_progress(job_id)  # its worker died mid-encode
                 taken.append((job_id, json.loads(raw_claim)))
         return taken
 
@@ -255,6 +333,40 @@ def _task_id_of(raw: bytes | str) -> str | None:
     return _headers_id(envelope) if isinstance(envelope, dict) else None
 
 
+def _payload_of(raw: bytes | str) -> dict[str, Any]:
+    """The job payload (the task's first argument) of a kombu message envelope on the
+    queue list; {} for an item that is not one (transport.py sets those aside)."""
+    try:
+        envelope = json.loads(raw)
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        payload = args[0] if args else None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+@dataclass
+class LedgerSnapshot:
+    """The farm's keys at one moment, decoded (JobLedger.snapshot)."""
+
+    queue_depth: int
+    next_queued: dict[str, Any] | None  # payload of the job next in line (the oldest)
+    delivered: int  # kombu's unacked: running, or held in a countdown
+    claims: dict[str, dict[str, Any]]
+    lease_ttl_s: dict[str, float | None]  # per claimed job; None: no lease (lapsed)
+    waiting: dict[str, dict[str, Any]]
+    progress: dict[str, dict[str, Any]]
+    finished: list[dict[str, Any]]
+    failed_kept: int
+    rejected: int
+    # Worker nodes bound to Celery's control exchange (a stopped one until kombu expires
+    # its binding): how many answers a broadcast can expect.
+    control_nodes: list[str]
+
+
 class LeaseReaper:
     """Sends again the jobs of workers that died: a lapsed lease on a claimed job, or a
     countdown long overdue. Runs in every worker's main process; the ledger's atomic
@@ -263,14 +375,17 @@ class LeaseReaper:
     Args:
         resend: sends (task_id, payload) to the queue again.
         is_done: whether the task with this id has its final result already.
+        on_takeover: told of each job sent again: "lease_lapsed" or "countdown_overdue".
     """
 
     def __init__(self, client: Any, *, lease_ttl_s: float,
-                 resend: Callable[[str, Any], None], is_done: Callable[[str], bool]) -> None:
+                 resend: Callable[[str, Any], None], is_done: Callable[[str], bool],
+                 on_takeover: Callable[[str], None] | None = None) -> None:
         self.ledger = JobLedger(client)
         self.lease_ttl_s = lease_ttl_s
         self.resend = resend
         self.is_done = is_done
+        self.on_takeover = on_takeover
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease-reaper", daemon=True)
 
@@ -296,11 +411,20 @@ class LeaseReaper:
             if not self.is_done(claim["task_id"]):
                 logger.warning("job %s lost its worker; re-queued", job_id)
                 self.resend(claim["task_id"], claim["payload"])
+                self._taken_over("lease_lapsed")
                 sent.append(job_id)
         for job_id, entry in self.ledger.take_overdue_waiting(now=time.time()):
             if not self.is_done(entry["task_id"]):
                 logger.warning("job %s waited in a countdown on a worker that went away; "
                                "sent again", job_id)
                 self.resend(entry["task_id"], entry["payload"])
+                self._taken_over("countdown_overdue")
                 sent.append(job_id)
         return sent
+
+    def _taken_over(self, kind: str) -> None:
+        if self.on_takeover is not None:
+            try:
+                self.on_takeover(kind)
+            except Exception:  # counting must never stop the reaper
+                logger.exception("takeover callback failed")

@@ -16,9 +16,10 @@ from redis.exceptions import RedisError
 
 from encoder_worker.broker import redis_client
 from encoder_worker.celery_app import ENCODE_TASK
-from encoder_worker.encode import encode_job
+from encoder_worker.encode import ProgressCallback, encode_job
 from encoder_worker.jobs import EncodeJob, EncodeResult, Status
 from encoder_worker.ledger import JobLease, JobLedger, LeaseLost, LeaseReaper
+from encoder_worker.metrics import count_retry, count_takeover, job_progress
 from encoder_worker.raw_episode import manifest_key
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import StorageError, local_storage_id, open_storage, within
@@ -164,7 +165,7 @@ def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -
         # Another copy (a redelivery) is encoding it: come back when it is done.
         logger.info("job %s is leased by another worker; retrying later", job.job_id)
         raise _retry_later(self, ledger, payload, settings,
-                           countdown=settings.lease_ttl_s / 2)
+                           countdown=settings.lease_ttl_s / 2, reason="lease_held")
     try:
         try:
             ledger.claim(job.job_id, task_id=self.request.id, payload=payload)
@@ -174,8 +175,10 @@ def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -
                                 max(0.5, (time.time() - job.submitted_at) / 4))
                 logger.info("job %s: raw manifest not uploaded yet; looking again in %.1fs",
                             job.job_id, countdown)
-                raise _retry_later(self, ledger, payload, settings, countdown=countdown)
-            result = _encode_counted(ledger, job, settings, lease)
+                raise _retry_later(self, ledger, payload, settings, countdown=countdown,
+                                   reason="manifest_pending")
+            result = _encode_counted(ledger, job, settings, lease,
+                                     progress=job_progress(self, ledger, job, settings))
         finally:
             ledger.unclaim(job.job_id)
     except SoftTimeLimitExceeded:
@@ -183,7 +186,7 @@ def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -
     except LeaseLost:
         logger.warning("job %s: lease lapsed mid-encode; not publishing", job.job_id)
         raise _retry_later(self, ledger, payload, settings,
-                           countdown=settings.lease_ttl_s / 2) from None
+                           countdown=settings.lease_ttl_s / 2, reason="lease_lost") from None
     except (StorageError, OSError) as exc:
         if isinstance(exc, StorageError) and exc.permanent:
             # A missing bucket or refused credentials: no retry fixes it; say so now.
@@ -197,7 +200,8 @@ def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -
         logger.warning("job %s: %s; retry %d", job.job_id, exc, transient_failures + 1)
         raise _retry_later(self, ledger, payload, settings,
                            countdown=min(60, 2**transient_failures), exc=exc,
-                           transient_failures=transient_failures + 1) from exc
+                           transient_failures=transient_failures + 1,
+                           reason="transient_error") from exc
     finally:
         lease.release()
     return result.model_dump(mode="json")
@@ -205,7 +209,8 @@ def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -
 
 def _retry_later(task: Task, ledger: JobLedger, payload: dict[str, Any],
                  settings: WorkerSettings, *, countdown: float,
-                 exc: BaseException | None = None, transient_failures: int = 0) -> BaseException:
+                 exc: BaseException | None = None, transient_failures: int = 0,
+                 reason: str = "other") -> BaseException:
     """Celery's retry after countdown, recorded in the ledger as waiting first.
 
     The retried message waits, unacknowledged, in the worker that takes it; if that
@@ -213,13 +218,16 @@ def _retry_later(task: Task, ledger: JobLedger, payload: dict[str, Any],
     record lets any worker's reaper send the job again once it is overdue.
     """
     ledger.wait(str(payload.get("job_id")), task_id=task.request.id, payload=payload,
-                due=time.time() + countdown + settings.lease_ttl_s)
+                due=time.time() + countdown + settings.lease_ttl_s, reason=reason,
+                retry_at=time.time() + countdown)
+    count_retry(reason)
     kwargs = {"transient_failures": transient_failures} if transient_failures else None
     return task.retry(countdown=countdown, max_retries=None, exc=exc, kwargs=kwargs)
 
 
 def _encode_counted(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
-                    lease: JobLease) -> EncodeResult:
+                    lease: JobLease, *, progress: ProgressCallback | None = None
+                    ) -> EncodeResult:
     """encode_job, unless this job already took its workers down too often."""
     if ledger.start_attempt(job.job_id) > MAX_ENCODE_ATTEMPTS:
         return EncodeResult.failed(
@@ -227,7 +235,8 @@ def _encode_counted(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
                  "each time (out of memory? a codec crash?); see the workers' logs",
             worker_host=socket.gethostname(), worker_pid=os.getpid())
     try:
-        result = encode_job(job, scratch_dir=settings.scratch_dir, before_publish=lease.check)
+        result = encode_job(job, scratch_dir=settings.scratch_dir, before_publish=lease.check,
+                            progress=progress)
     except (StorageError, OSError, LeaseLost, SoftTimeLimitExceeded):
         # The worker lived: this start is not a worker death. Transient errors have their
         # own count (Celery's retries); without this, 3 of them failed the job for good.
@@ -243,6 +252,7 @@ def _over_time_limit(task: Task, ledger: JobLedger, job: EncodeJob) -> dict[str,
     if ledger.count_time_limit(job.job_id) < MAX_TIME_LIMIT_RUNS:
         logger.warning("job %s ran over its time limit of %.0fs; sent again", job.job_id,
                        job.time_limit_s or 0)
+        count_retry("time_limit")
         raise task.retry(countdown=1, max_retries=None)
     ledger.clear_time_limits(job.job_id)
     return EncodeResult.failed(
@@ -281,7 +291,8 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
         app.send_task(ENCODE_TASK, args=[payload], task_id=task_id, queue=settings.queue)
 
     reaper = LeaseReaper(redis_client(settings.broker), lease_ttl_s=settings.lease_ttl_s,
-                         resend=resend, is_done=lambda task_id: app.AsyncResult(task_id).ready())
+                         resend=resend, is_done=lambda task_id: app.AsyncResult(task_id).ready(),
+                         on_takeover=count_takeover)
     reaper.start()
     _reapers.append(reaper)
 
