@@ -175,7 +175,12 @@ def start_metrics_server(port: int, *, addr: str = "0.0.0.0") -> None:
         raise MetricsServerError(f"cannot serve metrics on port {port}: {exc} (another "
                                  "worker on this host uses it? give each its own "
                                  "--metrics-port)") from exc
+    # The port is ours now: a folder of the same port is a killed worker's leftover.
+    for stale in glob.glob(os.path.join(os.path.dirname(path), f"farm-metrics-{port}-*")):
+        if stale != path:
+            shutil.rmtree(stale, ignore_errors=True)
     _metrics_dir = path
+    metrics()  # every series, at 0, before the first job (the pool's children add theirs)
     logger.info("metrics on http://%s:%d/metrics", addr, port)
 
 
@@ -211,13 +216,20 @@ class _LiveProcessesCollector:
 
 
 def _alive(pid: int) -> bool:
+    """False for a process that is gone or a zombie (dead, not yet reaped by the pool)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    except PermissionError:
+    except (OSError, IndexError):  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
 
 
 def count_retry(reason: str) -> None:
@@ -382,8 +394,8 @@ def _observe(task: Task, payload: dict[str, Any], retval: Any, state: str | None
             m.duration.observe(timings.get("total_s", 0.0))
             for stage in STAGES:
                 m.stage.labels(stage).observe(timings.get(f"{stage}_s", 0.0))
-        if "queue_wait_s" in timings:
-            m.queue_wait.observe(timings["queue_wait_s"])
+        if result.get("started_at"):  # an encode started (not a job refused before it)
+            m.queue_wait.observe(timings.get("queue_wait_s", 0.0))
     now = time.time()
     try:
         ledger.record_finished({
