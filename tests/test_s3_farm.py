@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, wait_for
+from dataset_checks import check_v3_dataset, mirror
 from episodes import video_key
 from rich.console import Console
 from s3_fixtures import MotoServer
@@ -315,6 +316,42 @@ def test_killed_recorder_leaves_its_spool_to_the_next_run(
 
 
 @pytest.mark.integration
+@pytest.mark.integration
+def test_a_full_spool_disk_is_recovered_by_the_next_run(
+        s3_url: str, moto_server: MotoServer, small_disk: Path, tmp_path: Path) -> None:
+    # S3 goes away, the spool's disk (8 MB) fills up: the recording stops. With S3 back,
+    # the next run uploads the committed episodes and has them encoded, removes the files
+    # left unfinished, and says so; the dataset gets every committed episode.
+    spool = small_disk / "spool"
+    flags = ["--storage", s3_url, "--async-encoding", "--spool-dir", str(spool), "--cameras",
+             "2", "--width", "160", "--height", "120", "--fps", "15", "--codec", "libx264",
+             "--segment-frames", "10", "--episode-time", "2"]
+    first, log, _ = start_recorder(tmp_path, *flags, "--episodes", "5", name="first")
+    # Its first frames are in the spool: the recording runs (S3 checks are behind it).
+    wait_for(lambda: first.poll() is not None or any(spool.glob("*/keys/raw/*/*/*")),
+             timeout_s=60, what="the recorder to start writing frames")
+    moto_server.stop()
+    assert first.wait(timeout=240) == 1, log.read_text()
+    assert "No space left on device" in log.read_text()
+    committed = sorted(p.parent.name for p in spool.glob("*/keys/raw/*/episode.json"))
+    unfinished = list(spool.glob("*/keys/raw/*/*/.*.partial"))
+    assert committed and unfinished, "the disk filled up after an episode was committed"
+
+    moto_server.start()
+    second = subprocess.run(
+        [sys.executable, "-m", "recorder.cli", "record", *flags, "--episodes", "1"],
+        cwd=tmp_path / "recorder-cwd", capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path / "recorder-tmp")})
+    output = second.stdout + second.stderr
+    assert second.returncode == 0, output
+    assert f"removed {len(unfinished)} unfinished files" in output
+    assert "committed by an earlier run that stopped before it was uploaded" in output
+    assert not list(spool.glob("*/keys/raw/**/*.*")), "the spool is empty"
+    check_v3_dataset(mirror(s3_url, tmp_path / "mirror"), raw_url=s3_url,
+                     episodes=len(committed) + 1, cameras=["cam0", "cam1"],
+                     frames_per_episode=30, min_psnr_db=25)
+
+
 def test_a_second_recorder_on_the_same_spool_is_refused(s3_url: str, tmp_path: Path) -> None:
     process, log, spool = start_recorder(tmp_path, "--storage", s3_url, "--episodes", "1",
                                          "--episode-time", "120", "--cameras", "1", *SMALL)

@@ -289,9 +289,11 @@ def test_leftovers_of_a_dead_process_upload_first(tmp_path: Path,
     new = write_episode(spool, episode=3, camera="cam0", frames=6)
     assert spool.close()
 
+    # The partial segment can never be uploaded: removed, and said so by name.
     partial = "raw/episode_000001/cam0/.segment_00001.raw.partial"
-    assert partial in leftovers.kept
-    assert sorted(k for k in leftovers.kept if "episode_000002" in k) == [
+    assert leftovers.dropped == [partial] and leftovers.dropped_bytes > 0
+    assert not (root / "keys" / partial).exists()
+    assert sorted(leftovers.kept) == [
         f"raw/episode_000002/cam0/{name}" for name in
         ("manifest.json", "segment_00000.raw", "segment_00001.raw", "segment_00002.raw")]
     assert leftovers.queued == [
@@ -305,10 +307,11 @@ def test_leftovers_of_a_dead_process_upload_first(tmp_path: Path,
     for episode, written in ((0, done), (3, new)):
         read = list(RawEpisodeReader(storage, f"raw/episode_{episode:06d}/cam0").frames())
         assert all(np.array_equal(a, b) for a, b in zip(read, written, strict=True))
-    assert spooled_files(root) == [".segment_00001.raw.partial", "manifest.json",
-                                   "segment_00000.raw", "segment_00001.raw",
-                                   "segment_00002.raw"]
-    assert partial in caplog.text and "segment_00001.raw has 100 bytes" in caplog.text
+    assert spooled_files(root) == [
+        "manifest.json", "segment_00000.raw", "segment_00001.raw", "segment_00002.raw"]
+    assert f"removed 1 unfinished files (0.0 MB) that an earlier run was still writing " \
+           f"when it stopped (a full disk, a crash): {partial}" in caplog.text
+    assert "segment_00001.raw has 100 bytes" in caplog.text
     assert "of an earlier run" in caplog.text
 
 

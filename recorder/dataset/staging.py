@@ -27,6 +27,12 @@ def record_key(recording: int) -> str:
     return f"raw/episode_{recording:06d}/episode.json"
 
 
+def recording_of_record(key: str) -> int | None:
+    """The recording number of an episode record's key; None for any other key."""
+    match = _RECORD.match(key)
+    return int(match.group(1)) if match else None
+
+
 def rows_key(recording: int) -> str:
     return f"raw/episode_{recording:06d}/rows.parquet"
 
@@ -52,8 +58,8 @@ def rows_to_parquet(columns: dict[str, pa.Array]) -> bytes:
 
 def staged_recordings(raw: Storage) -> list[int]:
     """Recording numbers with a committed episode record, in order."""
-    return sorted(int(m.group(1)) for key in raw.list_keys("raw")
-                  if (m := _RECORD.match(key)))
+    return sorted(n for key in raw.list_keys("raw")
+                  if (n := recording_of_record(key)) is not None)
 
 
 def load_staged(raw: Storage, recording: int) -> StagedEpisode:

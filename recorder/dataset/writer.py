@@ -40,13 +40,20 @@ from encoder_worker.storage import Storage, StorageError, local_storage_id, open
 from recorder.dataset import metadata
 from recorder.dataset.complete import Completion, complete_dataset
 from recorder.dataset.layout import DEFAULT_FEATURES, INFO_KEY, Layout, camera_name
-from recorder.dataset.staging import StagedEpisode, record_key, rows_key, rows_to_parquet
+from recorder.dataset.staging import (
+    StagedEpisode,
+    load_staged,
+    record_key,
+    recording_of_record,
+    rows_key,
+    rows_to_parquet,
+)
 from recorder.dataset.stats import ImageStats, Stats, numeric_stats, sample_stride, to_json
 from recorder.farm_client import EncodingFarmClient
 from recorder.farm_setup import farm_for
 from recorder.raw_writer import CameraWriter
 from recorder.settings import RecorderSettings
-from recorder.upload_spool import SpoolSink, UploadSpool, spool_folder
+from recorder.upload_spool import Leftovers, SpoolSink, UploadSpool, spool_folder
 
 if TYPE_CHECKING:
     from recorder.record_loop import CaptureStats
@@ -87,9 +94,13 @@ class _Episode:
 
 @dataclass
 class _Deferred:
+    """Encode jobs held until their episode is uploaded."""
+
     upload: Any  # the upload of the episode's record, the last of its files
+    recording: int
     jobs: list[EncodeJob]
-    report: EpisodeReport
+    # None: an earlier run's episode, found in the upload spool (its jobs were never sent)
+    report: EpisodeReport | None
 
 
 def _sampler(stats: ImageStats, stride: int) -> Callable[[int, np.ndarray], None]:
@@ -225,8 +236,14 @@ class FarmDataset:
         self._exit = contextlib.ExitStack()
         self._closed = False
         self._open_or_create()
-        spooled = self._open_spool()
-        self._next_recording = next_recording(self.raw_storage, self.storage, spooled=spooled)
+        leftovers = self._open_spool()
+        self._next_recording = next_recording(self.raw_storage, self.storage,
+                                              spooled=leftovers.keys)
+        # Episodes an earlier run committed but had not uploaded when it stopped: their
+        # jobs were never sent. Sent (or encoded) here once they are uploaded.
+        for key, upload in leftovers.uploads.items():
+            if (recording := recording_of_record(key)) is not None:
+                self._deferred.append(_Deferred(upload, recording, [], None))
 
     @classmethod
     def create(cls, repo_id: str, fps: int, features: dict[str, dict], *,
@@ -287,7 +304,7 @@ class FarmDataset:
             raise ValueError(f"add_frame: missing features {missing}, unknown features "
                              f"{unknown}; the dataset's features are {sorted(self.features)}")
         checked = {key: self._checked(key, value) for key, value in values.items()}
-        if self._deferred:
+        if self._deferred and self.settings.async_encoding:
             self._submit_uploaded()
         episode = self._episode or self._start_episode()
         index = len(episode.tasks)
@@ -363,7 +380,8 @@ class FarmDataset:
             raise ValueError("save_episode: no frame was added since the last save_episode()")
         started = time.perf_counter()
         self._episode = None
-        self._submit_uploaded()
+        if self.settings.async_encoding:  # inline: an earlier run's episodes at finalize()
+            self._submit_uploaded()
         manifests = finish_writers(episode.writers.values(), interrupted=False)
         uploading = self._stage(episode)
         report = EpisodeReport(
@@ -377,7 +395,7 @@ class FarmDataset:
         if self.settings.async_encoding and uploading is not None \
                 and not uploading.done.is_set():
             # Sent once the episode is uploaded, so that no worker waits for its manifest.
-            self._deferred.append(_Deferred(uploading, jobs, report))
+            self._deferred.append(_Deferred(uploading, episode.recording, jobs, report))
         elif self.settings.async_encoding:
             self._submit(jobs, report)
         else:
@@ -403,7 +421,26 @@ class FarmDataset:
         """Send the jobs of episodes whose uploads finished since the last look."""
         while self._deferred and self._deferred[0].upload.done.is_set():
             deferred = self._deferred.pop(0)
-            self._submit(deferred.jobs, deferred.report)
+            if deferred.report is None:
+                self._encode_leftover(deferred.recording)
+            else:
+                self._submit(deferred.jobs, deferred.report)
+
+    def _encode_leftover(self, recording: int) -> None:
+        """Send (or encode inline) the missing videos of an earlier run's episode."""
+        record = load_staged(self.raw_storage, recording)
+        jobs = [self._job(recording, key, frames=record.length)
+                for key, video in sorted(record.videos.items())
+                if not self.storage.exists(video)]
+        logger.warning("recording %d, committed by an earlier run that stopped before it was "
+                       "uploaded, is uploaded now: %s its %d missing videos", recording,
+                       "sending the farm" if self.settings.async_encoding else "encoding",
+                       len(jobs))
+        for job in jobs:
+            if self.farm is not None and self.settings.async_encoding:
+                self.farm.submit(job)
+            else:
+                self.inline_results.append(encode_inline(job))
 
     def clear_episode_buffer(self) -> None:
         """Drop the episode in progress from the dataset (re-record it).
@@ -589,10 +626,10 @@ class FarmDataset:
                 f"recording has {self.fps} fps and {ours}. Episodes of one dataset share "
                 "them: record into a new --repo-id")
 
-    def _open_spool(self) -> list[str]:
+    def _open_spool(self) -> Leftovers:
         """Lock the raw storage's upload spool and queue what earlier runs left in it.
 
-        Returns the keys found in the spool: their recording numbers are taken. Nothing
+        Returns what was found in the spool: its recording numbers are taken. Nothing
         to do for a local folder, which the writers write in place. The leftovers upload
         in the background, ahead of this run's files: waiting for them would hold the
         robot for as long as a long outage's backlog takes to upload.
@@ -601,12 +638,12 @@ class FarmDataset:
             SpoolBusy: another recorder holds the spool folder's lock.
         """
         if self.raw_storage.local_dir("raw") is not None:
-            return []
+            return Leftovers()
         folder = spool_folder_for(self.settings, self.raw_storage.url)
         self._uploads = UploadSpool(self.raw_storage, folder,
                                     max_bytes=self.settings.spool_max_mb * 1_000_000)
         try:
-            return self._uploads.resume().keys
+            return self._uploads.resume()
         except BaseException:
             self.finish_uploads(timeout_s=0)
             raise
