@@ -1,5 +1,5 @@
-"""`encoder-worker run | failed | requeue | status`: a worker of the farm, its failed jobs,
-and the farm's status."""
+"""`encoder-worker run | failed | requeue | status | ping`: a worker of the farm, its failed
+jobs, the farm's status, and a healthcheck."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between refreshes with --watch [default 2]")
     status.add_argument("--inspect-timeout", type=float, default=1.0, metavar="S",
                         help="seconds to wait for workers' answers [default 1]")
+    ping = commands.add_parser(
+        "ping", help="a healthcheck: exit 0 when a worker on this host answers a Celery ping "
+                     "through the farm's Redis, 1 when none does")
+    add_settings_arguments(ping, WorkerSettings, fields=["broker"])
+    ping.add_argument("--node", default=None,
+                      help="the Celery node name to ask (default: any worker on this host)")
+    ping.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                      help="seconds to wait for an answer [default 5]")
     return parser
 
 
@@ -59,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_failed_command(parser, args, settings)
     if args.command == "status":
         return run_status_command(args, settings)
+    if args.command == "ping":
+        return run_ping_command(args, settings)
     if not settings.storage_roots():
         parser.error("say which storage this worker may use: --storage PATH|s3://bucket/prefix "
                      "(where it reads jobs' raw frames), or --allow-storage URL[,URL...]; jobs "
@@ -148,6 +158,36 @@ def run_status_command(args: argparse.Namespace, settings: WorkerSettings) -> in
     return run_status(settings.broker, queue=settings.queue, as_json=args.json,
                       watch=args.watch, interval_s=args.interval,
                       inspect_timeout_s=args.inspect_timeout)
+
+
+def run_ping_command(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    """`encoder-worker ping`: does a worker on this host answer through Redis?"""
+    try:
+        check_broker(settings.broker)
+    except (BrokerUnreachable, ValueError) as exc:
+        print(f"encoder-worker: {exc}", file=sys.stderr)
+        return 1
+    from encoder_worker.celery_app import make_app
+
+    app = make_app(settings.broker)
+    host = socket.gethostname()
+    try:
+        replies = app.control.ping(destination=[args.node] if args.node else None,
+                                   timeout=args.timeout)
+    finally:
+        app.close()
+    # Node names are NAME@HOST-PID (encoder-worker run) or NAME@HOST (--hostname NAME@%h).
+    answered = [node for reply in replies for node in reply
+                if node == args.node or (args.node is None and (
+                    node.split("@", 1)[-1] == host
+                    or node.split("@", 1)[-1].startswith(f"{host}-")))]
+    if not answered:
+        where = args.node or f"on {host}"
+        print(f"encoder-worker: no worker {where} answered within {args.timeout:g}s "
+              f"({len(replies)} elsewhere did)", file=sys.stderr)
+        return 1
+    print(f"pong from {', '.join(sorted(answered))}")
+    return 0
 
 
 def print_failures(failures: dict[str, dict], *, as_json: bool) -> None:

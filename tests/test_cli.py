@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_for
 
 from encoder_worker.broker import redis_client
 from recorder.cli import build_parser
@@ -201,3 +201,26 @@ def test_worker_settings_have_their_own_names_and_read_the_old_ones_with_a_warni
     monkeypatch.delenv("FARM_WORKER_STORAGE")
     with pytest.warns(FutureWarning, match="FARM_STORAGE is read as FARM_WORKER_STORAGE"):
         assert WorkerSettings().storage == "s3://recorders-bucket/raw"
+
+
+@pytest.mark.integration
+def test_ping_answers_for_a_worker_on_this_host(broker_url, start_worker):
+    import socket
+
+    start_worker(broker_url)  # named w0@test: not this host's name
+    elsewhere = run_cli("ping", "--broker", broker_url, "--timeout", "2",
+                        module="encoder_worker.cli")
+    assert elsewhere.returncode == 1, elsewhere.stderr
+    assert f"no worker on {socket.gethostname()} answered within 2s (1 elsewhere did)" \
+        in elsewhere.stderr
+    named = run_cli("ping", "--broker", broker_url, "--node", "w0@test",
+                    module="encoder_worker.cli")
+    assert named.returncode == 0 and "pong from w0@test" in named.stdout, named.stderr
+    # The fixture's own name comes first; the last --hostname wins.
+    start_worker(broker_url, "--hostname", f"encoder@{socket.gethostname()}-1", wait=False)
+    here = wait_for(lambda: (done := run_cli("ping", "--broker", broker_url,
+                                             module="encoder_worker.cli")).returncode == 0
+                    and done, timeout_s=60, interval_s=1, what="the second worker to answer")
+    assert f"pong from encoder@{socket.gethostname()}-1" in here.stdout
+    down = run_cli("ping", "--broker", "redis://127.0.0.1:1/0", module="encoder_worker.cli")
+    assert down.returncode == 1 and "cannot reach the broker" in down.stderr
