@@ -77,15 +77,20 @@ class CameraWriter:
         """
         self._queue.put(_END)
         self._thread.join()
-        if self._error is not None:
-            try:
-                self.writer.close_after_failure()
+        if self._error is None:
+            try:  # the last segment's commit can fail too (a disk that just filled up)
+                return self.writer.close(interrupted=interrupted)
             except Exception as exc:
-                logger.error("camera %s: the segments stored before the failure stay on disk "
-                             "without a manifest: %s", self.writer.camera, exc)
-                logger.debug("committing them failed", exc_info=True)
-            self._raise_if_failed()
-        return self.writer.close(interrupted=interrupted)
+                logger.debug("closing %s failed", self.writer.camera, exc_info=True)
+                self._error = exc
+        try:
+            self.writer.close_after_failure()
+        except Exception as exc:
+            logger.error("camera %s: the segments stored before the failure stay on disk "
+                         "without a manifest: %s", self.writer.camera, exc)
+            logger.debug("committing them failed", exc_info=True)
+        self._raise_if_failed()
+        raise AssertionError("unreachable: the writer failed")
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

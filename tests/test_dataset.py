@@ -17,11 +17,13 @@ from dataset_checks import check_v3_dataset, mirror
 from recordings import CAMERAS, TASKS, features, record_episodes
 
 from encoder_worker.broker import redis_client
+from encoder_worker.raw_episode import DirectSink, Manifest
 from encoder_worker.settings import ENCODE_QUEUE
 from recorder.dataset import DatasetError, FarmDataset
 from recorder.dataset.pack import pack_dataset
 from recorder.dataset.stats import ImageStats, aggregate, numeric_stats
 from recorder.farm_client import EncodingFarmClient
+from recorder.raw_writer import WriterFailed
 
 FAST = {"codec": "libx264"}
 
@@ -269,3 +271,43 @@ def test_jobs_are_sent_once_their_episode_is_uploaded(moto_server, s3_url, broke
         dataset.finalize()  # waits for the uploads, then sends the jobs
         assert client.llen(ENCODE_QUEUE) == len(CAMERAS) == farm.submitted
         assert dataset.raw_storage.exists("raw/episode_000000/episode.json")
+
+
+class _FailingSegments(DirectSink):
+    """A disk that fails when the third segment is committed: the last one of 10 frames in
+    segments of 4, committed by the episode's commit."""
+
+    def commit_segment(self, name, file):
+        if name == "segment_00002.raw":
+            file.close()
+            raise OSError(28, "No space left on device")
+        super().commit_segment(name, file)
+
+
+@pytest.mark.integration
+def test_async_commit_runs_behind_the_next_episode_and_its_failure_is_raised(
+        tmp_path, broker_url, monkeypatch):
+    # save_episode() returns before the episode is committed; the jobs of an episode are
+    # sent once it is. A commit that fails is raised by the next call, the other cameras'
+    # frames committed, the episode not staged and no job sent for it.
+    root = tmp_path / "ds"
+    with EncodingFarmClient(broker_url) as farm:
+        dataset = create(root, async_encoding=True, wait=False, farm=farm,
+                         segment_frames=4, **FAST)
+        sink = dataset._sink
+        monkeypatch.setattr(dataset, "_sink", lambda prefix: _FailingSegments(
+            dataset.raw_storage, prefix) if prefix.endswith("episode_000001/cam0") else
+            sink(prefix))
+        record_episodes(dataset, episodes=2, frames=10)
+        assert [e.episode for e in dataset.episodes] == [0, 1]
+        with pytest.raises(WriterFailed, match="No space left on device"):
+            dataset.finalize()
+    first = dataset.episodes[0]
+    assert first.frames_recorded == {"cam0": 10, "cam1": 10} and first.commit_s > 0
+    assert farm.submitted == len(CAMERAS), "jobs of the committed episode only"
+    raw = dataset.raw_storage
+    assert raw.exists("raw/episode_000000/episode.json")
+    assert not raw.exists("raw/episode_000001/episode.json")
+    kept = Manifest.model_validate_json(raw.get_bytes("raw/episode_000001/cam0/manifest.json"))
+    assert kept.interrupted and kept.frame_count == 8
+    assert raw.exists("raw/episode_000001/cam1/manifest.json")

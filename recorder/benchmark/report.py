@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from recorder.benchmark.results import STAGES, BenchmarkResult, Verdict
 
 RULE = "=" * 80
@@ -211,6 +213,14 @@ def details(results: list[BenchmarkResult]) -> list[str]:
                      f"(raw flush, manifests, rows) {commit_s(r):.2f}s, "
                      + (f"sending jobs {t.submission_s:.2f}s" if r.mode == "async"
                         else f"inline encoding {t.encoding_s:.2f}s"))
+        waits = sorted(ep.finalize_s for ep in r.episodes)
+        if waits:
+            lines.append(f"    Robot wait at an episode end (save_episode): median "
+                         f"{1000 * statistics.median(waits):.0f} ms, max "
+                         f"{1000 * waits[-1]:.0f} ms"
+                         + (f"; commits behind the next capture: median "
+                            f"{statistics.median(ep.commit_s for ep in r.episodes):.2f}s"
+                            if r.mode == "async" else ""))
         loop_frames = sum(ep.frames for ep in r.episodes)
         lines.append(f"    Frames that missed their capture deadline: {t.late_frames} of "
                      f"{loop_frames}")

@@ -73,7 +73,9 @@ class EpisodeTiming(BaseModel):
     late_frames: int
     writer_waits: int
     frames_recorded: dict[str, int] = Field(description="camera -> frames in its manifest")
-    finalize_s: float
+    finalize_s: float = Field(description="how long save_episode() held the robot")
+    commit_s: float = Field(default=0.0, description="async: the episode's commit, run "
+                                                     "behind the next episode's capture")
     submission_s: float
     inline_encode_s: float
     job_ids: list[str]
@@ -175,6 +177,7 @@ def episode_timing(ep: EpisodeReport) -> EpisodeTiming:
         episode=ep.episode, started_at=c.started_at, capture_s=c.capture_s, frames=c.frames,
         late_frames=c.late_frames, writer_waits=c.writer_waits,
         frames_recorded=dict(ep.frames_recorded), finalize_s=ep.finalize_s,
+        commit_s=ep.commit_s,
         submission_s=ep.submission_s, inline_encode_s=ep.inline_encode_s,
         job_ids=list(ep.job_ids),
     )

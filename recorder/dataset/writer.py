@@ -25,6 +25,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,7 +72,10 @@ class EpisodeReport:
     episode: int  # recording number: names its raw frames and, until packing, its videos
     frames_recorded: dict[str, int]  # camera -> frames in its manifest
     frames: int = 0  # frames added (data rows)
-    finalize_s: float = 0.0  # last segments, manifests, rows and the episode record committed
+    # How long save_episode() held the caller. Async, the commit (last segments, manifests,
+    # rows, then the episode record) runs behind the next episode's capture: commit_s.
+    finalize_s: float = 0.0
+    commit_s: float = 0.0
     submission_s: float = 0.0  # async: sending jobs, waiting for queue room included
     inline_encode_s: float = 0.0  # sync: the recorder blocked on encoding
     writer_waits: int = 0  # frames for which a camera writer was behind and add_frame waited
@@ -94,13 +98,22 @@ class _Episode:
 
 @dataclass
 class _Deferred:
-    """Encode jobs held until their episode is uploaded."""
+    """Encode jobs held until their episode is committed and uploaded."""
 
-    upload: Any  # the upload of the episode's record, the last of its files
     recording: int
     jobs: list[EncodeJob]
     # None: an earlier run's episode, found in the upload spool (its jobs were never sent)
     report: EpisodeReport | None
+    upload: Any = None  # the upload of the episode's record, the last of its files
+    commit: Future[Any] | None = None  # the commit running behind the next capture
+
+    def ready(self) -> bool:
+        """Committed and uploaded; raises the commit's error (WriterFailed, StorageError)."""
+        if self.commit is not None:
+            if not self.commit.done():
+                return False
+            self.upload, self.commit = self.commit.result(), None
+        return self.upload is None or self.upload.done.is_set()
 
 
 def _sampler(stats: ImageStats, stride: int) -> Callable[[int, np.ndarray], None]:
@@ -234,6 +247,9 @@ class FarmDataset:
         self._deferred: list[_Deferred] = []  # async jobs of episodes still uploading
         self._uploads: UploadSpool | None = None  # raw storage that is not a local folder
         self._exit = contextlib.ExitStack()
+        # Async, one episode commits here while the next one is captured; in order.
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        self._exit.callback(self._committer.shutdown)
         self._closed = False
         self._open_or_create()
         leftovers = self._open_spool()
@@ -243,7 +259,7 @@ class FarmDataset:
         # jobs were never sent. Sent (or encoded) here once they are uploaded.
         for key, upload in leftovers.uploads.items():
             if (recording := recording_of_record(key)) is not None:
-                self._deferred.append(_Deferred(upload, recording, [], None))
+                self._deferred.append(_Deferred(recording, [], None, upload=upload))
 
     @classmethod
     def create(cls, repo_id: str, fps: int, features: dict[str, dict], *,
@@ -365,50 +381,63 @@ class FarmDataset:
         return self._episode
 
     def save_episode(self) -> EpisodeReport:
-        """Commit the episode and send its encode jobs (async) or encode it (sync).
+        """End the episode: commit it and send its encode jobs (async), or commit and
+        encode it (sync).
 
-        Returns once its raw frames, rows and record are committed and its jobs sent; the
-        report says how long each step made the caller wait.
+        Async, it returns at once: the commit (the writers' last segments, the manifests,
+        the rows, then the episode record) runs behind the next episode's capture, and the
+        jobs are sent once the episode is committed and uploaded, from the next
+        add_frame(), save_episode() or finalize(). Sync, it returns once the episode is
+        committed and encoded. The report says how long each step made the caller wait.
 
         Raises:
             ValueError: no frame was added since the last save.
             WriterFailed: a camera could not store its frames; what was stored is kept
-                under a manifest marked interrupted, and the episode is not staged.
+                under a manifest marked interrupted, and the episode is not staged. Async,
+                raised by the call after the one that ended that episode.
         """
         episode = self._episode
         if episode is None or not episode.tasks:
             raise ValueError("save_episode: no frame was added since the last save_episode()")
         started = time.perf_counter()
         self._episode = None
-        if self.settings.async_encoding:  # inline: an earlier run's episodes at finalize()
-            self._submit_uploaded()
-        manifests = finish_writers(episode.writers.values(), interrupted=False)
-        uploading = self._stage(episode)
-        report = EpisodeReport(
-            episode=episode.recording, frames=len(episode.tasks),
-            frames_recorded={m.camera: m.frame_count for m in manifests},
-            finalize_s=time.perf_counter() - started, writer_waits=episode.writer_waits)
+        report = EpisodeReport(episode=episode.recording, frames=len(episode.tasks),
+                               frames_recorded={}, writer_waits=episode.writer_waits)
         jobs = [self._job(episode.recording, key, frames=len(episode.tasks))
                 for key in self.video_keys]
         report.job_ids = [job.job_id for job in jobs]
+        if self.settings.async_encoding:
+            commit = self._committer.submit(self._commit, episode, report)
+            self._deferred.append(_Deferred(episode.recording, jobs, report, commit=commit))
+            self.episodes.append(report)
+            self._submit_uploaded()  # inline: an earlier run's episodes at finalize()
+            report.finalize_s = time.perf_counter() - started
+            return report
+        self._commit(episode, report)
+        report.finalize_s = time.perf_counter() - started
         t0 = time.perf_counter()
-        if self.settings.async_encoding and uploading is not None \
-                and not uploading.done.is_set():
-            # Sent once the episode is uploaded, so that no worker waits for its manifest.
-            self._deferred.append(_Deferred(uploading, episode.recording, jobs, report))
-        elif self.settings.async_encoding:
-            self._submit(jobs, report)
-        else:
-            results = [encode_inline(job) for job in jobs]
-            report.inline_encode_s = time.perf_counter() - t0
-            for result in results:
-                if not result.ok:
-                    logger.error("recording %d camera %s: %s", episode.recording,
-                                 result.camera, result.error)
-            self.inline_results += results
+        results = [encode_inline(job) for job in jobs]
+        report.inline_encode_s = time.perf_counter() - t0
+        for result in results:
+            if not result.ok:
+                logger.error("recording %d camera %s: %s", episode.recording,
+                             result.camera, result.error)
+        self.inline_results += results
         self.episodes.append(report)
-        logger.info("recording %d: %d frames saved", episode.recording, report.frames)
         return report
+
+    def _commit(self, episode: _Episode, report: EpisodeReport) -> Any:
+        """Commit the episode: writers finished, then rows and record (_stage).
+
+        Returns the record's upload when it goes through the upload spool, else None.
+        """
+        started = time.perf_counter()
+        manifests = finish_writers(episode.writers.values(), interrupted=False)
+        report.frames_recorded = {m.camera: m.frame_count for m in manifests}
+        uploading = self._stage(episode)
+        report.commit_s = time.perf_counter() - started
+        logger.info("recording %d: %d frames saved", episode.recording, report.frames)
+        return uploading
 
     def _submit(self, jobs: list[EncodeJob], report: EpisodeReport) -> None:
         assert self.farm is not None
@@ -418,8 +447,19 @@ class FarmDataset:
         report.submission_s += time.perf_counter() - t0
 
     def _submit_uploaded(self) -> None:
-        """Send the jobs of episodes whose uploads finished since the last look."""
-        while self._deferred and self._deferred[0].upload.done.is_set():
+        """Send the jobs of episodes committed and uploaded since the last look, in order.
+
+        Raises:
+            WriterFailed, StorageError: an episode's commit failed (raised once).
+        """
+        while self._deferred:
+            try:
+                ready = self._deferred[0].ready()
+            except BaseException:
+                self._deferred.pop(0)  # its frames are kept; it is not staged
+                raise
+            if not ready:
+                return
             deferred = self._deferred.pop(0)
             if deferred.report is None:
                 self._encode_leftover(deferred.recording)
@@ -527,8 +567,9 @@ class FarmDataset:
                                "data marked interrupted and it does not join the dataset",
                                self._episode.recording, len(self._episode.tasks))
             self.clear_episode_buffer()
+            self._committer.shutdown(wait=True)  # every episode is committed now...
             self.finish_uploads()
-            self._submit_uploaded()  # every upload is done now
+            self._submit_uploaded()  # ...and uploaded
             if self.farm is not None and self.settings.async_encoding and self.settings.wait:
                 self._wait_for_farm()
             self.completion = complete_dataset(self.storage, self.raw_storage)
@@ -563,6 +604,9 @@ class FarmDataset:
         try:
             with contextlib.suppress(Exception):
                 self.clear_episode_buffer()
+            # Commits under way keep their episodes' frames (their errors were said, or are
+            # said by whoever aborts).
+            self._committer.shutdown(wait=True)
             self.finish_uploads(timeout_s=INTERRUPT_UPLOAD_GRACE_S)
         finally:
             self._exit.close()
