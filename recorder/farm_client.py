@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import time
@@ -269,6 +270,12 @@ class EncodingFarmClient:
         )
 
     def close(self) -> None:
+        # Jobs not waited for (--no-wait) stay queued at the farm. Their handles stop
+        # listening for results now, while Redis answers; later, their __del__ would.
+        for entry in self._outstanding.values():
+            with contextlib.suppress(Exception):
+                self.app.backend.remove_pending_result(entry.handle)
+            entry.handle.backend = None
         self._redis.close()
         self.app.close()
 

@@ -403,17 +403,15 @@ class FarmDataset:
         self._episode = None
         report = EpisodeReport(episode=episode.recording, frames=len(episode.tasks),
                                frames_recorded={}, writer_waits=episode.writer_waits)
-        jobs = [self._job(episode.recording, key, frames=len(episode.tasks))
-                for key in self.video_keys]
-        report.job_ids = [job.job_id for job in jobs]
+        jobs: list[EncodeJob] = []  # made by the commit
         if self.settings.async_encoding:
-            commit = self._committer.submit(self._commit, episode, report)
+            commit = self._committer.submit(self._commit, episode, report, jobs)
             self._deferred.append(_Deferred(episode.recording, jobs, report, commit=commit))
             self.episodes.append(report)
             self._submit_uploaded()  # inline: an earlier run's episodes at finalize()
             report.finalize_s = time.perf_counter() - started
             return report
-        self._commit(episode, report)
+        self._commit(episode, report, jobs)
         report.finalize_s = time.perf_counter() - started
         t0 = time.perf_counter()
         results = [encode_inline(job) for job in jobs]
@@ -426,8 +424,9 @@ class FarmDataset:
         self.episodes.append(report)
         return report
 
-    def _commit(self, episode: _Episode, report: EpisodeReport) -> Any:
-        """Commit the episode: writers finished, then rows and record (_stage).
+    def _commit(self, episode: _Episode, report: EpisodeReport, jobs: list[EncodeJob]) -> Any:
+        """Commit the episode: writers finished, then rows and record (_stage); add its
+        encode jobs to jobs.
 
         Returns the record's upload when it goes through the upload spool, else None.
         """
@@ -435,6 +434,9 @@ class FarmDataset:
         manifests = finish_writers(episode.writers.values(), interrupted=False)
         report.frames_recorded = {m.camera: m.frame_count for m in manifests}
         uploading = self._stage(episode)
+        jobs += [self._job(episode.recording, key, frames=len(episode.tasks))
+                 for key in self.video_keys]
+        report.job_ids = [job.job_id for job in jobs]
         report.commit_s = time.perf_counter() - started
         logger.info("recording %d: %d frames saved", episode.recording, report.frames)
         return uploading
