@@ -10,7 +10,6 @@ import os
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from encoder_worker.broker import BrokerUnreachable, check_broker, redis_client
@@ -76,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.loglevel.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.nice:
+        from encoder_worker.priority import lower_priority
+
         lower_priority(settings.nice)
     for flag, url in (("--storage", settings.storage),
                       ("--output-storage", settings.output_storage)):
@@ -202,23 +203,6 @@ def print_failures(failures: dict[str, dict], *, as_json: bool) -> None:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["failed_at"]))
         where = f"episode {result.get('episode', '?')} camera {result.get('camera', '?')}"
         print(f"{at}  {job_id}  {where}: {result.get('error')}")
-
-
-def lower_priority(nice: int) -> None:
-    """Add nice to this process, and to its autogroup where the kernel has one.
-
-    With autogroup scheduling (on by default in most distributions' kernels) a process's
-    nice counts only within its session's group; a worker in its own session would
-    otherwise compete with the record loop as an equal (measured: late frames).
-    """
-    os.nice(nice)
-    autogroup = Path("/proc/self/autogroup")
-    if autogroup.exists():
-        try:
-            autogroup.write_text(str(nice))
-        except OSError as exc:
-            logging.getLogger(__name__).warning("could not lower the autogroup's priority: %s",
-                                                exc)
 
 
 def run_worker(settings: WorkerSettings, *, hostname: str | None, pool: str) -> int:

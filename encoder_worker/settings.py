@@ -94,6 +94,10 @@ class WorkerSettings(BaseSettings):
     failed_keep_s: int = Field(
         default=7 * 24 * 3600, gt=0,
         description="seconds failed jobs are kept for `encoder-worker failed` and `requeue`")
+    idle_priority: bool = Field(
+        default=False,
+        description="encode in Linux's SCHED_IDLE class: CPU only when nothing else on the "
+                    "host wants it (beside a record loop)")
     nice: int = Field(default=0, ge=0, le=19,
                       description="lower the worker's CPU priority (beside a record loop)")
     metrics_port: int | None = Field(

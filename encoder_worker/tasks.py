@@ -20,6 +20,7 @@ from encoder_worker.encode import ProgressCallback, encode_job
 from encoder_worker.jobs import EncodeJob, EncodeResult, Status
 from encoder_worker.ledger import JobLease, JobLedger, LeaseLost, LeaseReaper
 from encoder_worker.metrics import count_retry, count_takeover, job_progress
+from encoder_worker.priority import idle_scheduling
 from encoder_worker.raw_episode import manifest_key
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import StorageError, local_storage_id, open_storage, within
@@ -235,8 +236,9 @@ def _encode_counted(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
                  "each time (out of memory? a codec crash?); see the workers' logs",
             worker_host=socket.gethostname(), worker_pid=os.getpid())
     try:
-        result = encode_job(job, scratch_dir=settings.scratch_dir, before_publish=lease.check,
-                            progress=progress)
+        with idle_scheduling(settings.idle_priority):
+            result = encode_job(job, scratch_dir=settings.scratch_dir,
+                                before_publish=lease.check, progress=progress)
     except (StorageError, OSError, LeaseLost, SoftTimeLimitExceeded):
         # The worker lived: this start is not a worker death. Transient errors have their
         # own count (Celery's retries); without this, 3 of them failed the job for good.
