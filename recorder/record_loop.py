@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from recorder.cameras import CameraSource
@@ -20,6 +20,16 @@ class CaptureStats:
     started_at: float = 0.0  # unix time of the first deadline
     capture_s: float = 0.0
     interrupted: bool = False
+    # Seconds the loop worked in each slot (cameras read, robot read, add_frame): the
+    # headroom left of a period. The synthetic cameras' own cost is in it.
+    busy_s: list[float] = field(default_factory=list)
+
+    def busy_ms(self, quantile: float) -> float:
+        """A quantile (0.5: the median) of the loop's busy time per slot, in ms."""
+        if not self.busy_s:
+            return 0.0
+        ordered = sorted(self.busy_s)
+        return 1000 * ordered[min(len(ordered) - 1, round(quantile * (len(ordered) - 1)))]
 
 
 def record_episode(
@@ -55,6 +65,7 @@ def record_episode(
         delay = deadline - time.perf_counter()
         if delay > 0:
             time.sleep(delay)  # the pacing of a fixed-rate loop, not a synchronisation
+        slot_started = time.perf_counter()
         frame: dict[str, Any] = {key: camera.read()
                                  for key, camera in zip(keys, cameras, strict=True)}
         if robot is not None:
@@ -62,7 +73,9 @@ def record_episode(
         frame["task"] = task
         add_frame(frame)
         stats.frames += 1
-        if time.perf_counter() > deadline + period:
+        done = time.perf_counter()
+        stats.busy_s.append(done - slot_started)
+        if done > deadline + period:
             stats.late_frames += 1
         if on_frame is not None:
             on_frame(stats.frames)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -160,3 +161,24 @@ def test_demo_compares_then_sweeps_workers(tmp_path: Path,
     assert [r.mode for r in results].count("sync") == 1
     assert len(list(out.glob("timeline_*.png"))) == 1
     assert len(list(out.glob("workers_*.png"))) == 1
+
+
+@pytest.mark.integration
+def test_background_load_runs_beside_the_recording_and_is_reported(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results"
+    code = main(["benchmark", *SMALL, "--background-load", "1", "--output-dir", str(out)])
+    assert code == 0
+    (result_file,) = out.glob("sync_benchmark_*.json")
+    result = load(result_file)
+    assert result.config.background_load == 1
+    for episode in result.episodes:
+        assert 0 < episode.busy_ms_median <= episode.busy_ms_p99
+    printed = capsys.readouterr().out
+    assert "1 background load processes" in printed
+    assert "Late slots per episode: " in printed and "the loop's work per slot" in printed
+    # The load's files are removed as it goes, and its processes with the run.
+    assert not list(out.glob(".background-load-*"))
+    left = subprocess.run(["pgrep", "-f", f"recorder.benchmark.background 0 {out.absolute()}"],
+                          capture_output=True, text=True)
+    assert left.returncode == 1, f"load processes still running: {left.stdout}"

@@ -193,7 +193,9 @@ def details(results: list[BenchmarkResult]) -> list[str]:
         t = r.totals
         label = "Sync" if r.mode == "sync" else "Async"
         lines.append(f"  {label} ({r.config.cameras} camera(s), {r.config.width}x"
-                     f"{r.config.height} @ {r.config.fps} fps, {r.config.codec}):")
+                     f"{r.config.height} @ {r.config.fps} fps, {r.config.codec}"
+                     + (f", {r.config.background_load} background load processes"
+                        if r.config.background_load else "") + "):")
         if r.mode == "async":
             if t.drain_from_first_frame_s is None or t.drain_from_last_frame_s is None:
                 lines.append("    All videos ready: not waited for")
@@ -221,6 +223,14 @@ def details(results: list[BenchmarkResult]) -> list[str]:
                          + (f"; commits behind the next capture: median "
                             f"{statistics.median(ep.commit_s for ep in r.episodes):.2f}s"
                             if r.mode == "async" else ""))
+        if r.episodes:
+            period_ms = 1000 / r.config.fps
+            lines.append(
+                "    Late slots per episode: "
+                + ", ".join(str(ep.late_frames) for ep in r.episodes)
+                + f"; the loop's work per slot (cameras, robot, add_frame): median "
+                f"{statistics.median(ep.busy_ms_median for ep in r.episodes):.1f} ms, p99 "
+                f"{max(ep.busy_ms_p99 for ep in r.episodes):.1f} ms of {period_ms:.1f} ms")
         loop_frames = sum(ep.frames for ep in r.episodes)
         lines.append(f"    Frames that missed their capture deadline: {t.late_frames} of "
                      f"{loop_frames}")

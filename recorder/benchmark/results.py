@@ -44,6 +44,7 @@ class BenchmarkConfig(BaseModel):
     video_encoding_queue_size: int
     broker: str | None = Field(default=None, description="external farm, password removed")
     storage: str = Field(description="where this run's raw episodes and videos went")
+    background_load: int = Field(default=0, description="--background-load processes")
 
 
 class EnvironmentInfo(BaseModel):
@@ -72,6 +73,9 @@ class EpisodeTiming(BaseModel):
     frames: int = Field(description="frames captured per camera")
     late_frames: int
     writer_waits: int
+    busy_ms_median: float = Field(default=0.0, description="the loop's work per slot (cameras, "
+                                                           "robot, add_frame): median")
+    busy_ms_p99: float = Field(default=0.0, description="the same, 99th percentile")
     frames_recorded: dict[str, int] = Field(description="camera -> frames in its manifest")
     finalize_s: float = Field(description="how long save_episode() held the robot")
     commit_s: float = Field(default=0.0, description="async: the episode's commit, run "
@@ -176,6 +180,7 @@ def episode_timing(ep: EpisodeReport) -> EpisodeTiming:
     return EpisodeTiming(
         episode=ep.episode, started_at=c.started_at, capture_s=c.capture_s, frames=c.frames,
         late_frames=c.late_frames, writer_waits=c.writer_waits,
+        busy_ms_median=c.busy_ms(0.5), busy_ms_p99=c.busy_ms(0.99),
         frames_recorded=dict(ep.frames_recorded), finalize_s=ep.finalize_s,
         commit_s=ep.commit_s,
         submission_s=ep.submission_s, inline_encode_s=ep.inline_encode_s,

@@ -17,6 +17,7 @@ from rich.progress import Progress
 
 from encoder_worker.broker import redact, redis_client
 from recorder.benchmark import environment
+from recorder.benchmark.background import background_load
 from recorder.benchmark.report import verdicts
 from recorder.benchmark.results import (
     BenchmarkConfig,
@@ -123,7 +124,10 @@ def run_once(settings: BenchmarkSettings, mode: Mode, *, console: Console,
             env = environment.collect(codec=settings.codec, broker=settings.broker,
                                       async_encoding=mode == "async",
                                       workers_answering=answering)
-            with _outstanding_display(progress, farm):
+            run_dir = settings.output_dir.absolute()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with _outstanding_display(progress, farm), \
+                    background_load(settings.background_load, folder=run_dir):
                 session = RecordingSession(run_settings, cameras, farm=farm, progress=progress)
                 report = session.run()
     finally:
@@ -159,6 +163,7 @@ def _config(settings: BenchmarkSettings, mode: Mode, *, storage: str, width: int
         video_encoding_workers=settings.video_encoding_workers,
         video_encoding_queue_size=settings.video_encoding_queue_size,
         broker=redact(settings.broker), storage=storage,
+        background_load=settings.background_load,
     )
 
 
