@@ -44,3 +44,28 @@ def test_an_idle_encode_and_its_threads_leave_earlier_threads_alone():
         assert os.sched_getscheduler(0) == before
     with idle_scheduling(False):
         assert os.sched_getscheduler(0) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root, as SVT-AV1 found it")
+def test_real_time_codec_threads_are_demoted_to_the_encodes_class():
+    from encoder_worker.encode import demote_realtime_threads
+
+    ready, done = threading.Event(), threading.Event()
+    tid: list[int] = []
+
+    def codec_thread() -> None:  # what SVT-AV1 does to its threads as root
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(99))
+        tid.append(threading.get_native_id())
+        ready.set()
+        done.wait()
+
+    thread = threading.Thread(target=codec_thread)
+    thread.start()
+    ready.wait()
+    try:
+        with idle_scheduling(True):
+            assert demote_realtime_threads() >= 1
+            assert os.sched_getscheduler(tid[0]) == os.SCHED_IDLE
+    finally:
+        done.set()
+        thread.join()
