@@ -1,4 +1,5 @@
-"""kombu's Redis transport, hardened: what is on the queue never takes a worker down.
+"""kombu's Redis transports (direct and Sentinel), hardened: what is on the queue never
+takes a worker down.
 
 Anyone who can write to the farm's Redis can push anything onto the encode list. kombu
 decodes each item as a message envelope and raises on one that is not: the worker that
@@ -18,7 +19,7 @@ import time
 from queue import Empty
 from typing import Any
 
-from kombu.transport import redis
+from kombu.transport import TRANSPORT_ALIASES, redis
 
 from encoder_worker.ledger import REJECTED_KEY
 
@@ -64,32 +65,60 @@ def set_aside(client: Any, item: str | None, reason: str, *, queue: str) -> None
         logger.exception("could not set the rejected item aside on %s", REJECTED_KEY)
 
 
-class Channel(redis.Channel):
+class SetsAsideBadItems:
+    """Channel mixin: an item that is not JSON is set aside, as if the queue were empty."""
+
+    client: Any
+
     def _brpop_read(self, **options: Any) -> bool:
         try:
-            return bool(super()._brpop_read(**options))
+            return bool(super()._brpop_read(**options))  # type: ignore[misc]
         except json.JSONDecodeError as exc:  # the item is not JSON at all
             set_aside(self.client, exc.doc, f"not JSON: {exc}", queue="?")
             raise Empty() from None
 
     def _get(self, queue: str, timeout: Any = None) -> Any:
         try:
-            return super()._get(queue)
+            return super()._get(queue)  # type: ignore[misc]
         except json.JSONDecodeError as exc:
             set_aside(self.client, exc.doc, f"not JSON: {exc}", queue=queue)
             raise Empty() from None
 
 
-class Transport(redis.Transport):
-    Channel = Channel
+class DeliversOnlyEnvelopes:
+    """Transport mixin: a JSON item that is not a message envelope is set aside."""
+
+    channels: list[Any]
 
     def _deliver(self, message: Any, queue: str) -> None:
         problem = envelope_problem(message)
         if problem is None:
-            super()._deliver(message, queue)
+            super()._deliver(message, queue)  # type: ignore[misc]
             return
         channel = self.channels[0] if self.channels else None
         if channel is not None:
             set_aside(channel.client, json.dumps(message), problem, queue=queue)
         else:
             logger.error("rejected an item on queue %s: %s", queue, problem)
+
+
+class Channel(SetsAsideBadItems, redis.Channel):
+    pass
+
+
+class Transport(DeliversOnlyEnvelopes, redis.Transport):
+    Channel = Channel
+
+
+# The same over Redis Sentinel: kombu's Sentinel channel finds the master, ours reads.
+class SentinelChannel(SetsAsideBadItems, redis.SentinelChannel):
+    pass
+
+
+class SentinelTransport(DeliversOnlyEnvelopes, redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
+# After a failed connection kombu moves on to the next sentinel's address and takes the
+# transport from that address's scheme, dropping broker_transport: the scheme names ours.
+TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
+from encoder_worker.broker import redact
 from encoder_worker.storage import StorageError, open_storage
 from recorder.settings import RecorderSettings
 
@@ -36,7 +37,7 @@ def check_farm_storage(settings: RecorderSettings) -> None:
         if not open_storage(url).shared_across_hosts:
             raise ValueError(
                 f"{flag} {url} is a folder on this machine, but workers of the farm at "
-                f"{broker} can run on other machines and cannot reach it: use {flag} "
+                f"{redact(broker)} can run on other machines and cannot reach it: use {flag} "
                 "s3://bucket/prefix, a broker on this machine (localhost) with local "
                 "workers, or --shared-folder if every worker mounts this folder (NFS) and "
                 "names its mount with encoder-worker --storage"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from recorder.cameras.synthetic import synthetic_cameras
 from recorder.dataset import FarmDataset
 from recorder.robot import SyntheticRobot
@@ -18,9 +20,10 @@ def features(width: int = 320, height: int = 240, *, cameras: list[str] = CAMERA
     return result | SyntheticRobot(dof=dof).features()
 
 
-def record_episodes(dataset: FarmDataset, *, episodes: int, frames: int,
-                    seed: int = 0) -> None:
-    """episodes episodes of frames frames; the task changes halfway through each."""
+def record_episodes(dataset: FarmDataset, *, episodes: int, frames: int, seed: int = 0,
+                    after_frame: Callable[[], object] | None = None) -> None:
+    """episodes episodes of frames frames; the task changes halfway through each.
+    after_frame, if given, is called after each add_frame (to act mid-session)."""
     shape = dataset.features[f"observation.images.{CAMERAS[0]}"]["shape"]
     cameras = synthetic_cameras(len(CAMERAS), width=shape[1], height=shape[0],
                                 fps=dataset.fps, seed=seed)
@@ -31,4 +34,6 @@ def record_episodes(dataset: FarmDataset, *, episodes: int, frames: int,
             frame |= robot.read()
             frame["task"] = TASKS[0] if index < frames // 2 else TASKS[1]
             dataset.add_frame(frame)
+            if after_frame is not None:
+                after_frame()
         dataset.save_episode()
