@@ -20,6 +20,7 @@ from encoder_worker.raw_episode import Manifest
 from encoder_worker.storage import Storage, open_storage
 from recorder.dataset import metadata
 from recorder.dataset.complete import Completion, complete_dataset
+from recorder.dataset.pack import video_file_key
 from recorder.dataset.staging import load_staged, staged_recordings
 from recorder.dataset.writer import encode_inline, episode_job
 from recorder.farm_setup import RecorderError, farm_for
@@ -36,28 +37,51 @@ class PendingScan:
     unstaged: list[tuple[int, str]] = field(default_factory=list)  # (recording, camera)
     # raw frames with no episode record: interrupted, or cleared by clear_episode_buffer()
     done: int = 0  # videos of staged episodes that are published
+    lost: list[tuple[int, str, str]] = field(default_factory=list)  # (recording, feature,
+    # packed file) of an episode in the dataset whose packed video file is missing
     lengths: dict[int, int] = field(default_factory=dict)  # recording -> frames, if pending
 
 
-def scan_pending(raw: Storage, dataset: Storage) -> PendingScan:
-    """Compare staged episodes with published videos; list raw frames of no episode."""
+def scan_pending(raw: Storage, dataset: Storage, *,
+                 in_dataset: dict[int, dict[str, str]] | None = None) -> PendingScan:
+    """Compare staged episodes with published videos; list raw frames of no episode.
+
+    Args:
+        in_dataset: recording -> feature -> video file, of episodes in the dataset (their
+            rows say where their videos are; `recorder pack` moves them).
+    """
     scan = PendingScan()
     staged = set()
     for recording in staged_recordings(raw):
         staged.add(recording)
         episode = load_staged(raw, recording)
+        where = (in_dataset or {}).get(recording, {})
         for key, video in sorted(episode.videos.items()):
-            if dataset.exists(video):
+            actual = where.get(key, video)
+            if dataset.exists(actual):
                 scan.done += 1
-            else:
+            elif actual == video:
                 scan.pending.append((recording, key, video))
                 scan.lengths[recording] = episode.length
+            else:  # a packed file: re-encoding one episode cannot restore it
+                scan.lost.append((recording, key, actual))
     for key in raw.list_keys("raw"):
         match = _MANIFEST.match(key)
         if match is not None and int(match.group(1)) not in staged:
             manifest = Manifest.model_validate_json(raw.get_bytes(key))
             scan.unstaged.append((manifest.episode, manifest.camera))
     return scan
+
+
+def videos_in_dataset(dataset: Storage, info: dict) -> dict[int, dict[str, str]]:
+    """recording -> video feature -> the video file its episode row names (v3.0)."""
+    if info["codebase_version"] != "v3.0":
+        return {}  # v2.1 is never packed: its episodes' videos are where they were made
+    video_keys = [k for k, f in info["features"].items() if f["dtype"] == "video"]
+    rows = metadata.read_episode_rows(dataset, "v3.0", info["total_episodes"])
+    return {row[metadata.RECORDING_COLUMN]: {key: video_file_key(row, key)
+                                             for key in video_keys}
+            for row in rows if row.get(metadata.RECORDING_COLUMN) is not None}
 
 
 def encode_pending(settings: RecorderSettings, *, console: Console,
@@ -74,9 +98,13 @@ def encode_pending(settings: RecorderSettings, *, console: Console,
     if info is None:
         raise RecorderError(f"{dataset.url} holds no dataset (no meta/info.json): check "
                             "--output-dir/--repo-id or --storage")
-    scan = scan_pending(raw, dataset)
+    scan = scan_pending(raw, dataset, in_dataset=videos_in_dataset(dataset, info))
     console.print(f"{len(scan.pending)} videos to encode, {scan.done} already there; "
                   f"raw episodes in {raw.url}")
+    for recording, key, video in scan.lost:
+        console.print(f"recording {recording} {key}: its packed video {video} is missing; "
+                      "restore it from a backup (one episode cannot be re-encoded into a "
+                      "packed file)")
     for recording, camera in scan.unstaged:
         console.print(f"recording {recording} camera {camera} was interrupted while "
                       "recording: its frames are kept but it is not encoded")

@@ -123,6 +123,17 @@ def test_inline_dataset_meets_the_v3_contract_packed_and_appended(tmp_path):
     assert len(list(root.glob("videos/*/*/*.mp4"))) == len(CAMERAS)
     check_v3_dataset(root, raw_url=str(root), episodes=3, cameras=CAMERAS,
                      frames_per_episode=20)
+    # Packed episodes' per-episode videos are gone, and nothing is missing (before: all 6
+    # were encoded again).
+    pending = run_recorder("encode-pending", "--storage", str(root), "--dry-run")
+    assert "0 videos to encode, 6 already there" in pending.stdout, pending.stdout
+    packed = sorted(root.glob("videos/observation.images.cam1/*/*.mp4"))[0]
+    hidden = packed.rename(packed.with_suffix(".bak"))
+    pending = run_recorder("encode-pending", "--storage", str(root), "--dry-run")
+    said = " ".join(pending.stdout.split())  # the console wraps long lines
+    assert "observation.images.cam1: its packed video" in said, said
+    assert "restore it from a backup" in said
+    hidden.rename(packed)
 
     # Appending: recording numbers and episode indices continue after the packed files.
     again = create(root)

@@ -63,7 +63,7 @@ def complete_dataset(dataset: Storage, raw: Storage) -> Completion:
         fmt = info["codebase_version"]
         layout = Layout(fmt)
         rows = metadata.read_episode_rows(dataset, fmt, info["total_episodes"])
-        joined = {row.get(metadata.RECORDING_COLUMN) for row in rows}
+        joined = metadata.joined_recordings(rows)
         staged = [r for r in staged_recordings(raw) if r not in joined]
         tasks = metadata.read_tasks(dataset, fmt)
         result = Completion()

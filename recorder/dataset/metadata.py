@@ -152,6 +152,11 @@ def write_tasks(storage: Storage, format: DatasetFormat, tasks: list[str]) -> No
     storage.put_bytes(TASKS_KEY, buffer.getvalue())
 
 
+def joined_recordings(rows: list[dict[str, Any]]) -> set[int]:
+    """The recording numbers of these episode rows: episodes in the dataset."""
+    return {row[RECORDING_COLUMN] for row in rows if row.get(RECORDING_COLUMN) is not None}
+
+
 def read_episode_rows(storage: Storage, format: DatasetFormat,
                       total_episodes: int) -> list[dict[str, Any]]:
     """The rows of the first total_episodes episodes (rows beyond are not committed)."""

@@ -202,7 +202,7 @@ def _delete_unreferenced(dataset: Storage, raw: Storage, rows: list[dict[str, An
                          video_keys: list[str]) -> int:
     """Delete video files that no episode row and no staged episode refers to."""
     referenced = {video_file_key(row, key) for row in rows for key in video_keys}
-    joined = {row.get(metadata.RECORDING_COLUMN) for row in rows}
+    joined = metadata.joined_recordings(rows)
     for recording in staged_recordings(raw):
         if recording not in joined:  # its video waits to join: keep it
             referenced.update(load_staged(raw, recording).videos.values())
