@@ -93,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         except (StorageError, ValueError) as exc:
             print(f"encoder-worker: {flag} {url}: {exc}", file=sys.stderr)
             return 1
-    try:
-        check_broker(settings.broker)
-    except (BrokerUnreachable, ValueError) as exc:
-        print(f"encoder-worker: {exc}", file=sys.stderr)
+    if not _broker_answers(settings.broker):
         return 1
     if settings.metrics_port is not None:
         from encoder_worker.metrics import MetricsServerError, start_metrics_server
@@ -114,10 +111,7 @@ def run_failed_command(parser: argparse.ArgumentParser, args: argparse.Namespace
     """`encoder-worker failed` and `encoder-worker requeue`."""
     if args.command == "requeue" and bool(args.job_ids) == bool(args.all_failed):
         parser.error("requeue needs JOB_ID ... or --all-failed (one of them)")
-    try:
-        check_broker(settings.broker)
-    except (BrokerUnreachable, ValueError) as exc:
-        print(f"encoder-worker: {exc}", file=sys.stderr)
+    if not _broker_answers(settings.broker):
         return 1
     from encoder_worker.ledger import JobLedger
 
@@ -149,10 +143,7 @@ def run_failed_command(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 def run_status_command(args: argparse.Namespace, settings: WorkerSettings) -> int:
     """`encoder-worker status`."""
-    try:
-        check_broker(settings.broker)
-    except (BrokerUnreachable, ValueError) as exc:
-        print(f"encoder-worker: {exc}", file=sys.stderr)
+    if not _broker_answers(settings.broker):
         return 1
     from encoder_worker.status_view import run_status
 
@@ -163,10 +154,7 @@ def run_status_command(args: argparse.Namespace, settings: WorkerSettings) -> in
 
 def run_ping_command(args: argparse.Namespace, settings: WorkerSettings) -> int:
     """`encoder-worker ping`: does a worker on this host answer through Redis?"""
-    try:
-        check_broker(settings.broker)
-    except (BrokerUnreachable, ValueError) as exc:
-        print(f"encoder-worker: {exc}", file=sys.stderr)
+    if not _broker_answers(settings.broker):
         return 1
     from encoder_worker.celery_app import make_app
 
@@ -189,6 +177,16 @@ def run_ping_command(args: argparse.Namespace, settings: WorkerSettings) -> int:
         return 1
     print(f"pong from {', '.join(sorted(answered))}")
     return 0
+
+
+def _broker_answers(broker: str) -> bool:
+    """Ping the broker once; False, having said why, when it does not answer."""
+    try:
+        check_broker(broker)
+    except (BrokerUnreachable, ValueError) as exc:
+        print(f"encoder-worker: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def print_failures(failures: dict[str, dict], *, as_json: bool) -> None:
