@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -94,3 +96,55 @@ def test_stream_urls_are_live_sources(tmp_path: Path) -> None:
     # Nothing listens there: a live source fails at open, before any recording.
     with pytest.raises(CameraError, match="cannot open"):
         LiveCamera("tcp://127.0.0.1:9/", name="cam0")
+
+
+def test_a_file_decoded_slower_than_real_time_falls_behind_instead_of_spiralling(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    video = make_video(tmp_path / "v.mp4", frames=20, fps=20)
+    clock = FakeClock()
+    camera = VideoFileCamera(video, name="cam0", clock=clock)
+    decode = camera._next_frame
+    decodes = []
+
+    def slow_decode():  # 3 frame periods per frame: this host cannot keep up
+        decodes.append(1)
+        time.sleep(0.15)
+        return decode()
+
+    camera._next_frame = slow_decode  # type: ignore[method-assign]
+    camera.read()
+    for _ in range(3):
+        clock.now += 10.0  # the loop asks for the frame due 10 s later each time
+        decodes.clear()
+        camera.read()
+        # Before: every frame due (200) was decoded in this one read, ever slower.
+        assert len(decodes) <= 2
+    camera.close()
+    assert "cannot be decoded in real time here; its replay falls behind" in caplog.text
+
+
+def test_frame_times_that_do_not_increase_are_replaced_by_index(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    video = make_video(tmp_path / "v.mp4", frames=4, fps=10)
+    clock = FakeClock()
+    camera = VideoFileCamera(video, name="cam0", clock=clock)
+    # A file whose frames all carry the same time, as some broken MP4s do.
+    frames = []
+    for i in range(4):
+        frame = av.VideoFrame.from_ndarray(
+            np.full((120, 160, 3), i * LEVEL_STEP, np.uint8), format="rgb24")
+        frame.pts, frame.time_base = 7, Fraction(1, 10)
+        frames.append(frame)
+    camera._container.close()
+    camera._container = SimpleNamespace(  # type: ignore[assignment]
+        decode=lambda video=0: iter(frames), seek=lambda *_: None, close=lambda: None)
+    camera._frames = camera._decode()
+    camera._current, camera._upcoming, camera._origin = camera._next_frame(), None, None
+    seen = []
+    for step in range(4):
+        clock.now = 100.0 + step / 10 + (0.01 if step else 0)  # the first read is the origin
+        seen.append(frame_index(camera.read()))
+    camera.close()
+    assert seen == [0, 1, 2, 3]
+    assert "do not increase (frame 1); timing its frames by their index at 10 fps" \
+        in caplog.text

@@ -88,7 +88,10 @@ class VideoFileCamera:
     read() returns the frame due at the time since the first read (the start of recording):
     frames that fell due in between are skipped, and a frame is returned again while the
     next is not yet due. At the end of the file the replay loops to its beginning, so
-    episodes may be longer than the file.
+    episodes may be longer than the file. A file that cannot be decoded in real time falls
+    behind instead of catching up without end: a read decodes for at most one frame period,
+    then the replay goes on from where it got (said once). Frame times that do not increase
+    (a broken file) are replaced by the frame's index at the file's rate (said once).
     """
 
     def __init__(self, path: str | Path, *, name: str, width: int | None = None,
@@ -114,14 +117,24 @@ class VideoFileCamera:
         self._current = first
         self._upcoming: tuple[float, av.VideoFrame] | None = None
         self._origin: float | None = None
+        self._said_behind = False
 
     def _decode(self) -> Iterator[tuple[float, av.VideoFrame]]:
         start: float | None = None
+        previous: float | None = None
+        by_index = False
         for index, frame in enumerate(self._container.decode(video=0)):
             t = float(frame.time) if frame.time is not None else index * self._period
             if start is None:
                 start = t
-            yield t - start, frame
+            if previous is not None and not by_index and t - start <= previous:
+                by_index = True
+                logger.warning("camera %s: the frame times of %s do not increase (frame %d); "
+                               "timing its frames by their index at %.3g fps instead",
+                               self.name, self.source, index, self.native_fps)
+            previous = previous + self._period if by_index and previous is not None \
+                else t - start
+            yield previous, frame
 
     def _next_frame(self) -> tuple[float, av.VideoFrame]:
         try:
@@ -145,13 +158,27 @@ class VideoFileCamera:
         if self._origin is None:
             self._origin = now
         due = now - self._origin
+        decode_started = time.perf_counter()  # real time, whatever the clock
         while True:
             if self._upcoming is None:
+                if time.perf_counter() - decode_started > self._period:
+                    self._fall_behind(now)
+                    break
                 self._upcoming = self._next_frame()
             if self._upcoming[0] > due:
                 break
             self._current, self._upcoming = self._upcoming, None
         return self._convert(self._current[1])
+
+    def _fall_behind(self, now: float) -> None:
+        """Decoding is slower than the file's rate: go on from the current frame later."""
+        assert self._origin is not None
+        self._origin = now - self._current[0]
+        if not self._said_behind:
+            self._said_behind = True
+            logger.warning("camera %s: %s cannot be decoded in real time here; its replay "
+                           "falls behind (frames repeat, and the capture loop's slots may "
+                           "run late)", self.name, self.source)
 
     def close(self) -> None:
         self._container.close()
