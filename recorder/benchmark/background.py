@@ -24,10 +24,11 @@ WRITE_BYTES = 64 * 1024 * 1024
 
 
 @contextlib.contextmanager
-def background_load(processes: int, *, folder: Path) -> Iterator[None]:
-    """processes load processes writing in folder, for as long as the block runs."""
+def background_load(processes: int, *, folder: Path, seconds: float) -> Iterator[None]:
+    """processes load processes writing in folder for seconds (the capture: a load through
+    the drain would starve SCHED_IDLE workers), stopped at the block's end at the latest."""
     started = [subprocess.Popen([sys.executable, "-m", "recorder.benchmark.background",
-                                 "0", str(folder)], stdin=subprocess.DEVNULL,
+                                 f"{seconds:g}", str(folder)], stdin=subprocess.DEVNULL,
                                 start_new_session=True)
                for _ in range(processes)]
     try:

@@ -127,7 +127,9 @@ def run_once(settings: BenchmarkSettings, mode: Mode, *, console: Console,
             run_dir = settings.output_dir.absolute()
             run_dir.mkdir(parents=True, exist_ok=True)
             with _outstanding_display(progress, farm), \
-                    background_load(settings.background_load, folder=run_dir):
+                    background_load(settings.background_load, folder=run_dir,
+                                    seconds=settings.episodes * (settings.episode_time
+                                                                 + settings.reset_time)):
                 session = RecordingSession(run_settings, cameras, farm=farm, progress=progress)
                 report = session.run()
     finally:

@@ -29,9 +29,9 @@ class BenchmarkSettings(RecorderSettings):
         default_factory=list, description="real mode: a V4L2 device, stream URL or video file")
     background_load: int = Field(
         default=0, ge=0, le=64,
-        description="processes of reproducible background load during each run, at normal "
-                    "priority: CPU work plus 64 MB written and fsynced every 2 s each "
-                    "(recorder/benchmark/background.py)")
+        description="processes of reproducible background load during each run's capture, "
+                    "at normal priority: CPU work plus 64 MB written and fsynced every 2 s "
+                    "each (recorder/benchmark/background.py)")
     keep_raw: bool = Field(default=False,
                            description="keep the runs' raw frames (large) after encoding")
 
