@@ -11,7 +11,7 @@ LEROBOT_VENV ?= .venv-lerobot
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[recorder,test]'
 	touch $@
 
 # The zero-config default: a private Redis and 2 local workers, 2 cameras, 2 episodes.
@@ -28,7 +28,7 @@ test-fast: $(BIN)/.installed
 $(LEROBOT_VENV)/.installed: pyproject.toml
 	$(PYTHON312) -m venv $(LEROBOT_VENV)
 	$(LEROBOT_VENV)/bin/pip install -q --upgrade pip
-	$(LEROBOT_VENV)/bin/pip install -q 'lerobot[dataset]==0.6.1' -e '.[test]'
+	$(LEROBOT_VENV)/bin/pip install -q 'lerobot[dataset]==0.6.1' -e '.[recorder,test]'
 	touch $@
 
 lerobot-conformance: $(LEROBOT_VENV)/.installed
