@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -322,3 +323,29 @@ def test_async_commit_runs_behind_the_next_episode_and_its_failure_is_raised(
     kept = Manifest.model_validate_json(raw.get_bytes("raw/episode_000001/cam0/manifest.json"))
     assert kept.interrupted and kept.frame_count == 8
     assert raw.exists("raw/episode_000001/cam1/manifest.json")
+
+
+@pytest.mark.integration
+def test_uploads_are_finished_only_after_the_last_commit(moto_server, s3_url, broker_url,
+                                                        tmp_path, monkeypatch):
+    # The last episode commits behind save_episode(); closing the upload spool before its
+    # commit queued the last segment and manifest left them in the spool and its jobs
+    # waiting for a manifest (found by the compose test on a loaded machine).
+    with EncodingFarmClient(broker_url) as farm:
+        dataset = FarmDataset.create("test/dataset", fps=30, features=features(160, 120),
+                                     root=s3_url, spool_dir=tmp_path / "spool",
+                                     async_encoding=True, wait=False, farm=farm, **FAST)
+        commit = dataset._commit
+
+        def slow_commit(*args):  # a loaded robot host: the flush takes a while
+            time.sleep(1.0)
+            return commit(*args)
+
+        monkeypatch.setattr(dataset, "_commit", slow_commit)
+        record_episodes(dataset, episodes=1, frames=10)
+        dataset.finish_uploads()
+        for camera in CAMERAS:
+            assert dataset.raw_storage.exists(f"raw/episode_000000/{camera}/manifest.json")
+        assert not list((tmp_path / "spool").glob("*/keys/raw/**/*.*"))
+        dataset.finalize()
+        assert farm.submitted == len(CAMERAS)

@@ -569,9 +569,8 @@ class FarmDataset:
                                "data marked interrupted and it does not join the dataset",
                                self._episode.recording, len(self._episode.tasks))
             self.clear_episode_buffer()
-            self._committer.shutdown(wait=True)  # every episode is committed now...
-            self.finish_uploads()
-            self._submit_uploaded()  # ...and uploaded
+            self.finish_uploads()  # every episode is committed and uploaded now
+            self._submit_uploaded()
             if self.farm is not None and self.settings.async_encoding and self.settings.wait:
                 self._wait_for_farm()
             self.completion = complete_dataset(self.storage, self.raw_storage)
@@ -607,15 +606,17 @@ class FarmDataset:
             with contextlib.suppress(Exception):
                 self.clear_episode_buffer()
             # Commits under way keep their episodes' frames (their errors were said, or are
-            # said by whoever aborts).
-            self._committer.shutdown(wait=True)
+            # said by whoever aborts); finish_uploads waits for them.
             self.finish_uploads(timeout_s=INTERRUPT_UPLOAD_GRACE_S)
         finally:
             self._exit.close()
 
     def finish_uploads(self, *, timeout_s: float | None = None) -> None:
-        """Wait until raw data is uploaded (at most timeout_s); a local folder has nothing
-        to wait for."""
+        """Wait until every saved episode is committed and its raw data uploaded (the
+        uploads at most timeout_s); a local folder has no uploads to wait for."""
+        # Commits still running queue their last files in the spool: they come first, or
+        # the spool closes without them and their jobs wait for a manifest for ever.
+        self._committer.shutdown(wait=True)
         # Once everything is confirmed stored, close() also unlocks the spool folder.
         if self._uploads is not None and self._uploads.close(timeout_s):
             self._uploads = None
