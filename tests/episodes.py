@@ -38,3 +38,11 @@ def job_for(storage: Storage, manifest: Manifest, *, job_id: str | None = None,
 def video_key(recording: int, camera: str) -> str:
     """Where the farm publishes the v3.0 video of one recording and camera."""
     return Layout().video_key_of(recording=recording, video_key=camera_key(camera))
+
+
+def slow_job(storage: Storage, *, frames: int, job_id: str) -> EncodeJob:
+    """A 640x480 job slow enough (x264 veryslow) to be caught mid-encode: frames=240 is
+    about 8 s on one core here."""
+    manifest = write_episode(storage, frames=frames, width=640, height=480, segment_frames=30)
+    return job_for(storage, manifest, job_id=job_id,
+                   options=EncoderOptions(codec="libx264", preset="veryslow", gop=30))

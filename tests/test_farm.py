@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
-from episodes import job_for, write_episode
+from episodes import job_for, slow_job, write_episode
 from video_checks import check_video_against_raw
 
 from encoder_worker.broker import redis_client
@@ -156,9 +156,7 @@ def test_zero_config_cli_starts_and_stops_its_own_farm(tmp_path):
 def test_killed_worker_job_is_taken_over_by_another(tmp_path, broker_url, start_worker):
     storage = open_storage(tmp_path / "data")
     # Long enough to still be encoding when the worker is killed.
-    manifest = write_episode(storage, frames=240, width=640, height=480, segment_frames=30)
-    job = job_for(storage, manifest, job_id="takeover",
-                  options=EncoderOptions(codec="libx264", preset="veryslow", gop=30))
+    job = slow_job(storage, frames=240, job_id="takeover")
     lease_ttl_s = float(os.environ.get("TAKEOVER_LEASE_TTL_S", "2"))  # 60 to see the default
     env = {"FARM_WORKER_LEASE_TTL_S": str(lease_ttl_s)}
     first = start_worker(broker_url, env=env)

@@ -8,7 +8,7 @@ import json
 import fakeredis
 import pytest
 from conftest import wait_for
-from episodes import job_for, write_episode
+from episodes import job_for, slow_job, write_episode
 from pydantic import ValidationError
 
 from encoder_worker import tasks
@@ -198,9 +198,7 @@ def test_an_encode_over_its_time_limit_is_stopped_retried_and_reported(
         tmp_path, broker_url, start_worker):
     storage = open_storage(tmp_path / "data")
     # Far slower than its (test-sized) limit, as a hung encoder would be.
-    manifest = write_episode(storage, frames=240, width=640, height=480, segment_frames=30)
-    job = job_for(storage, manifest, job_id="slow",
-                  options=EncoderOptions(codec="libx264", preset="veryslow", gop=30))
+    job = slow_job(storage, frames=240, job_id="slow")
     job.time_limit_s = 1.0
     worker = start_worker(broker_url)
     with EncodingFarmClient(broker_url) as farm:

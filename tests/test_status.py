@@ -14,7 +14,7 @@ from typing import Any
 import fakeredis
 import pytest
 from conftest import REPO, wait_for
-from episodes import job_for, write_episode
+from episodes import job_for, slow_job, write_episode
 from rich.console import Console
 
 from encoder_worker.broker import redis_client
@@ -57,9 +57,7 @@ def test_status_shows_workers_their_jobs_progress_and_the_last_hour(
         tmp_path, broker_url, start_worker):
     storage = open_storage(tmp_path / "data")
     # Long enough to be seen mid-encode (about 10 s here).
-    manifest = write_episode(storage, frames=300, width=640, height=480, segment_frames=30)
-    slow = job_for(storage, manifest, job_id="slow",
-                   options=EncoderOptions(codec="libx264", preset="veryslow", gop=30))
+    slow = slow_job(storage, frames=300, job_id="slow")
     broken = job_for(storage, write_episode(storage, episode=1, frames=10), job_id="broken",
                      options=EncoderOptions(codec="libx264"))
     segment = storage.path(raw_prefix(episode=1, camera="cam0") + "/segment_00000.raw")
