@@ -1,3 +1,6 @@
+import os
+import stat
+
 import numpy as np
 import pytest
 from episodes import write_episode
@@ -11,6 +14,7 @@ from encoder_worker.raw_episode import (
     raw_prefix,
 )
 from encoder_worker.storage import open_storage
+from encoder_worker.storage.local import FILE_MODE, LocalStorage
 from recorder.cameras.synthetic import SyntheticCamera
 
 
@@ -83,3 +87,14 @@ def test_wrong_frame_shape_is_refused(storage):
 def test_storage_keys_cannot_escape_the_root(storage):
     with pytest.raises(ValueError, match="outside"):
         storage.put_bytes("../escape.txt", b"x")
+
+
+def test_stored_files_get_the_usual_permissions(tmp_path):
+    # put_bytes writes through a temp file (mkstemp: 0600); a dataset's metadata and the
+    # manifests a container worker of another uid reads must get what open() would give.
+    storage = LocalStorage(tmp_path)
+    storage.put_bytes("meta/info.json", b"{}")
+    mode = stat.S_IMODE((tmp_path / "meta/info.json").stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == FILE_MODE == 0o666 & ~umask

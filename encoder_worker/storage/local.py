@@ -38,6 +38,17 @@ def classified(action: str, where: str) -> Iterator[None]:
                            code=code, permanent=bool(hint), hint=hint) from exc
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# What open() would give a new file: mkstemp's temp files are 0600, and a dataset (or a
+# manifest a container worker of another uid reads) must not stay that private.
+FILE_MODE = 0o666 & ~_umask()
+
+
 class LocalStorage:
     shared_across_hosts = False
 
@@ -67,6 +78,7 @@ class LocalStorage:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), FILE_MODE)
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
