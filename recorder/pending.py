@@ -77,10 +77,9 @@ def videos_in_dataset(dataset: Storage, info: dict) -> dict[int, dict[str, str]]
     """recording -> video feature -> the video file its episode row names (v3.0)."""
     if info["codebase_version"] != "v3.0":
         return {}  # v2.1 is never packed: its episodes' videos are where they were made
-    video_keys = [k for k, f in info["features"].items() if f["dtype"] == "video"]
     rows = metadata.read_episode_rows(dataset, "v3.0", info["total_episodes"])
     return {row[metadata.RECORDING_COLUMN]: {key: video_file_key(row, key)
-                                             for key in video_keys}
+                                             for key in metadata.video_keys(info["features"])}
             for row in rows if row.get(metadata.RECORDING_COLUMN) is not None}
 
 

@@ -152,6 +152,11 @@ def write_tasks(storage: Storage, format: DatasetFormat, tasks: list[str]) -> No
     storage.put_bytes(TASKS_KEY, buffer.getvalue())
 
 
+def video_keys(features: dict[str, dict]) -> list[str]:
+    """The camera features, in the dataset's order."""
+    return [key for key, feature in features.items() if feature["dtype"] == "video"]
+
+
 def joined_recordings(rows: list[dict[str, Any]]) -> set[int]:
     """The recording numbers of these episode rows: episodes in the dataset."""
     return {row[RECORDING_COLUMN] for row in rows if row.get(RECORDING_COLUMN) is not None}

@@ -71,7 +71,7 @@ def pack_dataset(dataset: Storage, raw: Storage, *, max_file_mb: int = VIDEO_FIL
         raise PackError(f"{dataset.url} is a {info['codebase_version']} dataset: its layout "
                         "is one video per episode; packing is for v3.0")
     rows = metadata.read_episode_rows(dataset, "v3.0", info["total_episodes"])
-    video_keys = [k for k, f in info["features"].items() if f["dtype"] == "video"]
+    video_keys = metadata.video_keys(info["features"])
     report = PackReport()
     with tempfile.TemporaryDirectory(prefix="pack-", dir=scratch) as tmp:
         for video_key in video_keys:

@@ -232,7 +232,7 @@ class FarmDataset:
         self.fps = settings.fps
         self.features = validate_features(features)
         self.robot_type = robot_type
-        self.video_keys = [k for k, f in self.features.items() if f["dtype"] == "video"]
+        self.video_keys = metadata.video_keys(self.features)
         self.farm = farm
         self.progress = progress
         self.raw_storage = open_storage(settings.raw_storage_url)
@@ -408,7 +408,7 @@ class FarmDataset:
             commit = self._committer.submit(self._commit, episode, report, jobs)
             self._deferred.append(_Deferred(episode.recording, jobs, report, commit=commit))
             self.episodes.append(report)
-            self._submit_uploaded()  # inline: an earlier run's episodes at finalize()
+            self._submit_uploaded()  # the episodes committed and uploaded by now
             report.finalize_s = time.perf_counter() - started
             return report
         self._commit(episode, report, jobs)
