@@ -1,11 +1,13 @@
 """The raw episode format: segment files of raw frames plus a manifest committed last.
 
 One prefix per (episode, camera). The manifest's presence means the episode is complete;
-it lists every segment with its first frame, frame count, size and CRC-32.
+it lists every segment with its first frame, frame count, size and CRC-32 (of the bytes
+stored), and how frames are stored: pixel format and compression (raw_frames.py).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -18,12 +20,13 @@ from typing import BinaryIO, Protocol
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from encoder_worker.raw_frames import PIX_FMTS, Compression, FramePacker, frame_bytes, frame_shape
 from encoder_worker.storage import KeyNotFound, Storage
 
-MANIFEST_SCHEMA_VERSION = 1
+# 2: pixel formats beyond packed RGB, compression, per-frame sizes of compressed segments.
+MANIFEST_SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
-# Bytes per pixel of the raw pixel formats this format carries.
-BYTES_PER_PIXEL = {"rgb24": 3, "bgr24": 3, "gray": 1}
 
 
 class RawEpisodeError(Exception):
@@ -52,6 +55,8 @@ class SegmentInfo(BaseModel):
     frame_count: int = Field(ge=1)
     bytes: int = Field(ge=0)
     crc32: int
+    # Stored bytes of each frame, when compressed (else every frame has frame_bytes).
+    frame_sizes: list[int] | None = None
 
 
 class Manifest(BaseModel):
@@ -61,6 +66,9 @@ class Manifest(BaseModel):
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     pix_fmt: str = "rgb24"
+    compression: Compression = "none"
+    # What the decoder of a compression needs (FFV1's configuration record), base64.
+    extradata: str | None = None
     fps: float = Field(gt=0)
     frame_count: int = Field(ge=0)
     # Capture time of each frame, seconds from the episode's first deadline.
@@ -73,19 +81,29 @@ class Manifest(BaseModel):
     @field_validator("pix_fmt")
     @classmethod
     def _known_pix_fmt(cls, pix_fmt: str) -> str:
-        if pix_fmt not in BYTES_PER_PIXEL:
-            raise ValueError(f"raw pixel format {pix_fmt!r} is not one of "
-                             f"{sorted(BYTES_PER_PIXEL)}")
+        if pix_fmt not in PIX_FMTS:
+            raise ValueError(f"raw pixel format {pix_fmt!r} is not one of {sorted(PIX_FMTS)}")
         return pix_fmt
 
     @property
     def frame_bytes(self) -> int:
-        return self.width * self.height * BYTES_PER_PIXEL[self.pix_fmt]
+        """Bytes of one frame before compression."""
+        return frame_bytes(self.pix_fmt, self.width, self.height)
 
     @property
     def frame_shape(self) -> tuple[int, ...]:
-        channels = BYTES_PER_PIXEL[self.pix_fmt]
-        return (self.height, self.width) if channels == 1 else (self.height, self.width, channels)
+        return frame_shape(self.pix_fmt, self.width, self.height)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(s.bytes for s in self.segments)
+
+    def packer(self) -> FramePacker:
+        """What turns this episode's stored bytes back into frames."""
+        extradata = base64.b64decode(self.extradata) if self.extradata else None
+        return FramePacker(width=self.width, height=self.height, pix_fmt=self.pix_fmt,
+                           input_pix_fmt=self.pix_fmt, compression=self.compression,
+                           extradata=extradata)
 
 
 class SegmentSink(Protocol):
@@ -155,16 +173,28 @@ class RawEpisodeWriter:
         height: int,
         fps: float,
         pix_fmt: str = "rgb24",
+        input_pix_fmt: str | None = None,
+        compression: Compression = "none",
         segment_frames: int = 30,
     ) -> None:
-        if pix_fmt not in BYTES_PER_PIXEL:
-            raise ValueError(f"pixel format {pix_fmt!r} is not one of {sorted(BYTES_PER_PIXEL)}")
+        """Frames are given in input_pix_fmt (default: pix_fmt) and stored as pix_fmt,
+        compressed by compression.
+
+        Raises:
+            ValueError: a pixel format or compression this format does not carry.
+        """
         self.sink = sink
         self.segment_frames = segment_frames
+        self._packer = FramePacker(width=width, height=height, pix_fmt=pix_fmt,
+                                   input_pix_fmt=input_pix_fmt or pix_fmt,
+                                   compression=compression)
+        extradata = self._packer.extradata
         self._manifest = Manifest(
             episode=episode, camera=camera, width=width, height=height, pix_fmt=pix_fmt,
-            fps=fps, frame_count=0, timestamps=[], segments=[],
+            compression=compression, fps=fps, frame_count=0, timestamps=[], segments=[],
+            extradata=base64.b64encode(extradata).decode() if extradata else None,
         )
+        self._frame_sizes: list[int] = []
         self._file: BinaryIO | None = None
         self._segment_first = 0
         self._segment_bytes = 0
@@ -182,20 +212,22 @@ class RawEpisodeWriter:
     def write(self, frame: np.ndarray, timestamp_s: float) -> None:
         """Append one frame; raises ValueError when its shape or type do not match."""
         manifest = self._manifest
-        if frame.shape != manifest.frame_shape or frame.dtype != np.uint8:
+        if frame.shape != self._packer.input_shape or frame.dtype != np.uint8:
             raise ValueError(
                 f"camera {manifest.camera}: frame of shape {frame.shape} {frame.dtype}, "
-                f"expected {manifest.frame_shape} uint8"
+                f"expected {self._packer.input_shape} uint8"
             )
+        data = self._packer.pack(frame)
         if self._file is None:
             self._file = self.sink.open_segment(segment_name(len(manifest.segments)))
             self._segment_first = manifest.frame_count
             self._segment_bytes = 0
             self._crc = 0
-        data = np.ascontiguousarray(frame).data
+            self._frame_sizes = []
         self._file.write(data)
         self._crc = zlib.crc32(data, self._crc)
-        self._segment_bytes += manifest.frame_bytes
+        self._segment_bytes += len(data)
+        self._frame_sizes.append(len(data))
         manifest.frame_count += 1
         manifest.timestamps.append(round(timestamp_s, 6))
         if manifest.frame_count - self._segment_first >= self.segment_frames:
@@ -210,6 +242,7 @@ class RawEpisodeWriter:
             frame_count=manifest.frame_count - self._segment_first,
             bytes=self._segment_bytes,
             crc32=self._crc,
+            frame_sizes=None if manifest.compression == "none" else self._frame_sizes,
         )
         self.sink.commit_segment(info.name, self._file)
         manifest.segments.append(info)
@@ -264,10 +297,10 @@ class RawEpisodeReader:
             manifest = Manifest.model_validate_json(data)
         except ValidationError as exc:
             raise RawEpisodeError(f"manifest {self.storage.url}/{key} is invalid: {exc}") from exc
-        if manifest.schema_version != MANIFEST_SCHEMA_VERSION:
+        if manifest.schema_version not in READABLE_SCHEMA_VERSIONS:
             raise RawEpisodeError(
                 f"manifest {key} has schema_version {manifest.schema_version}; this worker "
-                f"reads {MANIFEST_SCHEMA_VERSION}: upgrade the worker"
+                f"reads {list(READABLE_SCHEMA_VERSIONS)}: upgrade the worker"
             )
         if manifest.frame_count != len(manifest.timestamps) or manifest.frame_count != sum(
             s.frame_count for s in manifest.segments
@@ -275,36 +308,70 @@ class RawEpisodeReader:
             raise RawEpisodeError(f"manifest {key}: frame counts of segments and timestamps differ")
         return manifest, hashlib.sha256(data).hexdigest()[:32]
 
-    def frames(self) -> Iterator[np.ndarray]:
-        """Yield frames in order; raises RawEpisodeError on a missing or corrupt segment."""
+    def frames(self, first: int = 0, count: int | None = None) -> Iterator[np.ndarray]:
+        """Yield frames first .. first+count-1 (default: to the end) in order, in the
+        stored pixel format; every segment read is checked whole (size and CRC-32).
+
+        Raises:
+            RawEpisodeError: a segment is missing or corrupt, or the range is not in
+            the episode.
+        """
         manifest = self.manifest
-        frame_bytes = manifest.frame_bytes
+        stop = manifest.frame_count if count is None else first + count
+        if not 0 <= first <= stop <= manifest.frame_count:
+            raise RawEpisodeError(f"frames {first}..{stop - 1} are not all in {self.prefix} "
+                                  f"({manifest.frame_count} frames)")
+        packer = manifest.packer()
         for segment in manifest.segments:
-            key = f"{self.prefix}/{segment.name}"
-            if segment.bytes != segment.frame_count * frame_bytes:
-                raise RawEpisodeError(f"segment {key}: manifest size disagrees with its frames")
-            crc = 0
-            try:
-                stream = self.storage.open_read(key)
-            except KeyNotFound as exc:
-                raise RawEpisodeError(f"segment {key} is missing") from exc
-            with stream:
-                for index in range(segment.frame_count):
-                    data = _read_exactly(stream, frame_bytes)
-                    if len(data) != frame_bytes:
-                        raise RawEpisodeError(
-                            f"segment {key} is truncated: frame {segment.first_frame + index} "
-                            f"has {len(data)} of {frame_bytes} bytes"
-                        )
-                    crc = zlib.crc32(data, crc)
-                    yield np.frombuffer(data, dtype=np.uint8).reshape(manifest.frame_shape)
-                if stream.read(1):
-                    raise RawEpisodeError(f"segment {key} is longer than its manifest says")
-            if crc != segment.crc32:
-                raise RawEpisodeError(
-                    f"segment {key} is corrupt: CRC-32 {crc:#010x}, manifest says "
-                    f"{segment.crc32:#010x}"
-                )
+            segment_stop = segment.first_frame + segment.frame_count
+            if segment_stop <= first or segment.first_frame >= stop:
+                continue
+            for index, data in self._segment_frames(segment):
+                if first <= index < stop:
+                    yield self._unpacked(packer, data, index)
+
+    def rgb_frames(self) -> Iterator[np.ndarray]:
+        """Every frame as rgb24, whatever the stored format (to compare with a video)."""
+        packer = self.manifest.packer()
+        for frame in self.frames():
+            yield packer.to_rgb(frame)
+
+    def _segment_frames(self, segment: SegmentInfo) -> Iterator[tuple[int, bytes]]:
+        """(frame index, stored bytes) of each frame of a segment; its CRC-32 checked
+        after the last one."""
+        key = f"{self.prefix}/{segment.name}"
+        sizes = segment.frame_sizes or [self.manifest.frame_bytes] * segment.frame_count
+        if len(sizes) != segment.frame_count or segment.bytes != sum(sizes):
+            raise RawEpisodeError(f"segment {key}: manifest size disagrees with its frames")
+        crc = 0
+        try:
+            stream = self.storage.open_read(key)
+        except KeyNotFound as exc:
+            raise RawEpisodeError(f"segment {key} is missing") from exc
+        with stream:
+            for offset, size in enumerate(sizes):
+                data = _read_exactly(stream, size)
+                if len(data) != size:
+                    raise RawEpisodeError(
+                        f"segment {key} is truncated: frame {segment.first_frame + offset} "
+                        f"has {len(data)} of {size} bytes"
+                    )
+                crc = zlib.crc32(data, crc)
+                yield segment.first_frame + offset, data
+            if stream.read(1):
+                raise RawEpisodeError(f"segment {key} is longer than its manifest says")
+        if crc != segment.crc32:
+            raise RawEpisodeError(
+                f"segment {key} is corrupt: CRC-32 {crc:#010x}, manifest says "
+                f"{segment.crc32:#010x}"
+            )
+
+    def _unpacked(self, packer: FramePacker, data: bytes, index: int) -> np.ndarray:
+        try:
+            return packer.unpack(data)
+        except ValueError as exc:
+            raise RawEpisodeError(f"{self.prefix}: frame {index} does not unpack: {exc}") \
+                from exc
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes:

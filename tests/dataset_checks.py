@@ -79,7 +79,7 @@ def check_v3_dataset(root: Path, *, raw_url: str, episodes: int, cameras: list[s
             start = row[f"videos/{key}/from_timestamp"]
             decoded = frames_at(video, [start + t for t in timestamps])
             raw = list(RawEpisodeReader(open_storage(raw_url),
-                                        raw_prefix(episode=recording, camera=camera)).frames())
+                                        raw_prefix(episode=recording, camera=camera)).rgb_frames())
             assert len(decoded) == len(raw) == length
             for index, (got, want) in enumerate(zip(decoded, raw, strict=True)):
                 value = psnr(got, want)

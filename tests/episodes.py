@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from encoder_worker.jobs import EncodeJob, EncoderOptions
 from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeWriter, raw_prefix
+from encoder_worker.raw_frames import Compression
 from encoder_worker.storage import Storage
 from recorder.cameras.synthetic import SyntheticCamera
 from recorder.dataset.layout import Layout, camera_key
@@ -11,11 +12,14 @@ from recorder.dataset.layout import Layout, camera_key
 
 def write_episode(storage: Storage, *, episode: int = 0, camera: str = "cam0", frames: int = 30,
                   width: int = 320, height: int = 240, fps: int = 30,
-                  segment_frames: int = 10, interrupted: bool = False) -> Manifest:
+                  segment_frames: int = 10, interrupted: bool = False,
+                  pix_fmt: str = "rgb24", compression: Compression = "none") -> Manifest:
+    """Synthetic rgb24 frames, stored as pix_fmt with compression."""
     source = SyntheticCamera(camera, width=width, height=height, fps=fps, seed=episode)
     prefix = raw_prefix(episode=episode, camera=camera)
     writer = RawEpisodeWriter(DirectSink(storage, prefix), episode=episode, camera=camera,
-                              width=width, height=height, fps=fps,
+                              width=width, height=height, fps=fps, pix_fmt=pix_fmt,
+                              input_pix_fmt="rgb24", compression=compression,
                               segment_frames=segment_frames)
     for index in range(frames):
         writer.write(source.read(), index / fps)

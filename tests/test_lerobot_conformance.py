@@ -36,7 +36,7 @@ def load_and_check_every_item(root: Path) -> int:
     recordings = {row["episode_index"]: row["farm/recording"]
                   for row in dataset.meta.episodes}
     raw = {(episode, camera): list(RawEpisodeReader(
-        open_storage(root), raw_prefix(episode=recording, camera=camera)).frames())
+        open_storage(root), raw_prefix(episode=recording, camera=camera)).rgb_frames())
         for episode, recording in recordings.items() for camera in CAMERAS}
     for index in range(len(dataset)):
         item = dataset[index]

@@ -33,7 +33,7 @@ def check_video_against_raw(video: Path, raw_storage: str, prefix: str, *,
     decoded, pts = decode_rgb(video)
     assert len(decoded) == reader.manifest.frame_count, (video, len(decoded))
     assert pts == sorted(pts) and len(set(pts)) == len(pts), "pts must increase"
-    raw = list(reader.frames())
+    raw = list(reader.rgb_frames())
     for index, (got, want) in enumerate(zip(decoded, raw, strict=True)):
         value = psnr(got, want)
         assert value > min_psnr_db, f"frame {index}: PSNR {value:.1f} dB"
