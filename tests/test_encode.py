@@ -1,13 +1,18 @@
 """The one encode function, called directly: real PyAV encodes decoded back."""
 
+import threading
+from fractions import Fraction
+
+import av
+import numpy as np
 import pytest
 from episodes import job_for, write_episode
 from video_checks import check_video_against_raw
 
-from encoder_worker.encode import encode_job
+from encoder_worker.encode import EncodeError, encode_job, read_ahead, verify_video
 from encoder_worker.jobs import EncoderOptions, Status
 from encoder_worker.ledger import LeaseLost
-from encoder_worker.raw_episode import raw_prefix
+from encoder_worker.raw_episode import RawEpisodeError, raw_prefix
 from encoder_worker.storage import open_storage
 
 
@@ -113,3 +118,43 @@ def test_publish_is_skipped_when_the_caller_says_so(storage):
     with pytest.raises(LeaseLost):
         encode_job(job, before_publish=lease_gone)
     assert not storage.exists(job.output_key)
+
+
+def test_read_ahead_gives_every_item_in_order_then_the_error():
+    def items():
+        yield from range(5)
+        raise RawEpisodeError("segment 2 is corrupt")
+
+    got = []
+    with read_ahead(items(), 2) as ahead, pytest.raises(RawEpisodeError, match="corrupt"):
+        for item in ahead:
+            got.append(item)
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_leaving_read_ahead_early_stops_its_thread():
+    def endless():
+        count = 0
+        while True:
+            yield count
+            count += 1
+
+    with read_ahead(endless(), 3) as ahead:
+        assert [next(ahead) for _ in range(4)] == [0, 1, 2, 3]
+    assert not [t for t in threading.enumerate() if t.name == "read-ahead"]
+
+
+def test_verify_refuses_a_video_whose_frames_are_not_one_frame_apart(storage, tmp_path):
+    manifest = write_episode(storage, frames=6, width=64, height=48)
+    video = tmp_path / "gappy.mp4"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.time_base = Fraction(1, 30)
+        for index in range(6):
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            frame.pts = index if index < 3 else index + 1  # a frame missing after the third
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with pytest.raises(EncodeError, match="frame 3 has pts"):
+        verify_video(video, manifest)

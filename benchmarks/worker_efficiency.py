@@ -1,0 +1,112 @@
+"""Worker fps against bare PyAV fps: what fetching, verifying and publishing cost.
+
+The same real-content 640x480 frames (benchmarks/real_content.py), the same codec
+settings (the farm's defaults, LeRobot's), rounds interleaved in one process:
+- bare: PyAV encodes the frames from memory into an MP4, nothing else;
+- worker: encode_job() on the raw episode in a local folder, as a worker runs it
+  (read ahead, encode, decode every frame to verify, publish).
+Both are given frames in the raw format the recorder stores by default (yuv420p); bare
+from rgb24 (what an inline encoder is given) is shown too.
+
+    python benchmarks/worker_efficiency.py --frames 300 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from real_content import frames as real_frames
+
+from encoder_worker.encode import encode_job
+from encoder_worker.jobs import EncodeJob, EncoderOptions, Status
+from encoder_worker.raw_episode import DirectSink, RawEpisodeWriter
+from encoder_worker.raw_frames import FramePacker
+from encoder_worker.storage import open_storage
+
+
+def bare_encode(arrays: list[np.ndarray], pix_fmt: str, path: Path,
+                options: EncoderOptions) -> float:
+    """Seconds to encode arrays (of pix_fmt) to path with PyAV alone."""
+    height, width = (arrays[0].shape[0] * 2 // 3, arrays[0].shape[1]) \
+        if pix_fmt == "yuv420p" else arrays[0].shape[:2]
+    started = time.perf_counter()
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream(options.codec, rate=30, options=options.codec_options())
+        assert isinstance(stream, av.VideoStream)
+        stream.width, stream.height, stream.pix_fmt = width, height, options.pix_fmt
+        stream.time_base = Fraction(1, 30)
+        for index, array in enumerate(arrays):
+            frame = av.VideoFrame.from_ndarray(array, format=pix_fmt)
+            frame.pts = index
+            container.mux(stream.encode(frame.reformat(format=options.pix_fmt)))
+        container.mux(stream.encode(None))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    options = EncoderOptions()
+    rgb = list(real_frames(args.frames))
+    height, width, _ = rgb[0].shape
+    packer = FramePacker(width=width, height=height, pix_fmt="yuv420p", input_pix_fmt="rgb24")
+    yuv = [packer.convert(frame) for frame in rgb]
+    load = os.getloadavg()[0]
+    times: dict[str, list[float]] = {"bare yuv420p": [], "bare rgb24": [], "worker": []}
+    stages: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="worker-efficiency-") as tmp:
+        storage = open_storage(Path(tmp) / "farm")
+        writer = RawEpisodeWriter(DirectSink(storage, "raw/cam0"), episode=0, camera="cam0",
+                                  width=width, height=height, fps=30, pix_fmt="yuv420p",
+                                  input_pix_fmt="rgb24")
+        for index, frame in enumerate(rgb):
+            writer.write(frame, index / 30)
+        writer.close()
+        for round_ in range(args.rounds):
+            times["bare yuv420p"].append(
+                bare_encode(yuv, "yuv420p", Path(tmp) / f"bare-{round_}.mp4", options))
+            job = EncodeJob(job_id=f"round-{round_}", episode=0, camera="cam0",
+                            raw_storage=storage.url, raw_prefix="raw/cam0",
+                            output_storage=storage.url, output_key=f"videos/{round_}.mp4",
+                            options=options)
+            started = time.perf_counter()
+            result = encode_job(job)
+            times["worker"].append(time.perf_counter() - started)
+            assert result.status == Status.SUCCEEDED, result.error
+            stages.append(result.timings.model_dump())
+            times["bare rgb24"].append(
+                bare_encode(rgb, "rgb24", Path(tmp) / f"bare-rgb-{round_}.mp4", options))
+    fps = {name: [args.frames / t for t in values] for name, values in times.items()}
+    median = {name: statistics.median(values) for name, values in fps.items()}
+    print(f"{args.frames} real-content {width}x{height} frames, {options.codec} "
+          f"{options.codec_options()}, {args.rounds} rounds interleaved; load average "
+          f"{load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
+    print()
+    print("| path | fps per round | median fps |")
+    print("|---|---|---:|")
+    for name, values in fps.items():
+        print(f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {median[name]:.1f} |")
+    ratios = [w / b for w, b in zip(fps["worker"], fps["bare yuv420p"], strict=True)]
+    print()
+    print(f"worker fps / bare PyAV fps (same yuv420p frames), per round: "
+          f"{', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
+    print(f"worker fps / bare PyAV fps from rgb24: "
+          f"{median['worker'] / median['bare rgb24']:.3f}")
+    print("worker stages, median s: " + ", ".join(
+        f"{key.removesuffix('_s')} {statistics.median(s[key] for s in stages):.2f}"
+        for key in ("fetch_s", "encode_s", "verify_s", "publish_s", "total_s")))
+
+
+if __name__ == "__main__":
+    main()
