@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -63,6 +64,50 @@ def encode_time_limit_s(*, frames: int, width: int, height: int) -> float:
     return TIME_LIMIT_BASE_S + frames * width * height / SLOWEST_PIXELS_PER_S
 
 
+class PartSpec(BaseModel):
+    """One part of a long episode's video, encoded apart and joined (encoder_worker/parts.py).
+
+    The part's frames are [first_frame, first_frame + frame_count) of the raw episode; the
+    parts of one video share its output_key and parent_id and tile its frames in order.
+    """
+
+    parent_id: str = Field(min_length=1, description="the whole video's job id: the id of "
+                                                     "the one result the recorder gets")
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+    first_frame: int = Field(ge=0)
+    frame_count: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _index_in_count(self) -> Self:
+        if self.index >= self.count:
+            raise ValueError(f"part index {self.index} is not below its count {self.count}")
+        return self
+
+
+def split_frames(frames: int, parts: int) -> list[tuple[int, int]]:
+    """(first_frame, frame_count) of parts near-equal parts of frames frames, in order."""
+    bounds = [index * frames // parts for index in range(parts + 1)]
+    return [(start, end - start) for start, end in itertools.pairwise(bounds)
+            if end > start]
+
+
+def split_job(job: EncodeJob, *, frames: int, parts: int) -> list[EncodeJob]:
+    """The part jobs of job (job itself, unsplit, when parts <= 1).
+
+    Each keeps the final output_key: a worker that ignores `part` (an older release)
+    encodes the whole episode there instead, which is still correct.
+    """
+    if parts <= 1 or frames < 2:
+        return [job]
+    ranges = split_frames(frames, min(parts, frames))
+    return [job.model_copy(update={
+        "job_id": f"{job.job_id}-part{index:03d}",
+        "part": PartSpec(parent_id=job.job_id, index=index, count=len(ranges),
+                         first_frame=first, frame_count=count)})
+        for index, (first, count) in enumerate(ranges)]
+
+
 class EncodeJob(BaseModel):
     """One (episode, camera) to encode: where its raw frames are and where the MP4 goes."""
 
@@ -83,6 +128,8 @@ class EncodeJob(BaseModel):
     output_key: str = Field(description="where the video goes in output_storage; the "
                                         "recorder's dataset layout decides")
     options: EncoderOptions = Field(default_factory=EncoderOptions)
+    # Set: encode only these frames, as one part of the video (split_job); None: all.
+    part: PartSpec | None = None
     submitted_at: float = Field(default_factory=time.time, description="unix time")
 
     @field_validator("raw_prefix", "output_key")
@@ -111,6 +158,7 @@ class Timings(BaseModel):
     encode_s: float = 0.0
     verify_s: float = 0.0
     publish_s: float = 0.0
+    join_s: float = 0.0  # a part job that joined the parts into the video: the join
     total_s: float = 0.0
 
 
@@ -131,6 +179,8 @@ class EncodeResult(BaseModel):
     worker_pid: int = 0
     started_at: float = 0.0
     finished_at: float = 0.0
+    # A part job's result: True when this job joined the parts and published the video.
+    joined: bool = False
 
     @property
     def ok(self) -> bool:
@@ -142,3 +192,27 @@ class EncodeResult(BaseModel):
         return cls(job_id=job.job_id, episode=job.episode, camera=job.camera,
                    status=Status.FAILED, error=error, output_storage=job.output_storage,
                    output_key=job.output_key, codec=job.options.codec, **fields)
+
+
+def merge_part_results(parent_id: str, parts: list[EncodeResult]) -> EncodeResult:
+    """The one result of a video encoded as parts: failed if any part failed; frames,
+    bytes and stage times summed (worker time), started_at..finished_at spanning them."""
+    if not parts:
+        raise ValueError("merge_part_results needs at least one part's result")
+    failed = [r for r in parts if not r.ok]
+    last = max(parts, key=lambda r: (r.joined, r.finished_at))  # the joiner, if any
+    timings = Timings(**{
+        name: sum(getattr(r.timings, name) for r in parts) for name in Timings.model_fields})
+    timings.queue_wait_s = min(r.timings.queue_wait_s for r in parts)
+    if failed:
+        status, error = Status.FAILED, "; ".join(r.error or "failed" for r in failed)
+    elif any(r.status is Status.SUCCEEDED for r in parts):
+        status, error = Status.SUCCEEDED, None
+    else:
+        status, error = Status.ALREADY_DONE, None
+    return last.model_copy(update={
+        "job_id": parent_id, "status": status, "error": error,
+        "frames": sum(r.frames for r in parts), "bytes": sum(r.bytes for r in parts),
+        "timings": timings, "joined": any(r.joined for r in parts),
+        "started_at": min(r.started_at for r in parts),
+        "finished_at": max(r.finished_at for r in parts)})

@@ -2,6 +2,8 @@
 
     farm:lease:<job>        a short lease (redis-py's Lock, renewed by a heartbeat): one
                             copy of a job encodes at a time; a lapsed one means a dead worker
+    farm:join:<video>       the same kind of lease on joining a split video's parts
+                            (parts.py): one part job joins at a time, a dead joiner's lapses
     farm:claims             job -> {task_id, payload} of every job being encoded now
     farm:waiting            job -> {task_id, payload, due} of every job in a Celery countdown
     farm:attempts:<job>     encodes started and not finished (worker deaths)
@@ -40,6 +42,7 @@ from redis.exceptions import LockError
 logger = logging.getLogger(__name__)
 
 LEASE_PREFIX = "farm:lease:"
+JOIN_PREFIX = "farm:join:"
 CLAIMS_KEY = "farm:claims"
 WAITING_KEY = "farm:waiting"
 ATTEMPTS_PREFIX = "farm:attempts:"
@@ -67,11 +70,13 @@ class LeaseLost(Exception):
 
 
 class JobLease:
-    """Hold the lease for one job while its encode runs (redis-py's Lock, non-blocking)."""
+    """Hold the lease for one job while its encode runs (redis-py's Lock, non-blocking),
+    or, with JOIN_PREFIX, the lease on joining one split video's parts."""
 
-    def __init__(self, client: redis.Redis, job_id: str, *, ttl_s: float) -> None:
+    def __init__(self, client: redis.Redis, job_id: str, *, ttl_s: float,
+                 prefix: str = LEASE_PREFIX) -> None:
         self.client = client
-        self.key = LEASE_PREFIX + job_id
+        self.key = prefix + job_id
         self.ttl_s = ttl_s
         # Not thread-local: the heartbeat thread renews the token the task thread took.
         self._lock = client.lock(self.key, timeout=ttl_s, blocking=False, thread_local=False)
@@ -79,9 +84,12 @@ class JobLease:
         self._heartbeat: threading.Thread | None = None
         self.lost = False
 
-    def acquire(self) -> bool:
-        """Take the lease; False when another copy of the job holds it."""
-        if not self._lock.acquire():
+    def acquire(self, *, wait_s: float = 0.0) -> bool:
+        """Take the lease, waiting up to wait_s for its holder to release it or to die (it
+        lapses ttl_s after the last heartbeat); False when another holder kept it."""
+        taken = (self._lock.acquire(blocking=True, blocking_timeout=wait_s) if wait_s > 0
+                 else self._lock.acquire())
+        if not taken:
             return False
         self._heartbeat = threading.Thread(target=self._renew, name=f"lease-{self.key}",
                                            daemon=True)
@@ -133,6 +141,10 @@ class JobLedger:
 
     def lease(self, job_id: str, *, ttl_s: float) -> JobLease:
         return JobLease(self.client, job_id, ttl_s=ttl_s)
+
+    def join_lock(self, video_id: str, *, ttl_s: float) -> JobLease:
+        """The lease on joining the parts of one video (video_id: parts.video_id)."""
+        return JobLease(self.client, video_id, ttl_s=ttl_s, prefix=JOIN_PREFIX)
 
     def leased(self, job_id: str) -> bool:
         return bool(self.client.exists(LEASE_PREFIX + job_id))

@@ -20,6 +20,7 @@ from encoder_worker.encode import ProgressCallback, encode_job
 from encoder_worker.jobs import EncodeJob, EncodeResult, Status
 from encoder_worker.ledger import JobLease, JobLedger, LeaseLost, LeaseReaper
 from encoder_worker.metrics import count_retry, count_takeover, job_progress
+from encoder_worker.parts import encode_part_and_join, video_id
 from encoder_worker.priority import idle_scheduling
 from encoder_worker.raw_episode import manifest_key
 from encoder_worker.settings import WorkerSettings
@@ -179,7 +180,8 @@ def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -
                 raise _retry_later(self, ledger, payload, settings, countdown=countdown,
                                    reason="manifest_pending")
             result = _encode_counted(ledger, job, settings, lease,
-                                     progress=job_progress(self, ledger, job, settings))
+                                     progress=job_progress(self, ledger, job, settings),
+                                     video=video_id(sent))
         finally:
             ledger.unclaim(job.job_id)
     except SoftTimeLimitExceeded:
@@ -227,9 +229,10 @@ def _retry_later(task: Task, ledger: JobLedger, payload: dict[str, Any],
 
 
 def _encode_counted(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
-                    lease: JobLease, *, progress: ProgressCallback | None = None
-                    ) -> EncodeResult:
-    """encode_job, unless this job already took its workers down too often."""
+                    lease: JobLease, *, progress: ProgressCallback | None = None,
+                    video: str | None = None) -> EncodeResult:
+    """encode_job (a part job: its part, then the join if every part is there), unless
+    this job already took its workers down too often. video: parts.video_id of the job."""
     if ledger.start_attempt(job.job_id) > MAX_ENCODE_ATTEMPTS:
         return EncodeResult.failed(
             job, f"the encode was started {MAX_ENCODE_ATTEMPTS} times and its worker died "
@@ -237,8 +240,15 @@ def _encode_counted(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
             worker_host=socket.gethostname(), worker_pid=os.getpid())
     try:
         with idle_scheduling(settings.idle_priority):
-            result = encode_job(job, scratch_dir=settings.scratch_dir,
-                                before_publish=lease.check, progress=progress)
+            if job.part is not None:
+                result = encode_part_and_join(
+                    job, join_lock=ledger.join_lock(video or video_id(job),
+                                                    ttl_s=settings.lease_ttl_s),
+                    scratch_dir=settings.scratch_dir, before_publish=lease.check,
+                    progress=progress)
+            else:
+                result = encode_job(job, scratch_dir=settings.scratch_dir,
+                                    before_publish=lease.check, progress=progress)
     except (StorageError, OSError, LeaseLost, SoftTimeLimitExceeded):
         # The worker lived: this start is not a worker death. Transient errors have their
         # own count (Celery's retries); without this, 3 of them failed the job for good.

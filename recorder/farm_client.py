@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from encoder_worker.broker import redact, redis_client
 from encoder_worker.celery_app import ENCODE_TASK, make_app
-from encoder_worker.jobs import EncodeJob, EncodeResult
+from encoder_worker.jobs import EncodeJob, EncodeResult, merge_part_results
 from encoder_worker.ledger import JobLedger
 from encoder_worker.settings import ENCODE_QUEUE
 
@@ -77,6 +77,10 @@ class EncodingFarmClient:
     that came back without its data (no append-only file) lost the jobs it held: while
     waiting, jobs that the farm no longer knows of are sent again (their videos are
     published once: a job that finds its verified video returns already_done).
+
+    A long episode's video may come as part jobs (EncodeJob.part): their results are held
+    until the last one comes, and callers get one merged result per video (`results`,
+    `poll`, `wait`), counted as one in `submitted` and get_stats.
     """
 
     def __init__(self, broker: str, *, queue_size: int = 100, queue: str = ENCODE_QUEUE,
@@ -96,6 +100,8 @@ class EncodingFarmClient:
         self._down_noted_at = 0.0
         self._last_lost_check = time.monotonic()
         self.results: list[EncodeResult] = []
+        # parent job id -> part index -> result, of split videos with parts still running
+        self._parts: dict[str, dict[int, EncodeResult]] = {}
         # Called while waiting; raises when the farm can no longer finish (local workers died).
         self.health_check: Callable[[], None] | None = None
         self.submitted = 0
@@ -114,7 +120,8 @@ class EncodingFarmClient:
         waited = time.perf_counter() - started
         self.submission_wait_s += waited
         self._unsent.append(job.model_copy(update={"submitted_at": time.time()}))
-        self.submitted += 1
+        if job.part is None or job.part.index == 0:
+            self.submitted += 1  # videos, not part jobs
         self._send_unsent()
         return waited
 
@@ -170,6 +177,10 @@ class EncodingFarmClient:
                 result = _result_of(entry)
                 entry.handle.forget()
                 del self._outstanding[job_id]
+                merged = self._video_result(entry.job, result)
+                if merged is None:
+                    continue  # a part; the video's other parts are still running
+                result = merged
                 self.results.append(result)
                 ready.append(result)
                 if not result.ok:
@@ -178,6 +189,18 @@ class EncodingFarmClient:
         except BROKER_ERRORS as exc:
             self._broker_down(exc)
         return ready
+
+    def _video_result(self, job: EncodeJob, result: EncodeResult) -> EncodeResult | None:
+        """result, or for a part job the merged result of its video once every part has
+        one (None before)."""
+        if job.part is None:
+            return result
+        parts = self._parts.setdefault(job.part.parent_id, {})
+        parts[job.part.index] = result
+        if len(parts) < job.part.count:
+            return None
+        del self._parts[job.part.parent_id]
+        return merge_part_results(job.part.parent_id, [parts[i] for i in sorted(parts)])
 
     def resend_lost_jobs(self) -> list[str]:
         """Send again the outstanding jobs the farm's Redis does not know (twice in a row,
@@ -237,7 +260,8 @@ class EncodingFarmClient:
 
     def _note_waiting(self, waited_s: float) -> None:
         """Say what the wait is for: a log line, for output that is not a terminal."""
-        missing = [f"episode {e.job.episode} {e.job.camera}"
+        missing = [f"episode {e.job.episode} {e.job.camera}" + (
+                       f" part {e.job.part.index + 1}/{e.job.part.count}" if e.job.part else "")
                    for e in list(self._outstanding.values())[:WAIT_NOTE_JOBS]]
         missing += [f"episode {j.episode} {j.camera} (not sent yet)"
                     for j in list(self._unsent)[:WAIT_NOTE_JOBS - len(missing)]]

@@ -20,9 +20,9 @@ from encoder_worker.raw_episode import Manifest
 from encoder_worker.storage import Storage, open_storage
 from recorder.dataset import metadata
 from recorder.dataset.complete import Completion, complete_dataset
+from recorder.dataset.jobs import encode_inline, episode_job, farm_jobs
 from recorder.dataset.pack import video_file_key
 from recorder.dataset.staging import load_staged, staged_recordings
-from recorder.dataset.writer import encode_inline, episode_job
 from recorder.farm_setup import RecorderError, farm_for
 from recorder.progress import progress_display
 from recorder.settings import RecorderSettings
@@ -113,14 +113,16 @@ def encode_pending(settings: RecorderSettings, *, console: Console,
     if scan.pending:
         run_id = "pending-" + uuid.uuid4().hex[:8]
         options = settings.encoder_options()
-        jobs = []
+        jobs, farm_parts = [], []
         for recording, key, video in scan.pending:
             job = episode_job(recording, key, run_id=run_id, raw=raw, dataset=dataset,
                               output_key=video, options=options)
             height, width = info["features"][key]["shape"][:2]
-            job.time_limit_s = encode_time_limit_s(
-                frames=scan.lengths[recording], width=width, height=height)
+            frames = scan.lengths[recording]
+            job.time_limit_s = encode_time_limit_s(frames=frames, width=width, height=height)
             jobs.append(job)
+            farm_parts += farm_jobs(job, frames=frames, fps=info["fps"], width=width,
+                                    height=height, settings=settings)
         with farm_for(settings) as farm, progress_display(console) as progress:
             task = progress.add_task("encoding", total=len(jobs))
             if farm is None:
@@ -128,7 +130,7 @@ def encode_pending(settings: RecorderSettings, *, console: Console,
                     results.append(encode_inline(job))
                     progress.advance(task)
             else:
-                for job in jobs:
+                for job in farm_parts:  # a long episode's parts, encoded at once
                     farm.submit(job)
                 results = farm.wait(on_result=lambda _: progress.advance(task))
     return results, complete_dataset(dataset, raw)

@@ -44,6 +44,9 @@ class SessionReport:
     raw_storage: str
     output_storage: str
     completion: Completion | None = None  # the dataset after finalize()
+    # CPU seconds of the recorder's process (all its threads) from the first episode to
+    # the recorder being free: capture, raw writers, commits, submission; inline encodes.
+    recorder_cpu_s: float = 0.0
 
     @property
     def total_recording_s(self) -> float:
@@ -95,6 +98,7 @@ class RecordingSession:
                               farm=self.farm, progress=self.progress)
         try:
             started_at = time.time()
+            cpu_started = time.process_time()
             for number in range(settings.episodes):
                 interrupted = self._record_one(dataset)
                 if interrupted or (self.stop is not None and self.stop.is_set()):
@@ -105,6 +109,7 @@ class RecordingSession:
             # recorder is busy until then.
             dataset.finish_uploads()
             recording_done_at = time.time()
+            recorder_cpu_s = time.process_time() - cpu_started
             completion = dataset.finalize()
         except BaseException:
             dataset.abort()
@@ -117,7 +122,7 @@ class RecordingSession:
             results=dataset.results, started_at=started_at,
             recording_done_at=recording_done_at, all_ready_at=all_ready_at,
             raw_storage=dataset.raw_storage.url, output_storage=dataset.storage.url,
-            completion=completion)
+            completion=completion, recorder_cpu_s=recorder_cpu_s)
 
     def _record_one(self, dataset: FarmDataset) -> bool:
         """Record and save one episode; True when it was interrupted (not saved)."""

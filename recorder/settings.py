@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from encoder_worker.jobs import EncoderOptions
+from encoder_worker.raw_frames import Compression
 from encoder_worker.storage import check_url
 
 
@@ -56,6 +57,16 @@ class RecorderSettings(BaseSettings):
     pix_fmt: str = Field(default="yuv420p", description="pixel format of the video")
 
     segment_frames: int = Field(default=30, ge=1, description="frames per raw segment file")
+    raw_format: Literal["auto", "rgb24", "yuv420p"] = Field(
+        default="auto",
+        description="pixel format of stored raw frames: yuv420p takes half the bytes of "
+                    "rgb24 and loses nothing a yuv420p video keeps; auto: yuv420p when "
+                    "--pix-fmt is yuv420p, else rgb24")
+    raw_compression: Compression = Field(
+        default="none",
+        description="lossless compression of raw frames: none; zstd (about 0.35x of rgb24 "
+                    "with yuv420p, a few ms of robot CPU per frame); ffv1 (about 0.2x, "
+                    "about 12 ms per frame: for fast hosts with slow disks or links)")
     writer_queue_frames: int = Field(
         default=90, ge=1, description="frames a camera's writer may hold before the loop waits")
     shared_folder: bool = Field(
@@ -69,6 +80,16 @@ class RecorderSettings(BaseSettings):
         default=None,
         description="local folder of raw files waiting for upload (s3 storage), one sub-folder "
                     "per storage; kept across runs. Default: OUTPUT_DIR/.upload-spool")
+    # Defaults measured (benchmarks/README.md, "Split episodes"): see recorder/dataset/
+    # jobs.py's part_count for why.
+    split_after_s: float = Field(
+        default=20.0, ge=0,
+        description="async: an episode longer than this many seconds is encoded as parts by "
+                    "several workers at once, joined into one video; 0: never split")
+    split_part_s: float = Field(
+        default=7.5, gt=0,
+        description="seconds per part of a split episode, at most (the part count is "
+                    "rounded up to a multiple of 4)")
 
     @field_validator("storage", "output_storage")
     @classmethod
@@ -90,7 +111,25 @@ class RecorderSettings(BaseSettings):
         if self.pix_fmt in ("yuv420p", "nv12") and (self.width % 2 or self.height % 2):
             raise ValueError(f"--width and --height must be even for pix_fmt {self.pix_fmt} "
                              f"(an even width and height), got {self.width}x{self.height}")
+        if self.raw_compression == "ffv1" and self.raw_pix_fmt != "yuv420p":
+            raise ValueError("--raw-compression ffv1 stores yuv420p frames: use it with "
+                             "--raw-format yuv420p (or auto with --pix-fmt yuv420p)")
         return self
+
+    @property
+    def raw_pix_fmt(self) -> str:
+        """The pixel format raw frames are stored in (--raw-format, auto resolved)."""
+        if self.raw_format != "auto":
+            return self.raw_format
+        # A yuv420p video keeps no more than yuv420p raw frames hold.
+        return "yuv420p" if self.pix_fmt == "yuv420p" else "rgb24"
+
+    def raw_pix_fmt_for(self, width: int, height: int) -> str:
+        """raw_pix_fmt for a camera of this size: auto keeps rgb24 for an odd size,
+        which yuv420p cannot hold."""
+        if self.raw_format == "auto" and (width % 2 or height % 2):
+            return "rgb24"
+        return self.raw_pix_fmt
 
     @property
     def dataset_root(self) -> Path:

@@ -236,6 +236,12 @@ def details(results: list[BenchmarkResult]) -> list[str]:
                      f"{loop_frames}")
         lines.append(f"    Frames recorded: {t.frames_recorded}, in verified videos: "
                      f"{t.frames_in_videos} ({t.tasks} videos, {t.tasks_failed} failed)")
+        if t.raw_bytes_per_frame:
+            frame_rgb = r.config.width * r.config.height * 3
+            lines.append(f"    Raw frames: {r.config.raw_format}, compression "
+                         f"{r.config.raw_compression}: {t.raw_bytes_per_frame / 1024:.0f} KiB "
+                         f"per frame ({t.raw_bytes_per_frame / frame_rgb:.2f}x rgb24); "
+                         f"recorder CPU {t.recorder_cpu_ms_per_frame:.1f} ms per camera frame")
         if r.mode == "async":
             lines.append(f"    Workers: {len(t.workers_used)} used of "
                          f"{r.environment.workers_answering} answering "

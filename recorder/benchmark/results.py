@@ -38,6 +38,8 @@ class BenchmarkConfig(BaseModel):
     gop: int | None
     preset: str | None
     pix_fmt: str
+    raw_format: str = Field(default="rgb24", description="pixel format of the raw frames")
+    raw_compression: str = Field(default="none", description="lossless compression of them")
     segment_frames: int
     video_encoding_workers: int = Field(description="local workers started; with --broker only "
                                                     "recorded, the farm's own workers are used")
@@ -77,6 +79,7 @@ class EpisodeTiming(BaseModel):
                                                            "robot, add_frame): median")
     busy_ms_p99: float = Field(default=0.0, description="the same, 99th percentile")
     frames_recorded: dict[str, int] = Field(description="camera -> frames in its manifest")
+    raw_bytes: int = Field(default=0, description="raw bytes stored or shipped, all cameras")
     finalize_s: float = Field(description="how long save_episode() held the robot")
     commit_s: float = Field(default=0.0, description="async: the episode's commit, run "
                                                      "behind the next episode's capture")
@@ -143,6 +146,12 @@ class Totals(BaseModel):
     frames_recorded: int = Field(description="frames in the committed manifests")
     frames_in_videos: int = Field(description="frames in verified videos")
     late_frames: int = Field(description="loop iterations that missed their capture slot")
+    raw_bytes_per_frame: float = Field(default=0.0, description="raw bytes stored (or shipped) "
+                                                               "per recorded camera frame")
+    recorder_cpu_ms_per_frame: float = Field(
+        default=0.0, description="the recorder process's CPU (all threads) per captured camera "
+                                 "frame: synthetic cameras, loop, raw writers, commits; sync: "
+                                 "inline encodes too")
     tasks: int
     tasks_failed: int
     stages: dict[str, StageStats] = Field(description="per-stage worker timings over the tasks")
@@ -181,7 +190,8 @@ def episode_timing(ep: EpisodeReport) -> EpisodeTiming:
         episode=ep.episode, started_at=c.started_at, capture_s=c.capture_s, frames=c.frames,
         late_frames=c.late_frames, writer_waits=c.writer_waits,
         busy_ms_median=c.busy_ms(0.5), busy_ms_p99=c.busy_ms(0.99),
-        frames_recorded=dict(ep.frames_recorded), finalize_s=ep.finalize_s,
+        frames_recorded=dict(ep.frames_recorded), raw_bytes=ep.raw_bytes,
+        finalize_s=ep.finalize_s,
         commit_s=ep.commit_s,
         submission_s=ep.submission_s, inline_encode_s=ep.inline_encode_s,
         job_ids=list(ep.job_ids),
@@ -201,7 +211,7 @@ def task_timing(r: EncodeResult) -> TaskTiming:
 
 def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[TaskTiming], *,
               cameras: int, started_at: float, recording_done_at: float,
-              all_ready_at: float | None) -> Totals:
+              all_ready_at: float | None, recorder_cpu_s: float = 0.0) -> Totals:
     """The run's totals, from what was measured per episode and per task."""
     submission = sum(ep.submission_s for ep in episodes)
     committing = sum(ep.finalize_s for ep in episodes)
@@ -217,6 +227,8 @@ def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[Tas
         values = [getattr(t, f"{stage}_s") for t in tasks]
         if values:
             stages[stage] = StageStats(mean_s=statistics.fmean(values), max_s=max(values))
+    recorded = sum(sum(ep.frames_recorded.values()) for ep in episodes)
+    captured = sum(ep.frames for ep in episodes) * cameras
     first = min((ep.started_at for ep in episodes), default=None)
     last = max((ep.capture_end for ep in episodes), default=None)
     return Totals(
@@ -227,10 +239,11 @@ def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[Tas
         else all_ready_at - first,
         drain_from_last_frame_s=None if all_ready_at is None or last is None
         else all_ready_at - last,
-        frames_captured=sum(ep.frames for ep in episodes) * cameras,
-        frames_recorded=sum(sum(ep.frames_recorded.values()) for ep in episodes),
+        frames_captured=captured, frames_recorded=recorded,
         frames_in_videos=sum(t.frames for t in tasks if t.status != "failed"),
         late_frames=sum(ep.late_frames for ep in episodes),
+        raw_bytes_per_frame=sum(ep.raw_bytes for ep in episodes) / recorded if recorded else 0.0,
+        recorder_cpu_ms_per_frame=1000 * recorder_cpu_s / captured if captured else 0.0,
         tasks=len(tasks), tasks_failed=sum(t.status == "failed" for t in tasks),
         stages=stages, workers_used=sorted({t.worker for t in tasks}),
     )
@@ -243,7 +256,7 @@ def from_session(report: SessionReport, *, config: BenchmarkConfig,
     tasks = sorted((task_timing(r) for r in report.results), key=lambda t: t.started_at)
     totals = summarize(report.mode, episodes, tasks, cameras=config.cameras,
                        started_at=report.started_at, recording_done_at=report.recording_done_at,
-                       all_ready_at=report.all_ready_at)
+                       all_ready_at=report.all_ready_at, recorder_cpu_s=report.recorder_cpu_s)
     return BenchmarkResult(
         mode=report.mode, config=config, environment=environment, started_at=report.started_at,
         recording_done_at=report.recording_done_at, all_ready_at=report.all_ready_at,

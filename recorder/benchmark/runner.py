@@ -161,6 +161,8 @@ def _config(settings: BenchmarkSettings, mode: Mode, *, storage: str, width: int
         reset_time_s=settings.reset_time, fps=settings.fps, cameras=settings.camera_count,
         width=width, height=height, codec=settings.codec, crf=settings.crf, gop=settings.gop,
         preset=settings.preset, pix_fmt=settings.pix_fmt,
+        raw_format=settings.raw_pix_fmt_for(width, height),
+        raw_compression=settings.raw_compression,
         segment_frames=settings.segment_frames,
         video_encoding_workers=settings.video_encoding_workers,
         video_encoding_queue_size=settings.video_encoding_queue_size,

@@ -34,12 +34,12 @@ import numpy as np
 import pyarrow as pa
 from rich.progress import Progress
 
-from encoder_worker.encode import encode_job
-from encoder_worker.jobs import EncodeJob, EncodeResult, EncoderOptions, encode_time_limit_s
+from encoder_worker.jobs import EncodeJob, EncodeResult, encode_time_limit_s
 from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeWriter, raw_prefix
-from encoder_worker.storage import Storage, StorageError, local_storage_id, open_storage
+from encoder_worker.storage import Storage, open_storage
 from recorder.dataset import metadata
 from recorder.dataset.complete import Completion, complete_dataset
+from recorder.dataset.jobs import encode_inline, episode_job, farm_jobs, video_job_ids
 from recorder.dataset.layout import DEFAULT_FEATURES, INFO_KEY, Layout, camera_name
 from recorder.dataset.staging import (
     StagedEpisode,
@@ -72,6 +72,7 @@ class EpisodeReport:
     episode: int  # recording number: names its raw frames and, until packing, its videos
     frames_recorded: dict[str, int]  # camera -> frames in its manifest
     frames: int = 0  # frames added (data rows)
+    raw_bytes: int = 0  # raw frame bytes stored (or shipped), all cameras
     # How long save_episode() held the caller. Async, the commit (last segments, manifests,
     # rows, then the episode record) runs behind the next episode's capture: commit_s.
     finalize_s: float = 0.0
@@ -171,27 +172,6 @@ def spool_folder_for(settings: RecorderSettings, storage_url: str) -> Path:
     # Absolute: messages that name it must still be right after a change of directory.
     spool_dir = settings.spool_dir or settings.output_dir / ".upload-spool"
     return spool_folder(spool_dir.absolute(), storage_url)
-
-
-def episode_job(recording: int, video_key: str, *, run_id: str, raw: Storage,
-                dataset: Storage, output_key: str, options: EncoderOptions) -> EncodeJob:
-    """The EncodeJob of one committed (recording, camera)."""
-    camera = camera_name(video_key)
-    return EncodeJob(
-        job_id=f"{run_id}-ep{recording:06d}-{camera}", episode=recording, camera=camera,
-        raw_storage=raw.url, raw_prefix=raw_prefix(episode=recording, camera=camera),
-        raw_storage_id=local_storage_id(raw, create=True), output_storage=dataset.url,
-        output_storage_id=local_storage_id(dataset, create=True), output_key=output_key,
-        options=options)
-
-
-def encode_inline(job: EncodeJob) -> EncodeResult:
-    """encode_job in the recorder's process; storage errors become a failed result."""
-    try:
-        return encode_job(job)
-    except (StorageError, OSError) as exc:
-        # The recording goes on; this episode's raw frames stay for a later encode.
-        return EncodeResult.failed(job, f"{type(exc).__name__}: {exc}")
 
 
 def finish_writers(writers: Iterable[CameraWriter], *, interrupted: bool) -> list[Manifest]:
@@ -372,6 +352,9 @@ class FarmDataset:
             writers[key] = CameraWriter(
                 RawEpisodeWriter(sink, episode=recording, camera=camera, width=width,
                                  height=height, fps=self.fps,
+                                 pix_fmt=self.settings.raw_pix_fmt_for(width, height),
+                                 input_pix_fmt="rgb24",
+                                 compression=self.settings.raw_compression,
                                  segment_frames=self.settings.segment_frames),
                 queue_frames=self.settings.writer_queue_frames,
                 on_written=_sampler(stats, stride))
@@ -433,10 +416,11 @@ class FarmDataset:
         started = time.perf_counter()
         manifests = finish_writers(episode.writers.values(), interrupted=False)
         report.frames_recorded = {m.camera: m.frame_count for m in manifests}
+        report.raw_bytes = sum(m.stored_bytes for m in manifests)
         uploading = self._stage(episode)
-        jobs += [self._job(episode.recording, key, frames=len(episode.tasks))
-                 for key in self.video_keys]
-        report.job_ids = [job.job_id for job in jobs]
+        jobs += [job for key in self.video_keys
+                 for job in self._jobs(episode.recording, key, frames=len(episode.tasks))]
+        report.job_ids = video_job_ids(jobs)
         report.commit_s = time.perf_counter() - started
         logger.info("recording %d: %d frames saved", episode.recording, report.frames)
         return uploading
@@ -471,13 +455,13 @@ class FarmDataset:
     def _encode_leftover(self, recording: int) -> None:
         """Send (or encode inline) the missing videos of an earlier run's episode."""
         record = load_staged(self.raw_storage, recording)
-        jobs = [self._job(recording, key, frames=record.length)
-                for key, video in sorted(record.videos.items())
-                if not self.storage.exists(video)]
+        jobs = [job for key, video in sorted(record.videos.items())
+                if not self.storage.exists(video)
+                for job in self._jobs(recording, key, frames=record.length)]
         logger.warning("recording %d, committed by an earlier run that stopped before it was "
                        "uploaded, is uploaded now: %s its %d missing videos", recording,
                        "sending the farm" if self.settings.async_encoding else "encoding",
-                       len(jobs))
+                       len(video_job_ids(jobs)))
         for job in jobs:
             if self.farm is not None and self.settings.async_encoding:
                 self.farm.submit(job)
@@ -540,13 +524,18 @@ class FarmDataset:
     def _video_key(self, recording: int, key: str) -> str:
         return self.layout.video_key_of(recording=recording, video_key=key)
 
-    def _job(self, recording: int, key: str, *, frames: int) -> EncodeJob:
+    def _jobs(self, recording: int, key: str, *, frames: int) -> list[EncodeJob]:
+        """The jobs of one (recording, camera): its parts, if the farm encodes a long
+        episode; inline encoding never splits."""
         job = episode_job(recording, key, run_id=self.run_id, raw=self.raw_storage,
                           dataset=self.storage, output_key=self._video_key(recording, key),
                           options=self.options)
         height, width, _ = self.features[key]["shape"]
+        if self.settings.async_encoding:
+            return farm_jobs(job, frames=frames, fps=self.fps, width=width, height=height,
+                             settings=self.settings)
         job.time_limit_s = encode_time_limit_s(frames=frames, width=width, height=height)
-        return job
+        return [job]
 
     # -- finishing ---------------------------------------------------------------------
 
