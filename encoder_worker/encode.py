@@ -42,6 +42,10 @@ SOURCE_PREFIX = "robot-encoding-farm source="
 PROGRESS_INTERVAL_S = 1.0
 # progress(frames_done, frames_total)
 ProgressCallback = Callable[[int, int], None]
+# pause(): returns when the encode may go on (priority.CaptureYield); called between frames
+PauseCallback = Callable[[], None]
+# ... every this many frames (a Redis EXISTS each: a few per second at most).
+PAUSE_EVERY_FRAMES = 15
 # Frames fetched, unpacked and converted ahead of the encoder, in a thread of their own:
 # about 40 MB at 640x480 rgb24, enough to ride out an S3 round trip of a segment.
 READ_AHEAD_FRAMES = 45
@@ -50,7 +54,8 @@ T = TypeVar("T")
 
 def encode_job(job: EncodeJob, *, scratch_dir: Path | None = None,
                before_publish: Callable[[], None] | None = None,
-               progress: ProgressCallback | None = None) -> EncodeResult:
+               progress: ProgressCallback | None = None,
+               pause: PauseCallback | None = None) -> EncodeResult:
     """Run one EncodeJob to a published, verified MP4.
 
     Failures that retrying cannot fix (missing or corrupt raw data, a codec error, an
@@ -61,6 +66,8 @@ def encode_job(job: EncodeJob, *, scratch_dir: Path | None = None,
         before_publish: called just before publishing; raises to stop it (a lost lease).
         progress: told (frames_done, frames_total) while frames are encoded, at most every
             PROGRESS_INTERVAL_S and after the last frame; it must not raise.
+        pause: called every PAUSE_EVERY_FRAMES frames and before the verification; it
+            returns when the encode may go on. Its time is in no stage's.
     """
     started = time.time()
     result = EncodeResult.failed(job, "", worker_host=socket.gethostname(),
@@ -69,7 +76,7 @@ def encode_job(job: EncodeJob, *, scratch_dir: Path | None = None,
     result.timings.queue_wait_s = max(0.0, started - job.submitted_at)
     try:
         _encode_into(result, job, scratch_dir=scratch_dir, before_publish=before_publish,
-                     progress=progress)
+                     progress=progress, pause=pause)
     except (RawEpisodeError, EncodeError, av.FFmpegError) as exc:
         result.status = Status.FAILED
         result.error = f"{type(exc).__name__}: {exc}"
@@ -82,7 +89,8 @@ def encode_job(job: EncodeJob, *, scratch_dir: Path | None = None,
 
 def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | None,
                  before_publish: Callable[[], None] | None,
-                 progress: ProgressCallback | None = None) -> None:
+                 progress: ProgressCallback | None = None,
+                 pause: PauseCallback | None = None) -> None:
     raw_storage = open_storage(job.raw_storage)
     output_storage = open_storage(job.output_storage)
     reader = RawEpisodeReader(raw_storage, job.raw_prefix)
@@ -113,9 +121,11 @@ def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | No
             return
         video = Path(tmp) / "episode.mp4"
         fetch_s, encode_s = encode_frames(reader, video, job, source=source,
-                                          progress=progress)
+                                          progress=progress, pause=pause)
         result.timings.fetch_s = fetch_s
         result.timings.encode_s = encode_s
+        if pause is not None:
+            pause()
 
         t0 = time.perf_counter()
         verify_video(video, manifest)
@@ -133,7 +143,8 @@ def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | No
 
 def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
                   source: str = "", progress: ProgressCallback | None = None,
-                  first_frame: int = 0, frame_count: int | None = None) -> tuple[float, float]:
+                  first_frame: int = 0, frame_count: int | None = None,
+                  pause: PauseCallback | None = None) -> tuple[float, float]:
     """Encode frames of reader into video; returns (fetch_s, encode_s).
 
     Frames are read, unpacked and converted READ_AHEAD_FRAMES ahead in another thread:
@@ -141,7 +152,7 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
 
     Args:
         source: written to the video's metadata, to recognise it later.
-        progress: see encode_job.
+        progress, pause: see encode_job.
         first_frame, frame_count: the frames to encode (default: all); the video's first
             frame has pts 0 either way.
     """
@@ -177,6 +188,8 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
             reported = time.perf_counter()
             with read_ahead(video_frames(), READ_AHEAD_FRAMES) as frames:
                 while True:
+                    if pause is not None and index % PAUSE_EVERY_FRAMES == 0:
+                        pause()
                     t0 = time.perf_counter()
                     frame = next(frames, None)
                     t1 = time.perf_counter()

@@ -159,6 +159,7 @@ class Timings(BaseModel):
     verify_s: float = 0.0
     publish_s: float = 0.0
     join_s: float = 0.0  # a part job that joined the parts into the video: the join
+    paused_s: float = 0.0  # --yield-to-capture: paused while a recorder captured
     total_s: float = 0.0
 
 

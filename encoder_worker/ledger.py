@@ -11,6 +11,9 @@
     farm:failed             job -> {task_id, payload, result, failed_at} of failed jobs, kept
                             for a set time (`encoder-worker failed`, `encoder-worker requeue`)
     farm:rejected           queue items that were not messages, set aside (transport.py)
+    farm:capture:<host>     set while a recorder on that host captures an episode (a short
+                            TTL it refreshes): workers there started with --yield-to-capture
+                            pause their encodes meanwhile (priority.CaptureYield)
     farm:progress           job -> {worker, frames_done, frames_total, fps, ...} of jobs
                             encoding now, at most one update a second (`encoder-worker status`)
     farm:finished           the last hour's finished jobs (sorted by time, at most
@@ -43,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 LEASE_PREFIX = "farm:lease:"
 JOIN_PREFIX = "farm:join:"
+CAPTURE_PREFIX = "farm:capture:"
 CLAIMS_KEY = "farm:claims"
 WAITING_KEY = "farm:waiting"
 ATTEMPTS_PREFIX = "farm:attempts:"
@@ -225,6 +229,16 @@ class JobLedger:
         if raw is None or not self.client.hdel(FAILED_KEY, job_id):
             return None
         return dict(json.loads(raw))
+
+    # a recorder capturing on a host, for the workers beside it
+    def announce_capture(self, host: str, *, ttl_s: float) -> None:
+        self.client.set(CAPTURE_PREFIX + host, "1", px=max(1, int(ttl_s * 1000)))
+
+    def end_capture(self, host: str) -> None:
+        self.client.delete(CAPTURE_PREFIX + host)
+
+    def capturing(self, host: str) -> bool:
+        return bool(self.client.exists(CAPTURE_PREFIX + host))
 
     # progress and history, for `encoder-worker status`
     def report_progress(self, job_id: str, record: dict[str, Any], *, ttl_s: float) -> None:

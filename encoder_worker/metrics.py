@@ -264,6 +264,11 @@ class JobProgress:
         self._first: float | None = None
         self._failed = False
 
+    def paused(self, paused: bool) -> None:
+        """Say in the ledger whether the encode waits for a recorder's capture to end."""
+        self.record["paused_for_capture"] = paused
+        self._publish()
+
     def __call__(self, frames_done: int, frames_total: int) -> None:
         now = time.time()
         if self._first is None:
@@ -271,6 +276,9 @@ class JobProgress:
         elapsed = now - self._first
         self.record.update(frames_done=frames_done, frames_total=frames_total,
                            fps=frames_done / elapsed if elapsed > 0 else 0.0, updated_at=now)
+        self._publish()
+
+    def _publish(self) -> None:
         try:
             self.ledger.report_progress(self.job_id, self.record, ttl_s=self.ttl_s)
         except RedisError as exc:

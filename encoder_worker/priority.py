@@ -5,8 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from encoder_worker.ledger import JobLedger
 
 logger = logging.getLogger(__name__)
 
@@ -55,3 +63,62 @@ def idle_scheduling(enabled: bool) -> Iterator[None]:
             # and lease heartbeats, stay idle. A lease lost that way is taken back safely.
             logger.warning("this worker process could not leave SCHED_IDLE after an encode "
                            "(raise RLIMIT_NICE, or run the worker with CAP_SYS_NICE)")
+
+
+# While paused, how often the worker looks whether the capture ended.
+CAPTURE_POLL_S = 0.2
+# A job pauses at most this long in all, when it has no time limit to stay within.
+CAPTURE_YIELD_MAX_S = 600.0
+
+
+class CaptureYield:
+    """An encode's pause point (--yield-to-capture): returns at once, unless a recorder
+    on this host is capturing an episode; then waits until it stops.
+
+    Even SCHED_IDLE encoders cost a record loop slots on a small host (measured: two idle
+    spinners gave 17 and 5 late slots of 300 where none ran gave 0 and 3): the cores
+    share caches and, in a VM, the hypervisor's time. Pausing gives the loop the whole
+    host; encodes catch up between episodes and after the last one. Bounded by budget_s
+    in all per job, so that a session of back-to-back episodes cannot run a job into its
+    time limit; a Redis that does not answer never pauses anything.
+    """
+
+    def __init__(self, ledger: JobLedger, *, budget_s: float, host: str | None = None,
+                 on_pause: Callable[[bool], None] | None = None) -> None:
+        self.ledger = ledger
+        self.host = host or socket.gethostname()
+        self.budget_s = budget_s
+        self.on_pause = on_pause
+        self.paused_s = 0.0
+        self._warned = False
+
+    def __call__(self) -> None:
+        if self.paused_s >= self.budget_s or not self._capturing():
+            return
+        started = time.monotonic()
+        logger.info("a recorder on %s is capturing: encode paused until its episode ends",
+                    self.host)
+        if self.on_pause is not None:
+            self.on_pause(True)
+        try:
+            while self._capturing():
+                waited = self.paused_s + time.monotonic() - started
+                if waited >= self.budget_s:
+                    logger.warning("paused %.0fs for the recorder's capture, this job's "
+                                   "budget: encoding beside it now", waited)
+                    break
+                time.sleep(CAPTURE_POLL_S)
+        finally:
+            self.paused_s += time.monotonic() - started
+            if self.on_pause is not None:
+                self.on_pause(False)
+
+    def _capturing(self) -> bool:
+        try:
+            return self.ledger.capturing(self.host)
+        except RedisError as exc:
+            if not self._warned:
+                logger.warning("cannot tell whether a recorder captures here (%s): "
+                               "encoding without pauses", exc)
+                self._warned = True
+            return False

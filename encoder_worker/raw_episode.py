@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import hashlib
+import logging
 import os
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -22,6 +24,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from encoder_worker.raw_frames import PIX_FMTS, Compression, FramePacker, frame_bytes, frame_shape
 from encoder_worker.storage import KeyNotFound, Storage
+
+logger = logging.getLogger(__name__)
 
 # 2: pixel formats beyond packed RGB, compression, per-frame sizes of compressed segments.
 MANIFEST_SCHEMA_VERSION = 2
@@ -143,6 +147,7 @@ class DirectSink:
         return open(self._dir / f".{name}.partial", "wb")
 
     def commit_segment(self, name: str, file: BinaryIO) -> None:
+        start_writeback(file)
         file.close()
         if not self._in_place:
             self.storage.publish_file(f"{self.prefix}/{name}", Path(file.name))
@@ -158,6 +163,37 @@ class DirectSink:
                 os.fsync(f.fileno())
         self._unsynced.clear()
         self.storage.put_bytes(manifest_key(self.prefix), manifest.model_dump_json().encode())
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2), which Python's os module does not offer; None elsewhere."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(file: BinaryIO) -> None:
+    """Start writing a finished segment to disk, without waiting for it.
+
+    The manifest's fsync then finds little left to write: the episode's commit (and the
+    recorder's wait for the last one) no longer flushes the whole episode at once, and
+    the disk writes spread over the capture instead of bursting at each episode end.
+    Page cache is kept, so workers on the same host still read the frames from memory.
+    """
+    if _SYNC_FILE_RANGE is None:
+        return
+    file.flush()
+    if _SYNC_FILE_RANGE(file.fileno(), 0, 0, SYNC_FILE_RANGE_WRITE) != 0:
+        logger.debug("sync_file_range failed: %s", os.strerror(ctypes.get_errno()))
 
 
 class RawEpisodeWriter:

@@ -98,6 +98,11 @@ class WorkerSettings(BaseSettings):
         default=False,
         description="encode in Linux's SCHED_IDLE class: CPU only when nothing else on the "
                     "host wants it (beside a record loop)")
+    yield_to_capture: bool = Field(
+        default=False,
+        description="pause encodes while a recorder on this host captures an episode, and "
+                    "encode between episodes and after them (a robot host whose capture "
+                    "must not lose a slot; see docs/architecture.md)")
     nice: int = Field(default=0, ge=0, le=19,
                       description="lower the worker's CPU priority (beside a record loop)")
     metrics_port: int | None = Field(

@@ -21,7 +21,7 @@ from encoder_worker.jobs import EncodeJob, EncodeResult, Status
 from encoder_worker.ledger import JobLease, JobLedger, LeaseLost, LeaseReaper
 from encoder_worker.metrics import count_retry, count_takeover, job_progress
 from encoder_worker.parts import encode_part_and_join, video_id
-from encoder_worker.priority import idle_scheduling
+from encoder_worker.priority import CAPTURE_YIELD_MAX_S, CaptureYield, idle_scheduling
 from encoder_worker.raw_episode import manifest_key
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import StorageError, local_storage_id, open_storage, within
@@ -238,6 +238,7 @@ def _encode_counted(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
             job, f"the encode was started {MAX_ENCODE_ATTEMPTS} times and its worker died "
                  "each time (out of memory? a codec crash?); see the workers' logs",
             worker_host=socket.gethostname(), worker_pid=os.getpid())
+    pause = capture_yield(ledger, job, settings, progress)
     try:
         with idle_scheduling(settings.idle_priority):
             if job.part is not None:
@@ -245,10 +246,13 @@ def _encode_counted(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
                     job, join_lock=ledger.join_lock(video or video_id(job),
                                                     ttl_s=settings.lease_ttl_s),
                     scratch_dir=settings.scratch_dir, before_publish=lease.check,
-                    progress=progress)
+                    progress=progress, pause=pause)
             else:
                 result = encode_job(job, scratch_dir=settings.scratch_dir,
-                                    before_publish=lease.check, progress=progress)
+                                    before_publish=lease.check, progress=progress,
+                                    pause=pause)
+        if pause is not None:
+            result.timings.paused_s = pause.paused_s
     except (StorageError, OSError, LeaseLost, SoftTimeLimitExceeded):
         # The worker lived: this start is not a worker death. Transient errors have their
         # own count (Celery's retries); without this, 3 of them failed the job for good.
@@ -256,6 +260,17 @@ def _encode_counted(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
         raise
     ledger.clear_attempts(job.job_id)
     return result
+
+
+def capture_yield(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
+                  progress: ProgressCallback | None) -> CaptureYield | None:
+    """The job's pause point with --yield-to-capture: paused at most half its time limit
+    in all, so that pausing never makes it run over."""
+    if not settings.yield_to_capture:
+        return None
+    budget = job.time_limit_s / 2 if job.time_limit_s else CAPTURE_YIELD_MAX_S
+    on_pause = getattr(progress, "paused", None)
+    return CaptureYield(ledger, budget_s=budget, on_pause=on_pause)
 
 
 def _over_time_limit(task: Task, ledger: JobLedger, job: EncodeJob) -> dict[str, Any]:

@@ -152,7 +152,7 @@ class LocalFarm:
                  "--concurrency", "1", "--hostname", f"local{index}@%h",
                  "--allow-storage", json.dumps(self.storage),
                  # Encoding must never starve the record loop on the same host.
-                 "--nice", "10", "--idle-priority"],
+                 "--nice", "10", "--idle-priority", "--yield-to-capture"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 # Own session: Ctrl-C reaches only the recorder, which stops us in order.
                 start_new_session=True,

@@ -361,7 +361,13 @@ class FarmDataset:
         columns: dict[str, list[np.ndarray]] = {
             key: [] for key, f in self.features.items() if f["dtype"] != "video"}
         self._episode = _Episode(recording, writers, sinks, image_stats, columns)
+        self._capturing(True)
         return self._episode
+
+    def _capturing(self, capturing: bool) -> None:
+        """Tell workers beside this recorder (--yield-to-capture) to pause, or go on."""
+        if self.farm is not None and self.settings.async_encoding:
+            self.farm.capturing(capturing)
 
     def save_episode(self) -> EpisodeReport:
         """End the episode: commit it and send its encode jobs (async), or commit and
@@ -384,6 +390,7 @@ class FarmDataset:
             raise ValueError("save_episode: no frame was added since the last save_episode()")
         started = time.perf_counter()
         self._episode = None
+        self._capturing(False)
         report = EpisodeReport(episode=episode.recording, frames=len(episode.tasks),
                                frames_recorded={}, writer_waits=episode.writer_waits)
         jobs: list[EncodeJob] = []  # made by the commit
@@ -474,6 +481,7 @@ class FarmDataset:
         Its camera frames are kept as raw data marked interrupted, never deleted.
         """
         episode, self._episode = self._episode, None
+        self._capturing(False)
         if episode is not None:
             finish_writers(episode.writers.values(), interrupted=True)
 

@@ -1,0 +1,87 @@
+"""Workers beside a recorder (--yield-to-capture) pause while it captures an episode."""
+
+import json
+import socket
+import threading
+
+import numpy as np
+from conftest import wait_for
+from episodes import job_for, write_episode
+from video_checks import check_video_against_raw
+
+from encoder_worker.broker import redis_client
+from encoder_worker.jobs import Status
+from encoder_worker.ledger import PROGRESS_KEY, JobLedger
+from encoder_worker.priority import CaptureYield
+from encoder_worker.raw_episode import raw_prefix
+from encoder_worker.storage import open_storage
+from recorder.dataset.writer import FarmDataset
+from recorder.farm_client import EncodingFarmClient
+from recorder.settings import RecorderSettings
+
+HOST = socket.gethostname()
+
+
+def test_a_pause_lasts_while_the_recorder_captures(broker_url):
+    ledger = JobLedger(redis_client(broker_url))
+    pauses: list[bool] = []
+    pause = CaptureYield(ledger, budget_s=60, on_pause=pauses.append)
+    pause()  # nobody captures: returns at once
+    assert pauses == [] and pause.paused_s == 0
+    ledger.announce_capture(HOST, ttl_s=30)
+    waiting = threading.Thread(target=pause)
+    waiting.start()
+    wait_for(lambda: pauses == [True], timeout_s=10, what="the encode to pause")
+    assert waiting.is_alive()
+    ledger.end_capture(HOST)
+    waiting.join(timeout=10)
+    assert not waiting.is_alive() and pauses == [True, False] and pause.paused_s > 0
+
+
+def test_a_pause_never_outlasts_its_budget(broker_url):
+    ledger = JobLedger(redis_client(broker_url))
+    ledger.announce_capture(HOST, ttl_s=60)
+    pause = CaptureYield(ledger, budget_s=0.5)
+    pause()  # a capture that never ends: back after the budget
+    assert 0.5 <= pause.paused_s < 5
+    pause()  # budget spent: no more pausing
+    assert pause.paused_s < 5
+
+
+def test_a_worker_pauses_its_encode_until_the_episode_ends(tmp_path, broker_url,
+                                                            start_worker):
+    storage = open_storage(tmp_path / "data")
+    manifest = write_episode(storage, frames=90, width=320, height=240)
+    start_worker(broker_url, "--yield-to-capture")
+    client = redis_client(broker_url)
+    ledger = JobLedger(client)
+    ledger.announce_capture(HOST, ttl_s=120)
+    with EncodingFarmClient(broker_url) as farm:
+        farm.submit(job_for(storage, manifest))
+
+        def paused():
+            record = client.hget(PROGRESS_KEY, f"test-ep{manifest.episode}-cam0")
+            return record is not None and json.loads(record).get("paused_for_capture")
+        wait_for(paused, timeout_s=60, what="the worker to pause for the capture")
+        ledger.end_capture(HOST)
+        [result] = farm.wait(timeout_s=120)
+    assert result.status is Status.SUCCEEDED, result.error
+    assert result.timings.paused_s > 0
+    check_video_against_raw(storage.path(result.output_key), storage.url,
+                            raw_prefix(episode=0, camera="cam0"))
+
+
+def test_the_dataset_says_while_an_episode_is_captured(tmp_path, broker_url):
+    ledger = JobLedger(redis_client(broker_url))
+    features = {"observation.images.cam0": {"dtype": "video", "shape": [48, 64, 3],
+                                            "names": ["height", "width", "channels"]}}
+    settings = RecorderSettings(output_dir=tmp_path, async_encoding=True, broker=broker_url,
+                                wait=False)
+    with EncodingFarmClient(broker_url) as farm:
+        dataset = FarmDataset(settings, features=features, farm=farm)
+        dataset.add_frame({"observation.images.cam0": np.zeros((48, 64, 3), np.uint8),
+                           "task": "wait"})
+        wait_for(lambda: ledger.capturing(HOST), timeout_s=10, what="capture announced")
+        dataset.save_episode()
+        wait_for(lambda: not ledger.capturing(HOST), timeout_s=10, what="capture ended")
+        dataset.finalize()
