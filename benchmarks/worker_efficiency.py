@@ -6,7 +6,10 @@ settings (the farm's defaults, LeRobot's), rounds interleaved in one process:
 - worker: encode_job() on the raw episode in a local folder, as a worker runs it
   (read ahead, encode, decode every frame to verify, publish).
 Both are given frames in the raw format the recorder stores by default (yuv420p); bare
-from rgb24 (what an inline encoder is given) is shown too.
+from rgb24 (what an inline encoder is given) is shown too. Run as root, SVT-AV1 gives its
+threads real-time priority, which the farm's workers take back (a robot host's loop
+must come first; encode.demote_realtime_threads): "bare, threads demoted" is bare PyAV
+as the workers, and any worker not run as root, encode.
 
     python benchmarks/worker_efficiency.py --frames 300 --rounds 3
 """
@@ -25,7 +28,7 @@ import av
 import numpy as np
 from real_content import frames as real_frames
 
-from encoder_worker.encode import encode_job
+from encoder_worker.encode import demote_realtime_threads, encode_job
 from encoder_worker.jobs import EncodeJob, EncoderOptions, Status
 from encoder_worker.raw_episode import DirectSink, RawEpisodeWriter
 from encoder_worker.raw_frames import FramePacker
@@ -33,7 +36,7 @@ from encoder_worker.storage import open_storage
 
 
 def bare_encode(arrays: list[np.ndarray], pix_fmt: str, path: Path,
-                options: EncoderOptions) -> float:
+                options: EncoderOptions, *, demote: bool = False) -> float:
     """Seconds to encode arrays (of pix_fmt) to path with PyAV alone."""
     height, width = (arrays[0].shape[0] * 2 // 3, arrays[0].shape[1]) \
         if pix_fmt == "yuv420p" else arrays[0].shape[:2]
@@ -43,6 +46,9 @@ def bare_encode(arrays: list[np.ndarray], pix_fmt: str, path: Path,
         assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = width, height, options.pix_fmt
         stream.time_base = Fraction(1, 30)
+        stream.codec_context.open()
+        if demote:
+            demote_realtime_threads()
         for index, array in enumerate(arrays):
             frame = av.VideoFrame.from_ndarray(array, format=pix_fmt)
             frame.pts = index
@@ -63,7 +69,8 @@ def main() -> None:
     packer = FramePacker(width=width, height=height, pix_fmt="yuv420p", input_pix_fmt="rgb24")
     yuv = [packer.convert(frame) for frame in rgb]
     load = os.getloadavg()[0]
-    times: dict[str, list[float]] = {"bare yuv420p": [], "bare rgb24": [], "worker": []}
+    times: dict[str, list[float]] = {"bare yuv420p": [], "bare yuv420p, threads demoted": [],
+                                     "bare rgb24": [], "worker": []}
     stages: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="worker-efficiency-") as tmp:
         storage = open_storage(Path(tmp) / "farm")
@@ -76,6 +83,9 @@ def main() -> None:
         for round_ in range(args.rounds):
             times["bare yuv420p"].append(
                 bare_encode(yuv, "yuv420p", Path(tmp) / f"bare-{round_}.mp4", options))
+            times["bare yuv420p, threads demoted"].append(
+                bare_encode(yuv, "yuv420p", Path(tmp) / f"demoted-{round_}.mp4", options,
+                            demote=True))
             job = EncodeJob(job_id=f"round-{round_}", episode=0, camera="cam0",
                             raw_storage=storage.url, raw_prefix="raw/cam0",
                             output_storage=storage.url, output_key=f"videos/{round_}.mp4",
@@ -97,10 +107,11 @@ def main() -> None:
     print("|---|---|---:|")
     for name, values in fps.items():
         print(f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {median[name]:.1f} |")
-    ratios = [w / b for w, b in zip(fps["worker"], fps["bare yuv420p"], strict=True)]
     print()
-    print(f"worker fps / bare PyAV fps (same yuv420p frames), per round: "
-          f"{', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
+    for bare in ("bare yuv420p", "bare yuv420p, threads demoted"):
+        ratios = [w / b for w, b in zip(fps["worker"], fps[bare], strict=True)]
+        print(f"worker fps / {bare} fps (same frames), per round: "
+              f"{', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
     print(f"worker fps / bare PyAV fps from rgb24: "
           f"{median['worker'] / median['bare rgb24']:.3f}")
     print("worker stages, median s: " + ", ".join(

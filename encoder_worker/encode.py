@@ -27,6 +27,7 @@ from av.video.reformatter import VideoReformatter
 from encoder_worker.jobs import EncodeJob, EncodeResult, Status
 from encoder_worker.raw_episode import Manifest, RawEpisodeError, RawEpisodeReader
 from encoder_worker.storage import Storage, open_storage
+from encoder_worker.verify import PacketVerifier, VerifyError, check_file
 
 logger = logging.getLogger(__name__)
 
@@ -120,16 +121,9 @@ def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | No
             result.bytes = existing.stat().st_size
             return
         video = Path(tmp) / "episode.mp4"
-        fetch_s, encode_s = encode_frames(reader, video, job, source=source,
-                                          progress=progress, pause=pause)
-        result.timings.fetch_s = fetch_s
-        result.timings.encode_s = encode_s
-        if pause is not None:
-            pause()
-
-        t0 = time.perf_counter()
-        verify_video(video, manifest)
-        result.timings.verify_s = time.perf_counter() - t0
+        timings = result.timings
+        timings.fetch_s, timings.encode_s, timings.verify_s = encode_frames(
+            reader, video, job, source=source, progress=progress, pause=pause)
 
         result.bytes = video.stat().st_size
         if before_publish is not None:
@@ -144,11 +138,18 @@ def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | No
 def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
                   source: str = "", progress: ProgressCallback | None = None,
                   first_frame: int = 0, frame_count: int | None = None,
-                  pause: PauseCallback | None = None) -> tuple[float, float]:
-    """Encode frames of reader into video; returns (fetch_s, encode_s).
+                  pause: PauseCallback | None = None) -> tuple[float, float, float]:
+    """Encode frames of reader into video and verify it; returns (fetch_s, encode_s,
+    verify_s).
 
     Frames are read, unpacked and converted READ_AHEAD_FRAMES ahead in another thread:
-    fetch_s is the time the encoder waited for them.
+    fetch_s is the time the encoder waited for them. Every packet the encoder gives is
+    decoded in a third thread as it comes (verify.PacketVerifier: count, order, size),
+    and the file is read back packet by packet at the end (verify.check_file): verify_s
+    is the time both took after the last frame was encoded.
+
+    Raises:
+        EncodeError: the encoder failed, or its output did not verify.
 
     Args:
         source: written to the video's metadata, to recognise it later.
@@ -175,6 +176,8 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
             stream.time_base = Fraction(1, 1) / rate
             stream.codec_context.open()
             demote_realtime_threads()
+            verifier = PacketVerifier(stream.codec_context, width=manifest.width,
+                                      height=manifest.height)
             reformatter = VideoReformatter()  # one swscale context for every frame
 
             def video_frames() -> Iterator[av.VideoFrame]:
@@ -197,7 +200,9 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
                     if frame is None:
                         break
                     frame.pts = index
-                    container.mux(stream.encode(frame))
+                    packets = stream.encode(frame)
+                    verifier.add(packets)
+                    container.mux(packets)
                     t2 = time.perf_counter()
                     encode_s += t2 - t1
                     index += 1
@@ -207,14 +212,23 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
             if progress is not None:
                 progress(index, total)
             t0 = time.perf_counter()
-            container.mux(stream.encode(None))  # flush the encoder's delayed frames
+            packets = stream.encode(None)  # flush the encoder's delayed frames
+            verifier.add(packets)
+            container.mux(packets)
         encode_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        verifier.check(total)
+        check_file(video, frames=total, fps=manifest.fps,
+                   size=(manifest.width, manifest.height))
+        verify_s = time.perf_counter() - t0
     except (av.FFmpegError, av.codec.codec.UnknownCodecError) as exc:
         raise EncodeError(
             f"{options.codec} failed on {manifest.width}x{manifest.height} "
             f"{options.pix_fmt}: {exc}"
         ) from exc
-    return fetch_s, encode_s
+    except VerifyError as exc:
+        raise EncodeError(f"the encoded video does not verify: {exc}") from exc
+    return fetch_s, encode_s, verify_s
 
 
 @contextlib.contextmanager

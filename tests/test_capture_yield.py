@@ -85,3 +85,12 @@ def test_the_dataset_says_while_an_episode_is_captured(tmp_path, broker_url):
         dataset.save_episode()
         wait_for(lambda: not ledger.capturing(HOST), timeout_s=10, what="capture ended")
         dataset.finalize()
+
+
+def test_a_recorder_that_died_mid_capture_stops_pausing_within_seconds(broker_url):
+    ledger = JobLedger(redis_client(broker_url))
+    ledger.announce_capture(HOST, ttl_s=1.0)  # its last word; nobody ends the capture
+    pause = CaptureYield(ledger, budget_s=60)
+    pause()
+    assert 0 < pause.paused_s < 10
+    assert not ledger.capturing(HOST)

@@ -14,6 +14,7 @@ from encoder_worker.jobs import EncoderOptions, Status
 from encoder_worker.ledger import LeaseLost
 from encoder_worker.raw_episode import RawEpisodeError, raw_prefix
 from encoder_worker.storage import open_storage
+from encoder_worker.verify import PacketVerifier, VerifyError, check_file
 
 
 @pytest.fixture
@@ -158,3 +159,22 @@ def test_verify_refuses_a_video_whose_frames_are_not_one_frame_apart(storage, tm
         container.mux(stream.encode(None))
     with pytest.raises(EncodeError, match="frame 3 has pts"):
         verify_video(video, manifest)
+    # The check of a fresh encode's file reads its packets, and finds the same gap.
+    with pytest.raises(VerifyError, match="frame 3 is at pts"):
+        check_file(video, frames=6, fps=30, size=(64, 48))
+
+
+def test_the_encoders_packets_are_decoded_as_they_come(tmp_path):
+    encoder = av.CodecContext.create("libsvtav1", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 64, 48, "yuv420p"
+    encoder.time_base, encoder.framerate = Fraction(1, 30), Fraction(30)
+    encoder.open()
+    verifier = PacketVerifier(encoder, width=64, height=48)
+    for index in range(10):
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), index * 20, np.uint8),
+                                           format="rgb24").reformat(format="yuv420p")
+        frame.pts = index
+        verifier.add(encoder.encode(frame))
+    verifier.add(encoder.encode(None))
+    with pytest.raises(VerifyError, match="decode to 10 frames, 11 were encoded"):
+        verifier.check(11)
