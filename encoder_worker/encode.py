@@ -67,7 +67,7 @@ def encode_job(job: EncodeJob, *, scratch_dir: Path | None = None,
         before_publish: called just before publishing; raises to stop it (a lost lease).
         progress: told (frames_done, frames_total) while frames are encoded, at most every
             PROGRESS_INTERVAL_S and after the last frame; it must not raise.
-        pause: called every PAUSE_EVERY_FRAMES frames and before the verification; it
+        pause: called before anything else, then every PAUSE_EVERY_FRAMES frames; it
             returns when the encode may go on. Its time is in no stage's.
     """
     started = time.time()
@@ -92,6 +92,8 @@ def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | No
                  before_publish: Callable[[], None] | None,
                  progress: ProgressCallback | None = None,
                  pause: PauseCallback | None = None) -> None:
+    if pause is not None:
+        pause()  # before the codec's start (memory, threads) and the first reads
     raw_storage = open_storage(job.raw_storage)
     output_storage = open_storage(job.output_storage)
     reader = RawEpisodeReader(raw_storage, job.raw_prefix)

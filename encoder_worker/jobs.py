@@ -154,9 +154,9 @@ class Timings(BaseModel):
     comes before it (submission to start; clocks of two hosts, so only roughly)."""
 
     queue_wait_s: float = 0.0
-    fetch_s: float = 0.0
-    encode_s: float = 0.0
-    verify_s: float = 0.0
+    fetch_s: float = 0.0  # the encoder waiting for frames (they are read ahead)
+    encode_s: float = 0.0  # encoding; every packet is decoded meanwhile, in a thread
+    verify_s: float = 0.0  # after the last frame: the last decodes, the file's packets
     publish_s: float = 0.0
     join_s: float = 0.0  # a part job that joined the parts into the video: the join
     paused_s: float = 0.0  # --yield-to-capture: paused while a recorder captured

@@ -126,6 +126,8 @@ def _encode_part(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | No
                  progress: ProgressCallback | None, pause: PauseCallback | None) -> None:
     assert job.part is not None
     part = job.part
+    if pause is not None:
+        pause()  # before the codec's start (memory, threads) and the first reads
     output = open_storage(job.output_storage)
     reader = RawEpisodeReader(open_storage(job.raw_storage), job.raw_prefix)
     manifest = reader.manifest
