@@ -16,6 +16,7 @@ from recorder.dataset.layout import camera_key
 class CaptureStats:
     frames: int = 0  # per camera
     late_frames: int = 0  # captured after their slot (one period from the deadline) ended
+    late_slots: list[int] = field(default_factory=list)  # which slots (frame indices)
     writer_waits: int = 0  # frames for which a writer was behind and the loop waited
     started_at: float = 0.0  # unix time of the first deadline
     capture_s: float = 0.0
@@ -77,6 +78,7 @@ def record_episode(
         stats.busy_s.append(done - slot_started)
         if done > deadline + period:
             stats.late_frames += 1
+            stats.late_slots.append(index)
         if on_frame is not None:
             on_frame(stats.frames)
     stats.capture_s = time.perf_counter() - start

@@ -74,6 +74,7 @@ class EpisodeTiming(BaseModel):
     capture_s: float
     frames: int = Field(description="frames captured per camera")
     late_frames: int
+    late_slots: list[int] = Field(default_factory=list, description="the late ones' indices")
     writer_waits: int
     busy_ms_median: float = Field(default=0.0, description="the loop's work per slot (cameras, "
                                                            "robot, add_frame): median")
@@ -188,7 +189,8 @@ def episode_timing(ep: EpisodeReport) -> EpisodeTiming:
     c = ep.capture or CaptureStats(frames=ep.frames)
     return EpisodeTiming(
         episode=ep.episode, started_at=c.started_at, capture_s=c.capture_s, frames=c.frames,
-        late_frames=c.late_frames, writer_waits=c.writer_waits,
+        late_frames=c.late_frames, late_slots=list(c.late_slots),
+        writer_waits=c.writer_waits,
         busy_ms_median=c.busy_ms(0.5), busy_ms_p99=c.busy_ms(0.99),
         frames_recorded=dict(ep.frames_recorded), raw_bytes=ep.raw_bytes,
         finalize_s=ep.finalize_s,

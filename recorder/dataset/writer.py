@@ -395,7 +395,7 @@ class FarmDataset:
                                frames_recorded={}, writer_waits=episode.writer_waits)
         jobs: list[EncodeJob] = []  # made by the commit
         if self.settings.async_encoding:
-            commit = self._committer.submit(self._commit, episode, report, jobs)
+            commit = self._committer.submit(self._commit_and_send, episode, report, jobs)
             self._deferred.append(_Deferred(episode.recording, jobs, report, commit=commit))
             self.episodes.append(report)
             self._submit_uploaded()  # the episodes committed and uploaded by now
@@ -430,6 +430,17 @@ class FarmDataset:
         report.job_ids = video_job_ids(jobs)
         report.commit_s = time.perf_counter() - started
         logger.info("recording %d: %d frames saved", episode.recording, report.frames)
+        return uploading
+
+    def _commit_and_send(self, episode: _Episode, report: EpisodeReport,
+                         jobs: list[EncodeJob]) -> Any:
+        """_commit, then, when nothing is left to upload, send its jobs from here: the
+        record loop then never spends a slot in Celery's publish (about 12 ms a job,
+        measured: 4 jobs made 3 slots late at the next episode's start)."""
+        uploading = self._commit(episode, report, jobs)
+        if uploading is None and self.farm is not None:
+            self._submit(list(jobs), report)
+            jobs.clear()  # sent: _submit_uploaded has nothing left to send for it
         return uploading
 
     def _submit(self, jobs: list[EncodeJob], report: EpisodeReport) -> None:
