@@ -70,22 +70,31 @@ def encode_job(job: EncodeJob, *, scratch_dir: Path | None = None,
         pause: called before anything else, then every PAUSE_EVERY_FRAMES frames; it
             returns when the encode may go on. Its time is in no stage's.
     """
+    with timed_result(job) as result:
+        _encode_into(result, job, scratch_dir=scratch_dir, before_publish=before_publish,
+                     progress=progress, pause=pause)
+    return result
+
+
+@contextlib.contextmanager
+def timed_result(job: EncodeJob) -> Iterator[EncodeResult]:
+    """The result of running job in the block, timed. Data and codec failures in it make
+    it FAILED with the reason (an exception's notes say the stage); others propagate."""
     started = time.time()
     result = EncodeResult.failed(job, "", worker_host=socket.gethostname(),
                                  worker_pid=os.getpid(), started_at=started)
     result.error = None
     result.timings.queue_wait_s = max(0.0, started - job.submitted_at)
     try:
-        _encode_into(result, job, scratch_dir=scratch_dir, before_publish=before_publish,
-                     progress=progress, pause=pause)
+        yield result
     except (RawEpisodeError, EncodeError, av.FFmpegError) as exc:
         result.status = Status.FAILED
-        result.error = f"{type(exc).__name__}: {exc}"
+        stage = "".join(f"{note}: " for note in getattr(exc, "__notes__", []))
+        result.error = f"{type(exc).__name__}: {stage}{exc}"
         logger.error("job %s (episode %d, camera %s) failed: %s",
                      job.job_id, job.episode, job.camera, result.error)
     result.finished_at = time.time()
     result.timings.total_s = result.finished_at - started
-    return result
 
 
 def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | None,

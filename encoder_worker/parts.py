@@ -32,9 +32,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import re
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -51,6 +49,7 @@ from encoder_worker.encode import (
     ProgressCallback,
     encode_frames,
     publish,
+    timed_result,
     video_source,
 )
 from encoder_worker.jobs import EncodeJob, EncodeResult, PartSpec, Status
@@ -98,26 +97,18 @@ def encode_part_and_join(job: EncodeJob, *, join_lock: JobLease, scratch_dir: Pa
     """
     assert job.part is not None
     part = job.part
-    started = time.time()
-    result = EncodeResult.failed(job, "", worker_host=socket.gethostname(),
-                                 worker_pid=os.getpid(), started_at=started)
-    result.error = None
-    result.timings.queue_wait_s = max(0.0, started - job.submitted_at)
     stage = f"part {part.index + 1} of {part.count}"
-    try:
-        _encode_part(result, job, scratch_dir=scratch_dir, before_publish=before_publish,
-                     progress=progress, pause=pause)
-        stage = "the join"
-        t0 = time.perf_counter()
-        result.joined = join_parts(job, lock=join_lock, scratch_dir=scratch_dir)
-        result.timings.join_s = time.perf_counter() - t0
-    except (RawEpisodeError, EncodeError, av.FFmpegError) as exc:
-        result.status = Status.FAILED
-        result.error = f"{type(exc).__name__}: {stage} of {job.output_key}: {exc}"
-        logger.error("job %s (episode %d, camera %s) failed: %s",
-                     job.job_id, job.episode, job.camera, result.error)
-    result.finished_at = time.time()
-    result.timings.total_s = result.finished_at - started
+    with timed_result(job) as result:
+        try:
+            _encode_part(result, job, scratch_dir=scratch_dir, before_publish=before_publish,
+                         progress=progress, pause=pause)
+            stage = "the join"
+            t0 = time.perf_counter()
+            result.joined = join_parts(job, lock=join_lock, scratch_dir=scratch_dir)
+            result.timings.join_s = time.perf_counter() - t0
+        except (RawEpisodeError, EncodeError, av.FFmpegError) as exc:
+            exc.add_note(f"{stage} of {job.output_key}")
+            raise
     return result
 
 
