@@ -26,7 +26,7 @@ from av.video.reformatter import VideoReformatter
 
 from encoder_worker.jobs import EncodeJob, EncodeResult, Status
 from encoder_worker.raw_episode import Manifest, RawEpisodeError, RawEpisodeReader
-from encoder_worker.storage import Storage, open_storage
+from encoder_worker.storage import KeyNotFound, Storage, open_storage
 from encoder_worker.verify import PacketVerifier, VerifyError, check_file
 
 logger = logging.getLogger(__name__)
@@ -115,34 +115,60 @@ def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | No
     if manifest.frame_count == 0:
         raise RawEpisodeError(f"{job.raw_prefix} has no frames")
     source = SOURCE_PREFIX + reader.manifest_digest
+    result.frames = manifest.frame_count
     with tempfile.TemporaryDirectory(prefix="encode-", dir=scratch_dir) as tmp:
-        if output_storage.exists(job.output_key):
-            # Published videos were verified first: a second copy of this job (a
-            # redelivery) has nothing left to do, if the video is of these very frames.
-            existing = Path(tmp) / "existing.mp4"
-            output_storage.download_file(job.output_key, existing)
-            if video_source(existing) != source:
-                raise EncodeError(
-                    f"{job.output_storage}/{job.output_key} already holds a video of other "
-                    "raw frames; it is not overwritten: move it away, or record into a new "
-                    "dataset"
-                )
+        # Published videos were verified first: a second copy of this job (a redelivery)
+        # has nothing left to do, if the video is of these very frames.
+        existing = published_copy(output_storage, job.output_key, source,
+                                  Path(tmp) / "existing.mp4")
+        if existing is not None:
             result.status = Status.ALREADY_DONE
-            result.frames = manifest.frame_count
             result.bytes = existing.stat().st_size
             return
-        video = Path(tmp) / "episode.mp4"
-        timings = result.timings
-        timings.fetch_s, timings.encode_s, timings.verify_s = encode_frames(
-            reader, video, job, source=source, progress=progress, pause=pause)
+        encode_and_publish(result, reader, job, output_storage, job.output_key,
+                           Path(tmp) / "episode.mp4", source=source, progress=progress,
+                           pause=pause, before_publish=before_publish)
 
-        result.bytes = video.stat().st_size
-        if before_publish is not None:
-            before_publish()
-        t0 = time.perf_counter()
-        publish(output_storage, job.output_key, video)
-        result.timings.publish_s = time.perf_counter() - t0
-    result.frames = manifest.frame_count
+
+def published_copy(storage: Storage, key: str, source: str, local: Path, *,
+                   replace_other: bool = False) -> Path | None:
+    """A local copy of the video at key when it is there and tagged source, else None.
+
+    Raises:
+        EncodeError: key holds a video of other raw frames (unless replace_other: then
+            None, and it is encoded again over it).
+    """
+    try:
+        storage.download_file(key, local)
+    except KeyNotFound:
+        return None
+    found = video_source(local)
+    if found == source:
+        return local
+    if not replace_other:
+        raise EncodeError(f"{storage.url}/{key} already holds a video of other raw frames; "
+                          "it is not overwritten: move it away, or record into a new dataset")
+    logger.warning("%s/%s is a video of other raw frames (%s); encoding it again",
+                   storage.url, key, found)
+    return None
+
+
+def encode_and_publish(result: EncodeResult, reader: RawEpisodeReader, job: EncodeJob,
+                       storage: Storage, key: str, video: Path, *, source: str,
+                       progress: ProgressCallback | None, pause: PauseCallback | None,
+                       before_publish: Callable[[], None] | None, first_frame: int = 0,
+                       frame_count: int | None = None) -> None:
+    """encode_frames into video, then publish it under key; result gets the timings."""
+    timings = result.timings
+    timings.fetch_s, timings.encode_s, timings.verify_s = encode_frames(
+        reader, video, job, source=source, progress=progress, pause=pause,
+        first_frame=first_frame, frame_count=frame_count)
+    result.bytes = video.stat().st_size
+    if before_publish is not None:
+        before_publish()
+    t0 = time.perf_counter()
+    publish(storage, key, video)
+    timings.publish_s = time.perf_counter() - t0
     result.status = Status.SUCCEEDED
 
 

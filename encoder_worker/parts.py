@@ -47,8 +47,9 @@ from encoder_worker.encode import (
     EncodeError,
     PauseCallback,
     ProgressCallback,
-    encode_frames,
+    encode_and_publish,
     publish,
+    published_copy,
     timed_result,
     video_source,
 )
@@ -134,46 +135,22 @@ def _encode_part(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | No
     result.frames = part.frame_count
     with tempfile.TemporaryDirectory(prefix="part-", dir=scratch_dir) as tmp:
         # A redelivered part job: the video (joined already) or its part may be there.
-        done = _tagged(output, job.output_key, SOURCE_PREFIX + reader.manifest_digest,
-                       Path(tmp) / "video.mp4")
+        done = published_copy(output, job.output_key, SOURCE_PREFIX + reader.manifest_digest,
+                              Path(tmp) / "video.mp4")
         if done is not None:
             remove_parts(output, job)  # what a joiner that died after publishing left
         else:
-            done = _tagged(output, key, source, Path(tmp) / "part.mp4")
+            # A part left by another recording under this number is encoded again over.
+            done = published_copy(output, key, source, Path(tmp) / "part.mp4",
+                                  replace_other=True)
         if done is not None:
             result.status = Status.ALREADY_DONE
             result.bytes = done.stat().st_size
             return
-        video = Path(tmp) / "part.mp4"
-        timings = result.timings
-        timings.fetch_s, timings.encode_s, timings.verify_s = encode_frames(
-            reader, video, job, source=source, progress=progress, pause=pause,
-            first_frame=part.first_frame, frame_count=part.frame_count)
-        result.bytes = video.stat().st_size
-        if before_publish is not None:
-            before_publish()
-        t0 = time.perf_counter()
-        publish(output, key, video)
-        result.timings.publish_s = time.perf_counter() - t0
-    result.status = Status.SUCCEEDED
-
-
-def _tagged(storage: Storage, key: str, source: str, local: Path) -> Path | None:
-    """The local copy of key when it is there and tagged source, else None."""
-    try:
-        storage.download_file(key, local)
-    except KeyNotFound:
-        return None
-    found = video_source(local)
-    if found == source:
-        return local
-    if not key.startswith(PARTS_ROOT + "/"):
-        raise EncodeError(f"{storage.url}/{key} already holds a video of other raw frames; "
-                          "it is not overwritten: move it away, or record into a new dataset")
-    # A part left by another recording under this number: encoded again over it.
-    logger.warning("%s/%s is a part of other raw frames (%s); encoding it again",
-                   storage.url, key, found)
-    return None
+        encode_and_publish(result, reader, job, output, key, Path(tmp) / "part.mp4",
+                           source=source, progress=progress, pause=pause,
+                           before_publish=before_publish, first_frame=part.first_frame,
+                           frame_count=part.frame_count)
 
 
 def frame_ticks(stream: av.VideoStream, fps: float) -> int:
@@ -203,7 +180,7 @@ def join_parts(job: EncodeJob, *, lock: JobLease, scratch_dir: Path | None = Non
         return False
     try:
         with tempfile.TemporaryDirectory(prefix="join-", dir=scratch_dir) as tmp:
-            if _tagged(output, job.output_key, source, Path(tmp) / "video.mp4") is not None:
+            if published_copy(output, job.output_key, source, Path(tmp) / "video.mp4") is not None:
                 remove_parts(output, job)  # joined already; a join that died left them
                 return False
             paths = []
@@ -212,7 +189,7 @@ def join_parts(job: EncodeJob, *, lock: JobLease, scratch_dir: Path | None = Non
                 try:
                     output.download_file(key, path)
                 except KeyNotFound:  # a joiner whose lease lapsed joined meanwhile?
-                    if _tagged(output, job.output_key, source, Path(tmp) / "v.mp4"):
+                    if published_copy(output, job.output_key, source, Path(tmp) / "v.mp4"):
                         return False
                     raise
                 paths.append(path)
