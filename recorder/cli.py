@@ -12,6 +12,7 @@ from rich.table import Table
 
 from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
 from encoder_worker.jobs import EncodeResult
+from encoder_worker.priority import PriorityRefused, raised_priority
 from encoder_worker.storage import StorageError, open_storage
 from recorder.benchmark.command import (
     add_analyze_arguments,
@@ -105,7 +106,10 @@ def run_record(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     console = report_console()
     interrupt_on_sigterm()
     try:
-        report = record(settings, console=console)
+        with raised_priority(settings.capture_nice):
+            report = record(settings, console=console)
+    except PriorityRefused as exc:
+        parser.error(str(exc))  # before anything was recorded
     except (RecorderError, StorageError, WriterFailed, DatasetError) as exc:
         # Frames recorded before the failure stay where they were written.
         print(f"recorder: {exc}", file=sys.stderr)

@@ -82,6 +82,12 @@ class RecorderSettings(BaseSettings):
                     "per storage; kept across runs. Default: OUTPUT_DIR/.upload-spool")
     # Defaults measured (benchmarks/README.md, "Split episodes"): see recorder/dataset/
     # jobs.py's part_count for why.
+    capture_nice: int = Field(
+        default=0, ge=-20, le=0,
+        description="run the recorder (capture loop, camera writers) at this nice value and "
+                    "its session's autogroup with it, e.g. -10: ahead of other programs on "
+                    "the robot host (needs root, CAP_SYS_NICE or an RLIMIT_NICE allowance); "
+                    "0: unchanged")
     split_after_s: float = Field(
         default=20.0, ge=0,
         description="async: an episode longer than this many seconds is encoded as parts by "

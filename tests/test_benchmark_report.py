@@ -116,6 +116,17 @@ def test_frames_lost_and_late_frames_are_warnings() -> None:
     assert codes == {"async_frames_missing", "async_late_frames"}
 
 
+def test_late_frames_beside_a_background_load_point_to_capture_nice() -> None:
+    loaded = make_result("async", total_s=20, encoding_s=5, blocking_s=0.01, late_frames=60)
+    loaded.config.background_load = 2
+    [late] = [v for v in verdicts(None, loaded) if v.code == "async_late_frames"]
+    assert late.fix and "--capture-nice -10" in late.fix
+    loaded.config.capture_nice = -10  # already ahead: the hint would not help
+    [late] = [v for v in verdicts(None, loaded) if v.code == "async_late_frames"]
+    assert late.fix and "--capture-nice" not in late.fix
+    assert "2 background load processes, recorder at nice -10" in format_report(None, loaded)
+
+
 def test_single_mode_report() -> None:
     sync = make_result("sync", total_s=30, encoding_s=10, blocking_s=10)
     text = format_report(sync, None)

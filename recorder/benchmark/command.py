@@ -39,6 +39,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_benchmark_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from encoder_worker.priority import PriorityRefused, raised_priority
     from recorder.benchmark import report, runner
     from recorder.cameras import CameraError
     from recorder.farm_setup import RecorderError
@@ -57,16 +58,19 @@ def run_benchmark_command(parser: argparse.ArgumentParser, args: argparse.Namesp
     # As `recorder record`: SIGTERM unwinds like Ctrl-C, so the local farm is stopped.
     interrupt_on_sigterm()
     try:
-        if args.action == "demo":
-            results = run_demo(settings, console=console)
-        else:
-            saved = runner.run_benchmark(settings, console=console)
-            sync = saved["sync"][1] if "sync" in saved else None
-            async_ = saved["async"][1] if "async" in saved else None
-            _say(console, report.format_report(sync, async_))
-            for path, _ in saved.values():
-                _say(console, f"results: {path}")
-            results = [result for _, result in saved.values()]
+        with raised_priority(settings.capture_nice):
+            if args.action == "demo":
+                results = run_demo(settings, console=console)
+            else:
+                saved = runner.run_benchmark(settings, console=console)
+                sync = saved["sync"][1] if "sync" in saved else None
+                async_ = saved["async"][1] if "async" in saved else None
+                _say(console, report.format_report(sync, async_))
+                for path, _ in saved.values():
+                    _say(console, f"results: {path}")
+                results = [result for _, result in saved.values()]
+    except PriorityRefused as exc:
+        parser.error(str(exc))
     except (RecorderError, CameraError) as exc:
         console.print(f"[red]recorder benchmark: {exc}[/red]")
         return 1

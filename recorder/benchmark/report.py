@@ -137,10 +137,14 @@ def _health_verdicts(result: BenchmarkResult) -> list[Verdict]:
                "or workers on other machines" if result.mode == "async" else
                "the capture loop cannot keep up at this fps and size on this host")
         env = result.environment
-        if env.load_average_1m > env.cpu_count:
+        busy = env.load_average_1m > env.cpu_count
+        if busy:
             # Other work on the host takes the CPU from the loop: the run says little then.
             fix += (f" (the host was busy: load average {env.load_average_1m:.2f} on "
                     f"{env.cpu_count} CPUs at the start; measure again on a quiet host)")
+        if (busy or result.config.background_load) and not result.config.capture_nice:
+            fix += ("; where other programs must share the host, run the recorder ahead of "
+                    "them: --capture-nice -10")
         out.append(Verdict(level="warning", code=f"{name}_late_frames",
                            message=f"{name}: {t.late_frames} of {loop_frames} frames missed "
                                    f"their capture deadline", fix=fix))
@@ -195,7 +199,9 @@ def details(results: list[BenchmarkResult]) -> list[str]:
         lines.append(f"  {label} ({r.config.cameras} camera(s), {r.config.width}x"
                      f"{r.config.height} @ {r.config.fps} fps, {r.config.codec}"
                      + (f", {r.config.background_load} background load processes"
-                        if r.config.background_load else "") + "):")
+                        if r.config.background_load else "")
+                     + (f", recorder at nice {r.config.capture_nice}"
+                        if r.config.capture_nice else "") + "):")
         if r.mode == "async":
             if t.drain_from_first_frame_s is None or t.drain_from_last_frame_s is None:
                 lines.append("    All videos ready: not waited for")

@@ -47,6 +47,7 @@ class BenchmarkConfig(BaseModel):
     broker: str | None = Field(default=None, description="external farm, password removed")
     storage: str = Field(description="where this run's raw episodes and videos went")
     background_load: int = Field(default=0, description="--background-load processes")
+    capture_nice: int = Field(default=0, description="--capture-nice: the recorder's nice value")
 
 
 class EnvironmentInfo(BaseModel):

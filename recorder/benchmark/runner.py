@@ -167,7 +167,7 @@ def _config(settings: BenchmarkSettings, mode: Mode, *, storage: str, width: int
         video_encoding_workers=settings.video_encoding_workers,
         video_encoding_queue_size=settings.video_encoding_queue_size,
         broker=redact(settings.broker), storage=storage,
-        background_load=settings.background_load,
+        background_load=settings.background_load, capture_nice=settings.capture_nice,
     )
 
 
