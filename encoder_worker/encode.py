@@ -219,7 +219,8 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
 
             def video_frames() -> Iterator[av.VideoFrame]:
                 for array in reader.frames(first_frame, total):
-                    frame = av.VideoFrame.from_ndarray(array, format=manifest.pix_fmt)
+                    # Wraps the array, no copy: the encoder copies what it keeps.
+                    frame = av.VideoFrame.from_numpy_buffer(array, format=manifest.pix_fmt)
                     yield reformatter.reformat(frame, format=options.pix_fmt)
 
             index = 0
