@@ -199,8 +199,18 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
     total = manifest.frame_count - first_frame if frame_count is None else frame_count
     rate = Fraction(manifest.fps).limit_denominator(1001)
     fetch_s = encode_s = 0.0
+    reformatter = VideoReformatter()  # one swscale context for every frame
+
+    def video_frames() -> Iterator[av.VideoFrame]:
+        for array in reader.frames(first_frame, total):
+            # Wraps the array, no copy: the encoder copies what it keeps.
+            frame = av.VideoFrame.from_numpy_buffer(array, format=manifest.pix_fmt)
+            yield reformatter.reformat(frame, format=options.pix_fmt)
+
     try:
-        with av.open(str(video), mode="w", format="mp4") as container:
+        # The first frames are read while the codec starts (10-20 ms for SVT-AV1 here).
+        with read_ahead(video_frames(), READ_AHEAD_FRAMES) as frames, \
+                av.open(str(video), mode="w", format="mp4") as container:
             if source:
                 container.metadata[SOURCE_TAG] = source
             stream = container.add_stream(options.codec, rate=rate,
@@ -215,38 +225,29 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
             demote_realtime_threads()
             verifier = PacketVerifier(stream.codec_context, width=manifest.width,
                                       height=manifest.height)
-            reformatter = VideoReformatter()  # one swscale context for every frame
-
-            def video_frames() -> Iterator[av.VideoFrame]:
-                for array in reader.frames(first_frame, total):
-                    # Wraps the array, no copy: the encoder copies what it keeps.
-                    frame = av.VideoFrame.from_numpy_buffer(array, format=manifest.pix_fmt)
-                    yield reformatter.reformat(frame, format=options.pix_fmt)
-
             index = 0
             if progress is not None:
                 progress(0, total)
             reported = time.perf_counter()
-            with read_ahead(video_frames(), READ_AHEAD_FRAMES) as frames:
-                while True:
-                    if pause is not None and index % PAUSE_EVERY_FRAMES == 0:
-                        pause()
-                    t0 = time.perf_counter()
-                    frame = next(frames, None)
-                    t1 = time.perf_counter()
-                    fetch_s += t1 - t0
-                    if frame is None:
-                        break
-                    frame.pts = index
-                    packets = stream.encode(frame)
-                    verifier.add(packets)
-                    container.mux(packets)
-                    t2 = time.perf_counter()
-                    encode_s += t2 - t1
-                    index += 1
-                    if progress is not None and t2 - reported >= PROGRESS_INTERVAL_S:
-                        progress(index, total)
-                        reported = t2
+            while True:
+                if pause is not None and index % PAUSE_EVERY_FRAMES == 0:
+                    pause()
+                t0 = time.perf_counter()
+                frame = next(frames, None)
+                t1 = time.perf_counter()
+                fetch_s += t1 - t0
+                if frame is None:
+                    break
+                frame.pts = index
+                packets = stream.encode(frame)
+                verifier.add(packets)
+                container.mux(packets)
+                t2 = time.perf_counter()
+                encode_s += t2 - t1
+                index += 1
+                if progress is not None and t2 - reported >= PROGRESS_INTERVAL_S:
+                    progress(index, total)
+                    reported = t2
             if progress is not None:
                 progress(index, total)
             t0 = time.perf_counter()
