@@ -39,9 +39,12 @@ class PriorityRefused(Exception):
     """This process may not raise its priority (no root, CAP_SYS_NICE or RLIMIT_NICE)."""
 
 
-def _autogroup_nice(autogroup: Path) -> int:
-    # The file reads "/autogroup-85 nice 0".
-    return int(autogroup.read_text().split()[-1])
+def _autogroup_nice(autogroup: Path) -> int | None:
+    """The autogroup's nice; None where the kernel has none (or a container hides it)."""
+    try:
+        return int(autogroup.read_text().split()[-1])  # "/autogroup-85 nice 0"
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @contextlib.contextmanager
@@ -62,11 +65,17 @@ def raised_priority(nice: int, *, flag: str = "--capture-nice") -> Iterator[None
         return
     before = os.getpriority(os.PRIO_PROCESS, 0)
     autogroup = Path("/proc/self/autogroup")
-    group_before = _autogroup_nice(autogroup) if autogroup.exists() else None
+    group_before = _autogroup_nice(autogroup)
     try:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
         if group_before is not None:
-            autogroup.write_text(str(nice))
+            try:
+                autogroup.write_text(str(nice))
+            except PermissionError:
+                raise
+            except OSError as exc:  # a read-only /proc: the process's nice still holds
+                logger.warning("could not raise the autogroup's priority: %s", exc)
+                group_before = None
     except PermissionError:
         os.setpriority(os.PRIO_PROCESS, 0, before)  # going back up is always allowed
         raise PriorityRefused(
