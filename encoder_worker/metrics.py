@@ -392,10 +392,6 @@ def _observe(task: Task, payload: dict[str, Any], retval: Any, state: str | None
         return  # RETRY: counted where the countdown was decided (count_retry)
     timings = result.get("timings") or {}
     if m is not None:
-        if status == "failed":
-            m.failed.labels(reason).inc()
-        elif status in ("succeeded", "already_done"):
-            m.succeeded.labels("encoded" if status == "succeeded" else "already_done").inc()
         if status == "succeeded":
             m.frames.inc(result.get("frames", 0))
             m.bytes.inc(result.get("bytes", 0))
@@ -404,6 +400,12 @@ def _observe(task: Task, payload: dict[str, Any], retval: Any, state: str | None
                 m.stage.labels(stage).observe(timings.get(f"{stage}_s", 0.0))
         if result.get("started_at"):  # an encode started (not a job refused before it)
             m.queue_wait.observe(timings.get("queue_wait_s", 0.0))
+        # The outcome last: a scrape that counts a job done finds its numbers too (CI
+        # once read the outcome counter before the duration was observed).
+        if status == "failed":
+            m.failed.labels(reason).inc()
+        elif status in ("succeeded", "already_done"):
+            m.succeeded.labels("encoded" if status == "succeeded" else "already_done").inc()
     now = time.time()
     try:
         ledger.record_finished({
