@@ -69,13 +69,7 @@ def raised_priority(nice: int, *, flag: str = "--capture-nice") -> Iterator[None
     try:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
         if group_before is not None:
-            try:
-                autogroup.write_text(str(nice))
-            except PermissionError:
-                raise
-            except OSError as exc:  # a read-only /proc: the process's nice still holds
-                logger.warning("could not raise the autogroup's priority: %s", exc)
-                group_before = None
+            autogroup.write_text(str(nice))
     except PermissionError:
         os.setpriority(os.PRIO_PROCESS, 0, before)  # going back up is always allowed
         raise PriorityRefused(
@@ -84,6 +78,9 @@ def raised_priority(nice: int, *, flag: str = "--capture-nice") -> Iterator[None
             f"$(readlink -f $(which python3))), or allow it in /etc/security/limits.conf "
             f"(`{os.environ.get('USER', 'USER')} - nice {nice}`, then log in again); or "
             f"leave {flag} at 0") from None
+    except OSError as exc:  # a read-only /proc (the autogroup): the process's nice holds
+        logger.warning("could not raise the autogroup's priority: %s", exc)
+        group_before = None
     logger.info("running at nice %d%s", nice,
                 ", autogroup too" if group_before is not None else "")
     try:

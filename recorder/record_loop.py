@@ -15,8 +15,8 @@ from recorder.dataset.layout import camera_key
 @dataclass
 class CaptureStats:
     frames: int = 0  # per camera
-    late_frames: int = 0  # captured after their slot (one period from the deadline) ended
-    late_slots: list[int] = field(default_factory=list)  # which slots (frame indices)
+    # Slots (frame indices) captured after their slot (one period from the deadline) ended.
+    late_slots: list[int] = field(default_factory=list)
     writer_waits: int = 0  # frames for which a writer was behind and the loop waited
     started_at: float = 0.0  # unix time of the first deadline
     capture_s: float = 0.0
@@ -24,6 +24,10 @@ class CaptureStats:
     # Seconds the loop worked in each slot (cameras read, robot read, add_frame): the
     # headroom left of a period. The synthetic cameras' own cost is in it.
     busy_s: list[float] = field(default_factory=list)
+
+    @property
+    def late_frames(self) -> int:
+        return len(self.late_slots)
 
     def busy_ms(self, quantile: float) -> float:
         """A quantile (0.5: the median) of the loop's busy time per slot, in ms."""
@@ -77,7 +81,6 @@ def record_episode(
         done = time.perf_counter()
         stats.busy_s.append(done - slot_started)
         if done > deadline + period:
-            stats.late_frames += 1
             stats.late_slots.append(index)
         if on_frame is not None:
             on_frame(stats.frames)

@@ -80,14 +80,14 @@ class RecorderSettings(BaseSettings):
         default=None,
         description="local folder of raw files waiting for upload (s3 storage), one sub-folder "
                     "per storage; kept across runs. Default: OUTPUT_DIR/.upload-spool")
-    # Defaults measured (benchmarks/README.md, "Split episodes"): see recorder/dataset/
-    # jobs.py's part_count for why.
     capture_nice: int = Field(
         default=0, ge=-20, le=0,
         description="run the recorder (capture loop, camera writers) at this nice value and "
                     "its session's autogroup with it, e.g. -10: ahead of other programs on "
                     "the robot host (needs root, CAP_SYS_NICE or an RLIMIT_NICE allowance); "
                     "0: unchanged")
+    # Defaults measured (benchmarks/README.md, "Split episodes"): see recorder/dataset/
+    # jobs.py's part_count for why.
     split_after_s: float = Field(
         default=20.0, ge=0,
         description="async: an episode longer than this many seconds is encoded as parts by "

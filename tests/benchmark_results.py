@@ -97,13 +97,13 @@ def make_session_report(mode: Mode, results: list[EncodeResult], *,
     """Two episodes of two cameras, with round numbers (see test_benchmark_results)."""
     episodes = [
         EpisodeReport(
-            episode=0, capture=CaptureStats(frames=30, late_frames=1, writer_waits=2,
+            episode=0, capture=CaptureStats(frames=30, late_slots=[7], writer_waits=2,
                                             started_at=T0 + 0.1, capture_s=1.0),
             frames_recorded={"cam0": 30, "cam1": 30}, finalize_s=0.02,
             submission_s=0.03 if mode == "async" else 0.0,
             inline_encode_s=1.2 if mode == "sync" else 0.0, job_ids=["j0-cam0", "j0-cam1"]),
         EpisodeReport(
-            episode=1, capture=CaptureStats(frames=29, late_frames=2, started_at=T0 + 2.0,
+            episode=1, capture=CaptureStats(frames=29, late_slots=[3, 4], started_at=T0 + 2.0,
                                             capture_s=1.0),
             frames_recorded={"cam0": 29, "cam1": 28}, finalize_s=0.04,
             submission_s=0.05 if mode == "async" else 0.0,
