@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -101,33 +102,30 @@ def test_stream_urls_are_live_sources(tmp_path: Path) -> None:
 def test_a_file_decoded_slower_than_real_time_falls_behind_instead_of_spiralling(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     video = make_video(tmp_path / "v.mp4", frames=20, fps=20)
+
+    class SlowToDecode(VideoFileCamera):
+        def _next_frame(self) -> tuple[float, av.VideoFrame]:
+            time.sleep(0.15)  # 3 frame periods per frame: this host cannot keep up
+            return super()._next_frame()
+
     clock = FakeClock()
-    camera = VideoFileCamera(video, name="cam0", clock=clock)
-    decode = camera._next_frame
-    decodes = []
-
-    def slow_decode():  # 3 frame periods per frame: this host cannot keep up
-        decodes.append(1)
-        time.sleep(0.15)
-        return decode()
-
-    camera._next_frame = slow_decode  # type: ignore[method-assign]
-    camera.read()
-    for _ in range(3):
-        clock.now += 10.0  # the loop asks for the frame due 10 s later each time
-        decodes.clear()
-        camera.read()
-        # Before: every frame due (200) was decoded in this one read, ever slower.
-        assert len(decodes) <= 2
+    camera = SlowToDecode(video, name="cam0", clock=clock, read_ahead=2)
+    seen = [frame_index(camera.read())]
+    for _ in range(4):
+        clock.now += 10.5  # the loop asks for the frame due 10.5 s later each time
+        seen.append(frame_index(camera.read()))
     camera.close()
+    # The replay goes on from where decoding got (the read-ahead, the frame the thread
+    # holds and one more), instead of trying to reach frame 210 (10 in the 20-frame
+    # file), 420, ... of the loop.
+    steps = [later - earlier for earlier, later in itertools.pairwise(seen)]
+    assert all(0 <= step <= 4 for step in steps), seen
     assert "cannot be decoded in real time here; its replay falls behind" in caplog.text
 
 
 def test_frame_times_that_do_not_increase_are_replaced_by_index(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     video = make_video(tmp_path / "v.mp4", frames=4, fps=10)
-    clock = FakeClock()
-    camera = VideoFileCamera(video, name="cam0", clock=clock)
     # A file whose frames all carry the same time, as some broken MP4s do.
     frames = []
     for i in range(4):
@@ -135,11 +133,13 @@ def test_frame_times_that_do_not_increase_are_replaced_by_index(
             np.full((120, 160, 3), i * LEVEL_STEP, np.uint8), format="rgb24")
         frame.pts, frame.time_base = 7, Fraction(1, 10)
         frames.append(frame)
-    camera._container.close()
-    camera._container = SimpleNamespace(  # type: ignore[assignment]
-        decode=lambda video=0: iter(frames), seek=lambda *_: None, close=lambda: None)
-    camera._frames = camera._decode()
-    camera._current, camera._upcoming, camera._origin = camera._next_frame(), None, None
+
+    class BrokenTimes(VideoFileCamera):
+        def _decoded_frames(self) -> Iterator[av.VideoFrame]:
+            return iter(frames)
+
+    clock = FakeClock()
+    camera = BrokenTimes(video, name="cam0", clock=clock)
     seen = []
     for step in range(4):
         clock.now = 100.0 + step / 10 + (0.01 if step else 0)  # the first read is the origin
@@ -148,3 +148,25 @@ def test_frame_times_that_do_not_increase_are_replaced_by_index(
     assert seen == [0, 1, 2, 3]
     assert "do not increase (frame 1); timing its frames by their index at 10 fps" \
         in caplog.text
+
+
+def test_a_file_that_fails_to_decode_fails_the_read_that_reaches_it(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "v.mp4", frames=4, fps=10)
+
+    class CorruptAtFrameTwo(VideoFileCamera):
+        def _decoded_frames(self) -> Iterator[av.VideoFrame]:
+            for index, frame in enumerate(super()._decoded_frames()):
+                if index == 2:
+                    raise av.InvalidDataError(1094995529, "Invalid data found")
+                yield frame
+
+    clock = FakeClock()
+    camera = CorruptAtFrameTwo(video, name="cam0", clock=clock)
+    assert frame_index(camera.read()) == 0
+    clock.now += 0.11
+    assert frame_index(camera.read()) == 1
+    clock.now += 0.1
+    for _ in range(2):  # and every read after it, until the recording stops
+        with pytest.raises(CameraError, match=r"cam0: cannot decode .*v\.mp4"):
+            camera.read()
+    camera.close()

@@ -11,6 +11,7 @@ Frames come out as (height, width, 3) uint8 RGB, at the requested size or the so
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,9 @@ from recorder.cameras import CameraError
 logger = logging.getLogger(__name__)
 
 OPEN_TIMEOUT_S = 10.0
+# Frames a replayed file is decoded ahead of the capture loop: a decode that takes up to
+# this many frame periods (a keyframe, a busy host) costs the loop nothing.
+READ_AHEAD_FRAMES = 4
 
 
 def open_camera(source: str, *, name: str, width: int | None = None, height: int | None = None,
@@ -85,18 +89,21 @@ class _Converter:
 class VideoFileCamera:
     """A video file replayed at its own frame rate, as if it were a camera.
 
-    read() returns the frame due at the time since the first read (the start of recording):
-    frames that fell due in between are skipped, and a frame is returned again while the
-    next is not yet due. At the end of the file the replay loops to its beginning, so
-    episodes may be longer than the file. A file that cannot be decoded in real time falls
-    behind instead of catching up without end: a read decodes for at most one frame period,
-    then the replay goes on from where it got (said once). Frame times that do not increase
-    (a broken file) are replaced by the frame's index at the file's rate (said once).
+    A thread decodes and converts the file a few frames ahead, as a camera's driver
+    delivers frames on its own; the capture loop's read() only picks the frame due at the
+    time since the first read (the start of recording): frames that fell due in between
+    are skipped, and a frame is returned again while the next is not yet due. At the end
+    of the file the replay loops to its beginning, so episodes may be longer than the
+    file. A file that cannot be decoded in real time falls behind instead of catching up
+    without end: a read waits at most one frame period for a frame, then the replay goes
+    on from where it got (said once). Frame times that do not increase (a broken file) are
+    replaced by the frame's index at the file's rate (said once).
     """
 
     def __init__(self, path: str | Path, *, name: str, width: int | None = None,
                  height: int | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 read_ahead: int = READ_AHEAD_FRAMES) -> None:
         self.name = name
         self._clock = clock
         self.source = str(path)
@@ -114,16 +121,32 @@ class VideoFileCamera:
         self.width = _even(width or first[1].width)
         self.height = _even(height or first[1].height)
         self._convert = _Converter(self.width, self.height)
-        self._current = first
-        self._upcoming: tuple[float, av.VideoFrame] | None = None
+        self._current = (first[0], self._convert(first[1]))
+        self._upcoming: tuple[float, np.ndarray] | None = None
         self._origin: float | None = None
         self._said_behind = False
+        self._error: CameraError | None = None
+        self._ahead: queue.Queue[tuple[float, np.ndarray] | Exception] = \
+            queue.Queue(maxsize=read_ahead)
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._decode_ahead, name=f"camera-{name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _decode_ahead(self) -> None:
+        """The thread: decoded, converted frames into the read-ahead queue until close."""
+        try:
+            while not self._closing.is_set():
+                t, frame = self._next_frame()
+                self._ahead.put((t, self._convert(frame)))  # close() makes room
+        except Exception as exc:  # handed to the reader, who raises it
+            self._ahead.put(exc)
 
     def _decode(self) -> Iterator[tuple[float, av.VideoFrame]]:
         start: float | None = None
         previous: float | None = None
         by_index = False
-        for index, frame in enumerate(self._container.decode(video=0)):
+        for index, frame in enumerate(self._decoded_frames()):
             t = float(frame.time) if frame.time is not None else index * self._period
             if start is None:
                 start = t
@@ -135,6 +158,9 @@ class VideoFileCamera:
             previous = previous + self._period if by_index and previous is not None \
                 else t - start
             yield previous, frame
+
+    def _decoded_frames(self) -> Iterator[av.VideoFrame]:
+        return self._container.decode(video=0)
 
     def _next_frame(self) -> tuple[float, av.VideoFrame]:
         try:
@@ -154,21 +180,29 @@ class VideoFileCamera:
         return self._last_time_s, frame
 
     def read(self) -> np.ndarray:
+        if self._error is not None:
+            raise self._error
         now = self._clock()
         if self._origin is None:
             self._origin = now
         due = now - self._origin
-        decode_started = time.perf_counter()  # real time, whatever the clock
+        give_up = time.perf_counter() + self._period  # real time, whatever the clock
         while True:
             if self._upcoming is None:
-                if time.perf_counter() - decode_started > self._period:
+                try:
+                    item = self._ahead.get(timeout=max(0.0, give_up - time.perf_counter()))
+                except queue.Empty:
                     self._fall_behind(now)
                     break
-                self._upcoming = self._next_frame()
+                if isinstance(item, Exception):  # raised by the next read
+                    self._error = item if isinstance(item, CameraError) else CameraError(
+                        f"camera {self.name}: cannot replay {self.source}: {item!r}")
+                    break
+                self._upcoming = item
             if self._upcoming[0] > due:
                 break
             self._current, self._upcoming = self._upcoming, None
-        return self._convert(self._current[1])
+        return self._current[1]
 
     def _fall_behind(self, now: float) -> None:
         """Decoding is slower than the file's rate: go on from the current frame later."""
@@ -181,6 +215,13 @@ class VideoFileCamera:
                            "run late)", self.name, self.source)
 
     def close(self) -> None:
+        self._closing.set()
+        while True:  # room for the thread's last put, after which it sees the close
+            try:
+                self._ahead.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join()
         self._container.close()
 
 
