@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import wait_for
 
 from recorder.cameras import CameraError
 from recorder.cameras.video import LiveCamera, VideoFileCamera, open_camera
@@ -46,6 +47,13 @@ class FakeClock:
         return self.now
 
 
+def decoded_ahead(camera: VideoFileCamera) -> VideoFileCamera:
+    """The camera once its thread has filled the read-ahead: a read then never waits for
+    a decode, however busy the host running the tests."""
+    wait_for(camera._ahead.full, timeout_s=10, what=f"camera {camera.name}'s read-ahead")
+    return camera
+
+
 def test_file_replays_at_its_own_rate_and_loops(tmp_path: Path) -> None:
     video = make_video(tmp_path / "v.mp4", frames=5, fps=8)
     clock = FakeClock()
@@ -54,7 +62,7 @@ def test_file_replays_at_its_own_rate_and_loops(tmp_path: Path) -> None:
     # Read at 16 Hz (binary fractions: exact times): each 8 fps frame twice, then the loop.
     for step in range(15):
         clock.now = 100.0 + step / 16
-        seen.append(frame_index(camera.read()))
+        seen.append(frame_index(decoded_ahead(camera).read()))
     camera.close()
     assert seen == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 0, 0, 1, 1, 2]
 
@@ -62,12 +70,29 @@ def test_file_replays_at_its_own_rate_and_loops(tmp_path: Path) -> None:
 def test_file_skips_frames_that_fell_due_while_not_read(tmp_path: Path) -> None:
     video = make_video(tmp_path / "v.mp4", frames=10, fps=10)
     clock = FakeClock()
-    camera = VideoFileCamera(video, name="cam0", clock=clock)
+    camera = VideoFileCamera(video, name="cam0", clock=clock, read_ahead=8)
     first = frame_index(camera.read())
     clock.now += 0.62
-    later = frame_index(camera.read())
+    later = frame_index(decoded_ahead(camera).read())
     camera.close()
     assert (first, later) == (0, 6)
+
+
+def test_a_loop_away_longer_than_the_read_ahead_finds_the_replay_paused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    video = make_video(tmp_path / "v.mp4", frames=20, fps=16)
+    clock = FakeClock()
+    camera = VideoFileCamera(video, name="cam0", clock=clock, read_ahead=4)
+    seen = [frame_index(camera.read())]
+    clock.now += 22.0  # frame 352 (12 of the 20-frame file) is due; 1-5 are decoded
+    seen.append(frame_index(decoded_ahead(camera).read()))
+    for _ in range(3):  # and it plays on from there
+        clock.now += 1 / 16
+        seen.append(frame_index(decoded_ahead(camera).read()))
+    camera.close()
+    assert seen[0] == 0 and 4 <= seen[1] <= 7, seen  # the read-ahead, taken at once
+    assert seen[2:] == [seen[1] + 1, seen[1] + 2, seen[1] + 3]
+    assert "cannot be decoded in real time" not in caplog.text
 
 
 def test_size_is_native_or_requested(tmp_path: Path) -> None:

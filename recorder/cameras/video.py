@@ -96,7 +96,9 @@ class VideoFileCamera:
     of the file the replay loops to its beginning, so episodes may be longer than the
     file. A file that cannot be decoded in real time falls behind instead of catching up
     without end: a read waits at most one frame period for a frame, then the replay goes
-    on from where it got (said once). Frame times that do not increase (a broken file) are
+    on from where it got (said once). A loop that did not read for longer than the
+    read-ahead covers (an inline encode between episodes) finds the replay paused there,
+    without a wait. Frame times that do not increase (a broken file) are
     replaced by the frame's index at the file's rate (said once).
     """
 
@@ -187,8 +189,12 @@ class VideoFileCamera:
             self._origin = now
         due = now - self._origin
         give_up = time.perf_counter() + self._period  # real time, whatever the clock
+        decoder_waited = self._ahead.full()  # for this read: the loop was away
         while True:
             if self._upcoming is None:
+                if decoder_waited and self._ahead.empty():
+                    self._origin = now - self._current[0]  # paused while nobody read
+                    break
                 try:
                     item = self._ahead.get(timeout=max(0.0, give_up - time.perf_counter()))
                 except queue.Empty:
