@@ -169,6 +169,8 @@ def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -
         raise _retry_later(self, ledger, payload, settings,
                            countdown=settings.lease_ttl_s / 2, reason="lease_held")
     try:
+        if (done := _done_before(ledger, job)) is not None:
+            return done.model_dump(mode="json")
         try:
             ledger.claim(job.job_id, task_id=self.request.id, payload=payload)
             if manifest_pending(job, settings):
@@ -182,6 +184,8 @@ def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -
             result = _encode_counted(ledger, job, settings, lease,
                                      progress=job_progress(self, ledger, job, settings),
                                      video=video_id(sent))
+            if result.ok:  # before Celery stores the result and acknowledges the message
+                _record_done(ledger, result, settings)
         finally:
             ledger.unclaim(job.job_id)
     except SoftTimeLimitExceeded:
@@ -208,6 +212,32 @@ def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -
     finally:
         lease.release()
     return result.model_dump(mode="json")
+
+
+def _record_done(ledger: JobLedger, result: EncodeResult, settings: WorkerSettings) -> None:
+    try:
+        ledger.record_done(result.job_id, result.model_dump(mode="json"),
+                           keep_s=2 * settings.visibility_timeout_s)
+    except RedisError as exc:  # the video is published; only a later copy would redo it
+        logger.warning("job %s: could not note it done (a copy of its message, should one "
+                       "come back, would encode it again): %s", result.job_id, exc)
+
+
+def _done_before(ledger: JobLedger, job: EncodeJob) -> EncodeResult | None:
+    """The job's result as already_done when a copy of it succeeded before, else None.
+
+    That copy's worker died before acknowledging the message, which came back (after the
+    visibility timeout). The recorder may have packed the video into its dataset since:
+    encoding again would leave a stray video, or part, where the first was published.
+    """
+    done = ledger.done_result(job.job_id)
+    if done is None:
+        return None
+    logger.info("job %s succeeded before (a copy of its message came back, as after a "
+                "worker died before acknowledging it); not encoded again", job.job_id)
+    return EncodeResult.model_validate(done).model_copy(
+        update={"status": Status.ALREADY_DONE, "worker_host": socket.gethostname(),
+                "worker_pid": os.getpid()})
 
 
 def _retry_later(task: Task, ledger: JobLedger, payload: dict[str, Any],

@@ -322,6 +322,34 @@ def test_a_job_waiting_in_a_killed_workers_countdown_is_sent_again(
     assert not client.hexists(WAITING_KEY, "waiting")
 
 
+def test_a_copy_of_a_job_that_succeeded_and_was_packed_away_is_not_encoded_again(
+        tmp_path, broker_url, start_worker):
+    storage = open_storage(tmp_path / "data")
+    job = job_for(storage, write_episode(storage, frames=10), job_id="packed",
+                  options=EncoderOptions(codec="libx264"))
+    worker = start_worker(broker_url)
+    with EncodingFarmClient(broker_url) as farm:
+        farm.submit(job)
+        [first] = farm.wait(timeout_s=120)  # the recorder reads the result and forgets it
+    assert first.status is Status.SUCCEEDED, first.error
+    storage.path(job.output_key).unlink()  # packed into the dataset's chunk file
+    # The message again, as Redis gives it back when its worker died after the encode,
+    # before acknowledging it (after the visibility timeout).
+    app = make_app(broker_url)
+    try:
+        app.send_task(ENCODE_TASK, args=[job.model_dump(mode="json")], task_id=job.job_id,
+                      queue="encode")
+        copy = wait_for(lambda: app.AsyncResult(job.job_id).ready()
+                        and app.AsyncResult(job.job_id).result, timeout_s=60,
+                        what="the copy's result")
+    finally:
+        app.close()
+    assert copy["status"] == "already_done"
+    assert (copy["frames"], copy["bytes"]) == (first.frames, first.bytes)
+    assert not storage.exists(job.output_key)  # no stray video where it was published
+    assert "succeeded before (a copy of its message came back" in worker.output()
+
+
 def test_failed_jobs_are_listed_and_requeued(tmp_path, broker_url, start_worker):
     storage = open_storage(tmp_path / "data")
     manifest = write_episode(storage, frames=10)
