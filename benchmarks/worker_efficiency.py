@@ -9,7 +9,9 @@ Both are given frames in the raw format the recorder stores by default (yuv420p)
 from rgb24 (what an inline encoder is given) is shown too. Run as root, SVT-AV1 gives its
 threads real-time priority, which the farm's workers take back (a robot host's loop
 must come first; encode.demote_realtime_threads): "bare, threads demoted" is bare PyAV
-as the workers, and any worker not run as root, encode.
+as the workers, and any worker not run as root, encode. "bare + verify" adds the worker's
+verification alone (every packet decoded as it comes, verify.PacketVerifier) to it: what
+decoding every frame costs, apart from fetching and publishing.
 
     python benchmarks/worker_efficiency.py --frames 300 --rounds 3
 """
@@ -33,11 +35,14 @@ from encoder_worker.jobs import EncodeJob, EncoderOptions, Status
 from encoder_worker.raw_episode import DirectSink, RawEpisodeWriter
 from encoder_worker.raw_frames import FramePacker
 from encoder_worker.storage import open_storage
+from encoder_worker.verify import PacketVerifier
 
 
 def bare_encode(arrays: list[np.ndarray], pix_fmt: str, path: Path,
-                options: EncoderOptions, *, demote: bool = False) -> float:
-    """Seconds to encode arrays (of pix_fmt) to path with PyAV alone."""
+                options: EncoderOptions, *, demote: bool = False,
+                verify: bool = False) -> float:
+    """Seconds to encode arrays (of pix_fmt) to path with PyAV alone (verify: and decode
+    every packet as the worker does)."""
     height, width = (arrays[0].shape[0] * 2 // 3, arrays[0].shape[1]) \
         if pix_fmt == "yuv420p" else arrays[0].shape[:2]
     started = time.perf_counter()
@@ -49,11 +54,20 @@ def bare_encode(arrays: list[np.ndarray], pix_fmt: str, path: Path,
         stream.codec_context.open()
         if demote:
             demote_realtime_threads()
-        for index, array in enumerate(arrays):
-            frame = av.VideoFrame.from_ndarray(array, format=pix_fmt)
-            frame.pts = index
-            container.mux(stream.encode(frame.reformat(format=options.pix_fmt)))
-        container.mux(stream.encode(None))
+        verifier = PacketVerifier(stream.codec_context, width=width, height=height) \
+            if verify else None
+        for index, array in enumerate([*arrays, None]):
+            if array is None:
+                packets = stream.encode(None)
+            else:
+                frame = av.VideoFrame.from_ndarray(array, format=pix_fmt)
+                frame.pts = index
+                packets = stream.encode(frame.reformat(format=options.pix_fmt))
+            if verifier is not None:
+                verifier.add(packets)
+            container.mux(packets)
+    if verifier is not None:
+        verifier.check(len(arrays))
     return time.perf_counter() - started
 
 
@@ -70,6 +84,7 @@ def main() -> None:
     yuv = [packer.convert(frame) for frame in rgb]
     load = os.getloadavg()[0]
     times: dict[str, list[float]] = {"bare yuv420p": [], "bare yuv420p, threads demoted": [],
+                                     "bare + verify, threads demoted": [],
                                      "bare rgb24": [], "worker": []}
     stages: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="worker-efficiency-") as tmp:
@@ -86,6 +101,9 @@ def main() -> None:
             times["bare yuv420p, threads demoted"].append(
                 bare_encode(yuv, "yuv420p", Path(tmp) / f"demoted-{round_}.mp4", options,
                             demote=True))
+            times["bare + verify, threads demoted"].append(
+                bare_encode(yuv, "yuv420p", Path(tmp) / f"verified-{round_}.mp4", options,
+                            demote=True, verify=True))
             job = EncodeJob(job_id=f"round-{round_}", episode=0, camera="cam0",
                             raw_storage=storage.url, raw_prefix="raw/cam0",
                             output_storage=storage.url, output_key=f"videos/{round_}.mp4",
@@ -108,9 +126,11 @@ def main() -> None:
     for name, values in fps.items():
         print(f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {median[name]:.1f} |")
     print()
-    for bare in ("bare yuv420p", "bare yuv420p, threads demoted"):
-        ratios = [w / b for w, b in zip(fps["worker"], fps[bare], strict=True)]
-        print(f"worker fps / {bare} fps (same frames), per round: "
+    for path, bare in (("worker", "bare yuv420p"), ("worker", "bare yuv420p, threads demoted"),
+                       ("bare + verify, threads demoted", "bare yuv420p, threads demoted"),
+                       ("worker", "bare + verify, threads demoted")):
+        ratios = [w / b for w, b in zip(fps[path], fps[bare], strict=True)]
+        print(f"{path} fps / {bare} fps (same frames), per round: "
               f"{', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
     print(f"worker fps / bare PyAV fps from rgb24: "
           f"{median['worker'] / median['bare rgb24']:.3f}")

@@ -16,9 +16,9 @@
                             pause their encodes meanwhile (priority.CaptureYield)
     farm:progress           job -> {worker, frames_done, frames_total, fps, ...} of jobs
                             encoding now, at most one update a second (`encoder-worker status`)
-    farm:done:<job>         the result of a job that succeeded, kept twice the visibility
-                            timeout: a copy of its message that comes back after its worker
-                            died unacknowledged returns it instead of encoding again
+    farm:done               the jobs that succeeded (sorted by time, trimmed at each add to
+                            twice the visibility timeout): a copy of one's message that comes
+                            back after its worker died unacknowledged is not encoded again
     farm:finished           the last hour's finished jobs (sorted by time, at most
                             FINISHED_MAX, expires an hour after the last one): status's
                             completed and failed counts, encode times and frame rates
@@ -58,7 +58,7 @@ REJECTED_KEY = "farm:rejected"
 FAILED_KEY = "farm:failed"
 PROGRESS_KEY = "farm:progress"
 FINISHED_KEY = "farm:finished"
-DONE_PREFIX = "farm:done:"
+DONE_KEY = "farm:done"
 # farm:finished keeps this long a history, and at most this many jobs of it.
 FINISHED_WINDOW_S = 3600.0
 FINISHED_MAX = 20_000
@@ -183,13 +183,16 @@ class JobLedger:
     def waiting(self, job_id: str) -> bool:
         return bool(self.client.hexists(WAITING_KEY, job_id))
 
-    # done: results of jobs that succeeded
-    def record_done(self, job_id: str, result: dict[str, Any], *, keep_s: float) -> None:
-        self.client.set(DONE_PREFIX + job_id, json.dumps(result), ex=max(1, int(keep_s)))
+    # done: jobs that succeeded, for keep_s
+    def record_done(self, job_id: str, *, now: float, keep_s: float) -> None:
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(DONE_KEY, {job_id: now})
+            pipe.zremrangebyscore(DONE_KEY, "-inf", f"({now - keep_s}")
+            pipe.expire(DONE_KEY, max(1, int(keep_s)))
+            pipe.execute()
 
-    def done_result(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.client.get(DONE_PREFIX + job_id)
-        return json.loads(raw) if raw is not None else None
+    def done_before(self, job_id: str) -> bool:
+        return self.client.zscore(DONE_KEY, job_id) is not None
 
     # counters
     def start_attempt(self, job_id: str) -> int:

@@ -216,7 +216,7 @@ def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -
 
 def _record_done(ledger: JobLedger, result: EncodeResult, settings: WorkerSettings) -> None:
     try:
-        ledger.record_done(result.job_id, result.model_dump(mode="json"),
+        ledger.record_done(result.job_id, now=time.time(),
                            keep_s=2 * settings.visibility_timeout_s)
     except RedisError as exc:  # the video is published; only a later copy would redo it
         logger.warning("job %s: could not note it done (a copy of its message, should one "
@@ -224,20 +224,29 @@ def _record_done(ledger: JobLedger, result: EncodeResult, settings: WorkerSettin
 
 
 def _done_before(ledger: JobLedger, job: EncodeJob) -> EncodeResult | None:
-    """The job's result as already_done when a copy of it succeeded before, else None.
+    """An already_done result when a copy of the job succeeded before and its video has
+    been taken away since, else None.
 
     That copy's worker died before acknowledging the message, which came back (after the
-    visibility timeout). The recorder may have packed the video into its dataset since:
-    encoding again would leave a stray video, or part, where the first was published.
+    visibility timeout), and the recorder packed the video into its dataset meanwhile:
+    encoding again would leave a stray video, or part, where the first was published. A
+    video still there is found by the encode itself (already_done, with its size).
+
+    Raises:
+        StorageError: the video's storage cannot be asked.
     """
-    done = ledger.done_result(job.job_id)
-    if done is None:
+    if not ledger.done_before(job.job_id) or \
+            open_storage(job.output_storage).exists(job.output_key):
         return None
-    logger.info("job %s succeeded before (a copy of its message came back, as after a "
-                "worker died before acknowledging it); not encoded again", job.job_id)
-    return EncodeResult.model_validate(done).model_copy(
-        update={"status": Status.ALREADY_DONE, "worker_host": socket.gethostname(),
-                "worker_pid": os.getpid()})
+    logger.info("job %s succeeded before and its video was taken away since (a copy of its "
+                "message came back, as after a worker died before acknowledging it); not "
+                "encoded again", job.job_id)
+    now = time.time()
+    return EncodeResult(job_id=job.job_id, episode=job.episode, camera=job.camera,
+                        status=Status.ALREADY_DONE, output_storage=job.output_storage,
+                        output_key=job.output_key, codec=job.options.codec,
+                        worker_host=socket.gethostname(), worker_pid=os.getpid(),
+                        started_at=now, finished_at=now)
 
 
 def _retry_later(task: Task, ledger: JobLedger, payload: dict[str, Any],

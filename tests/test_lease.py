@@ -39,3 +39,16 @@ def test_lease_expires_without_heartbeat():
     ttl_ms = client.pttl(lease.key)
     assert 0 < ttl_ms <= 30_000
     lease.release()
+
+
+def test_done_jobs_are_remembered_for_keep_s_in_one_key():
+    client = fakeredis.FakeRedis()
+    ledger = JobLedger(client)
+    ledger.record_done("old", now=1000.0, keep_s=3600)
+    ledger.record_done("new", now=1000.0 + 3000, keep_s=3600)
+    assert ledger.done_before("old") and ledger.done_before("new")
+    ledger.record_done("newer", now=1000.0 + 3700, keep_s=3600)  # "old" is past keep_s
+    assert not ledger.done_before("old")
+    assert ledger.done_before("new") and ledger.done_before("newer")
+    assert not ledger.done_before("never")
+    assert client.keys("*") == [b"farm:done"] and 0 < client.ttl("farm:done") <= 3600

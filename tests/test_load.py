@@ -14,7 +14,8 @@ from episodes import job_for, write_episode
 
 from encoder_worker.broker import redis_client
 from encoder_worker.jobs import EncoderOptions
-from encoder_worker.ledger import FINISHED_KEY, FINISHED_MAX, FINISHED_WINDOW_S
+from encoder_worker.ledger import DONE_KEY, FINISHED_KEY, FINISHED_MAX, FINISHED_WINDOW_S
+from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import open_storage
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -65,12 +66,16 @@ def test_500_jobs_from_3_recorders_each_exactly_once(tmp_path, broker_url, start
         r for r in results if r[1] != "succeeded"][:3]
     assert len(storage.list_keys("videos/load")) == JOBS
     # Nothing of the jobs is left in Redis: no claims, leases, progress, counters, results
-    # or queue. One key is kept on purpose: farm:finished, the last hour's history for
+    # or queue. Two keys are kept on purpose: farm:finished, the last hour's history for
     # `encoder-worker status` (one small entry per job, at most FINISHED_MAX of them, trimmed
-    # to the hour at each add, and the key expires an hour after the last job).
+    # to the hour at each add, and the key expires an hour after the last job), and
+    # farm:done, the ids of the jobs that succeeded (trimmed to twice the visibility timeout
+    # at each add; it expires as long after the last).
     left = {key.decode() for key in set(client.keys("*")) - keys_before}
     assert not [key for key in left if not key.startswith("_kombu.binding")
-                and key != FINISHED_KEY], sorted(left)[:10]
+                and key not in (FINISHED_KEY, DONE_KEY)], sorted(left)[:10]
     assert JOBS <= client.zcard(FINISHED_KEY) <= FINISHED_MAX
     assert 0 < client.ttl(FINISHED_KEY) <= FINISHED_WINDOW_S
+    assert client.zcard(DONE_KEY) == JOBS
+    assert 0 < client.ttl(DONE_KEY) <= 2 * WorkerSettings().visibility_timeout_s
     assert client.llen("encode") == 0 and client.hlen("unacked") == 0
