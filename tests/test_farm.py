@@ -49,6 +49,13 @@ def cameras_of(settings: RecorderSettings):
                              fps=settings.fps, seed=settings.seed)
 
 
+def x264_job(tmp_path: Path, job_id: str, *, frames: int):
+    """A folder storage holding one raw episode, and a job encoding it with libx264 (quick)."""
+    storage = open_storage(tmp_path / "data")
+    return storage, job_for(storage, write_episode(storage, frames=frames), job_id=job_id,
+                            options=EncoderOptions(codec="libx264"))
+
+
 def check_all_videos(settings: RecorderSettings, report) -> None:
     """4 videos, each decoding to exactly its recorded frames, in order, PSNR > 30 dB."""
     assert len(report.results) == settings.episodes * settings.cameras
@@ -241,9 +248,7 @@ def test_plain_celery_command_runs_the_same_worker(tmp_path, broker_url, start_w
 
 
 def test_revoked_job_comes_back_as_failed(tmp_path, broker_url, start_worker):
-    storage = open_storage(tmp_path / "data")
-    job = job_for(storage, write_episode(storage, frames=5), job_id="cancelled",
-                  options=EncoderOptions(codec="libx264"))
+    storage, job = x264_job(tmp_path, "cancelled", frames=5)
     start_worker(broker_url)
     with EncodingFarmClient(broker_url) as farm:
         farm.app.control.revoke("cancelled")  # as Flower's revoke button does
@@ -256,9 +261,7 @@ def test_revoked_job_comes_back_as_failed(tmp_path, broker_url, start_worker):
 
 def test_a_job_that_keeps_killing_workers_fails_instead_of_looping(
         tmp_path, broker_url, start_worker):
-    storage = open_storage(tmp_path / "data")
-    job = job_for(storage, write_episode(storage, frames=5), job_id="crasher",
-                  options=EncoderOptions(codec="libx264"))
+    _, job = x264_job(tmp_path, "crasher", frames=5)
     # As if three earlier encodes of this job had each taken their worker down.
     redis_client(broker_url).set(ATTEMPTS_PREFIX + "crasher", MAX_ENCODE_ATTEMPTS)
     start_worker(broker_url)
@@ -299,9 +302,7 @@ def test_reaper_requeues_only_jobs_whose_lease_lapsed(tmp_path, broker_url):
 
 def test_a_job_waiting_in_a_killed_workers_countdown_is_sent_again(
         tmp_path, broker_url, start_worker):
-    storage = open_storage(tmp_path / "data")
-    job = job_for(storage, write_episode(storage, frames=10), job_id="waiting",
-                  options=EncoderOptions(codec="libx264"))
+    _, job = x264_job(tmp_path, "waiting", frames=10)
     client = redis_client(broker_url)
     # Another copy holds the lease: the worker puts the job in a countdown, again and again.
     client.set(LEASE_PREFIX + "waiting", "another copy", px=600_000)
@@ -324,9 +325,7 @@ def test_a_job_waiting_in_a_killed_workers_countdown_is_sent_again(
 
 def test_a_copy_of_a_job_that_succeeded_and_was_packed_away_is_not_encoded_again(
         tmp_path, broker_url, start_worker):
-    storage = open_storage(tmp_path / "data")
-    job = job_for(storage, write_episode(storage, frames=10), job_id="packed",
-                  options=EncoderOptions(codec="libx264"))
+    storage, job = x264_job(tmp_path, "packed", frames=10)
     worker = start_worker(broker_url)
     with EncodingFarmClient(broker_url) as farm:
         farm.submit(job)

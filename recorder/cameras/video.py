@@ -98,8 +98,8 @@ class VideoFileCamera:
     without end: a read waits at most one frame period for a frame, then the replay goes
     on from where it got (said once). A loop that did not read for longer than the
     read-ahead covers (an inline encode between episodes) finds the replay paused there,
-    without a wait. Frame times that do not increase (a broken file) are
-    replaced by the frame's index at the file's rate (said once).
+    without a wait. Frame times that do not increase (a broken file) are replaced by the
+    frame's index at the file's rate (said once).
     """
 
     def __init__(self, path: str | Path, *, name: str, width: int | None = None,
