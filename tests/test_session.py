@@ -1,12 +1,25 @@
-"""Session logic that needs no farm: episode numbering, committing every camera."""
+"""Session logic that needs no farm: episode numbering, committing every camera, a
+camera failing mid-episode."""
 
+import av
 import numpy as np
 import pytest
+from video_checks import frame_index, make_video
 
-from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeWriter, raw_prefix
+from encoder_worker.raw_episode import (
+    DirectSink,
+    Manifest,
+    RawEpisodeReader,
+    RawEpisodeWriter,
+    raw_prefix,
+)
 from encoder_worker.storage import open_storage
+from recorder.cameras import CameraError
+from recorder.cameras.video import VideoFileCamera
 from recorder.dataset.writer import finish_writers, next_recording
 from recorder.raw_writer import CameraWriter, WriterFailed
+from recorder.session import RecordingSession
+from recorder.settings import RecorderSettings
 
 
 def test_recording_numbers_continue_after_raw_data_and_videos(tmp_path):
@@ -55,3 +68,29 @@ def test_one_failing_camera_does_not_lose_the_others(tmp_path):
         storage.get_bytes("raw/episode_000000/cam0/manifest.json"))
     assert cam0.interrupted
     assert [s.name for s in cam0.segments] == ["segment_00000.raw"]
+
+
+def test_a_camera_failing_mid_episode_keeps_the_frames_recorded_before(tmp_path):
+    class CorruptAtFrameSix(VideoFileCamera):
+        def _decoded_frames(self):
+            for index, frame in enumerate(super()._decoded_frames()):
+                if index == 6:
+                    raise av.InvalidDataError(1094995529, "Invalid data found")
+                yield frame
+
+    camera = CorruptAtFrameSix(make_video(tmp_path / "v.mp4", frames=20, fps=10), name="cam0")
+    settings = RecorderSettings(episodes=1, episode_time=2, cameras=1, width=160, height=120,
+                                fps=10, output_dir=tmp_path / "out")
+    try:
+        with pytest.raises(CameraError, match=r"camera cam0: cannot decode .*v\.mp4"):
+            RecordingSession(settings, [camera]).run()
+    finally:
+        camera.close()
+    reader = RawEpisodeReader(open_storage(settings.raw_storage_url),
+                              raw_prefix(episode=0, camera="cam0"))
+    assert reader.manifest.interrupted
+    # Every slot until the read that failed was kept: the file's good frames 0-5, in
+    # order (a late slot may skip one), ending with the last good one.
+    kept = [frame_index(frame) for frame in reader.rgb_frames()]
+    assert len(kept) == reader.manifest.frame_count
+    assert kept == sorted(kept) and kept[0] == 0 and kept[-1] == 5, kept

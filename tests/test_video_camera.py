@@ -12,31 +12,10 @@ import av
 import numpy as np
 import pytest
 from conftest import wait_for
+from video_checks import LEVEL_STEP, frame_index, make_video
 
 from recorder.cameras import CameraError
 from recorder.cameras.video import LiveCamera, VideoFileCamera, open_camera
-
-LEVEL_STEP = 12
-
-
-def make_video(path: Path, *, frames: int, fps: int = 10, width: int = 160,
-               height: int = 120) -> Path:
-    """A video whose frame i is a flat grey of level i * LEVEL_STEP."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "10"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.time_base = Fraction(1, fps)
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(
-                np.full((height, width, 3), i * LEVEL_STEP, np.uint8), format="rgb24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
-
-
-def frame_index(frame: np.ndarray) -> int:
-    return round(float(frame.mean()) / LEVEL_STEP)
 
 
 class FakeClock:

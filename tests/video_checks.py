@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -41,3 +42,28 @@ def check_video_against_raw(video: Path, raw_storage: str, prefix: str, *,
         if 0 < index < len(raw) - 1:
             assert value >= psnr(got, raw[index + 1]), f"frame {index} out of order"
     return len(decoded)
+
+
+# -- videos to replay as cameras --------------------------------------------------------
+
+LEVEL_STEP = 12
+
+
+def make_video(path: Path, *, frames: int, fps: int = 10, width: int = 160,
+               height: int = 120) -> Path:
+    """A video whose frame i is a flat grey of level i * LEVEL_STEP."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"crf": "10"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = Fraction(1, fps)
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(
+                np.full((height, width, 3), i * LEVEL_STEP, np.uint8), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def frame_index(frame: np.ndarray) -> int:
+    return round(float(frame.mean()) / LEVEL_STEP)
