@@ -21,7 +21,7 @@ from real_content import frames as real_frames
 
 from encoder_worker.raw_episode import DirectSink, RawEpisodeReader, RawEpisodeWriter
 from encoder_worker.storage import open_storage
-from recorder.raw_writer import CameraWriter
+from recorder.capture.raw_writer import CameraWriter
 
 FORMATS = [("rgb24", "none"), ("yuv420p", "none"), ("rgb24", "zstd"), ("yuv420p", "zstd"),
            ("yuv420p", "ffv1")]

@@ -36,13 +36,13 @@ from encoder_worker.raw_episode import (  # noqa: E402
     DirectSink,
     RawEpisodeReader,
     RawEpisodeWriter,
-    raw_prefix,
 )
+from encoder_worker.raw_layout import raw_prefix  # noqa: E402
 from encoder_worker.storage import open_storage  # noqa: E402
-from recorder.cameras.synthetic import SyntheticCamera  # noqa: E402
+from recorder.capture.cameras.synthetic import SyntheticCamera  # noqa: E402
 from recorder.dataset.jobs import part_count  # noqa: E402
-from recorder.farm_client import EncodingFarmClient  # noqa: E402
-from recorder.local_farm import RedisServer  # noqa: E402
+from recorder.farm.client import EncodingFarmClient  # noqa: E402
+from recorder.farm.local import RedisServer  # noqa: E402
 from recorder.settings import RecorderSettings  # noqa: E402
 
 SECTION = "## Split episodes"
@@ -121,7 +121,7 @@ def free_port() -> int:
 def write_raw(folder: Path, *, frames: int, fps: int, width: int, height: int) -> EncodeJob:
     storage = open_storage(str(folder))
     camera = SyntheticCamera("cam0", width=width, height=height, fps=fps, seed=0)
-    prefix = raw_prefix(episode=0, camera="cam0")
+    prefix = raw_prefix(recording=0, camera="cam0")
     # Stored as the recorder stores it for a yuv420p video (its default, --raw-format auto).
     writer = RawEpisodeWriter(DirectSink(storage, prefix), episode=0, camera="cam0",
                               width=width, height=height, fps=fps, pix_fmt="yuv420p",

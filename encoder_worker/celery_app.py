@@ -9,7 +9,8 @@ from celery import Celery
 
 import encoder_worker.transport  # noqa: F401  - the sentinel:// scheme names our transport
 from encoder_worker.broker import RIDE_OUT_S, RedisUrl, parse_redis_url, sentinel_kwargs
-from encoder_worker.settings import ENCODE_QUEUE, WorkerSettings
+from encoder_worker.jobs import ENCODE_QUEUE
+from encoder_worker.settings import WorkerSettings
 
 ENCODE_TASK = "encoder_worker.encode"
 # kombu's transports, hardened (transport.py). A redis+socket:// URL names kombu's own

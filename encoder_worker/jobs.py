@@ -10,6 +10,8 @@ from typing import Any, Self
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
+# The Celery queue that recorders send EncodeJobs to and workers take them from.
+ENCODE_QUEUE = "encode"
 
 
 class Status(StrEnum):

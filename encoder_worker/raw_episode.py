@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from encoder_worker.raw_frames import PIX_FMTS, Compression, FramePacker, frame_bytes, frame_shape
+from encoder_worker.raw_layout import manifest_key, partial_name, segment_name
 from encoder_worker.storage import KeyNotFound, Storage
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,6 @@ logger = logging.getLogger(__name__)
 # 2: pixel formats beyond packed RGB, compression, per-frame sizes of compressed segments.
 MANIFEST_SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
-MANIFEST_NAME = "manifest.json"
 
 
 class RawEpisodeError(Exception):
@@ -39,18 +39,6 @@ class RawEpisodeError(Exception):
 
 class ManifestMissing(RawEpisodeError):
     pass
-
-
-def raw_prefix(*, episode: int, camera: str) -> str:
-    return f"raw/episode_{episode:06d}/{camera}"
-
-
-def manifest_key(prefix: str) -> str:
-    return f"{prefix}/{MANIFEST_NAME}"
-
-
-def segment_name(index: int) -> str:
-    return f"segment_{index:05d}.raw"
 
 
 class SegmentInfo(BaseModel):
@@ -144,7 +132,7 @@ class DirectSink:
 
     def open_segment(self, name: str) -> BinaryIO:
         assert self._dir is not None
-        return open(self._dir / f".{name}.partial", "wb")
+        return open(self._dir / partial_name(name), "wb")
 
     def commit_segment(self, name: str, file: BinaryIO) -> None:
         start_writeback(file)

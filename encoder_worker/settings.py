@@ -17,10 +17,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from encoder_worker.jobs import ENCODE_QUEUE
 from encoder_worker.storage import check_url
 
 DEFAULT_BROKER = "redis://localhost:6379/0"
-ENCODE_QUEUE = "encode"
 
 
 WORKER_ENV_PREFIX = "FARM_WORKER_"

@@ -22,8 +22,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from encoder_worker.broker import redact, redis_client
+from encoder_worker.jobs import ENCODE_QUEUE
 from encoder_worker.ledger import FINISHED_MAX, FINISHED_WINDOW_S, JobLedger, LedgerSnapshot
-from encoder_worker.settings import ENCODE_QUEUE
 
 # How long the broadcast waits for workers' answers: a worker on a busy host answers in
 # milliseconds; the status answers in about this much more than its Redis reads.

@@ -22,7 +22,7 @@ from encoder_worker.ledger import JobLease, JobLedger, LeaseLost, LeaseReaper
 from encoder_worker.metrics import count_retry, count_takeover, job_progress
 from encoder_worker.parts import encode_part_and_join, video_id
 from encoder_worker.priority import CAPTURE_YIELD_MAX_S, CaptureYield, idle_scheduling
-from encoder_worker.raw_episode import manifest_key
+from encoder_worker.raw_layout import manifest_key
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import StorageError, local_storage_id, open_storage, within
 

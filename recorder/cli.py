@@ -12,7 +12,6 @@ from rich.table import Table
 
 from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
 from encoder_worker.jobs import EncodeResult
-from encoder_worker.priority import PriorityRefused, raised_priority
 from encoder_worker.storage import StorageError, open_storage
 from recorder.benchmark.command import (
     add_analyze_arguments,
@@ -20,18 +19,19 @@ from recorder.benchmark.command import (
     run_analyze_command,
     run_benchmark_command,
 )
+from recorder.capture.priority import PriorityRefused, raised_priority
+from recorder.capture.raw_writer import WriterFailed
+from recorder.capture.record_loop import CaptureStats
 from recorder.dataset import DatasetError
 from recorder.dataset.complete import Completion
 from recorder.dataset.pack import PackError, pack_dataset
-from recorder.farm_setup import RecorderError
+from recorder.dataset.pending import encode_pending
+from recorder.farm.setup import RecorderError
+from recorder.farm.upload_spool import SpoolBusy
 from recorder.interrupts import interrupt_on_sigterm
-from recorder.pending import encode_pending
 from recorder.progress import report_console
-from recorder.raw_writer import WriterFailed
-from recorder.record_loop import CaptureStats
 from recorder.session import SessionReport, pending_uploads_note, record
 from recorder.settings import RecorderSettings
-from recorder.upload_spool import SpoolBusy
 
 logger = logging.getLogger("recorder")
 

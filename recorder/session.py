@@ -16,19 +16,20 @@ from rich.console import Console
 from rich.progress import Progress, TaskID
 
 from encoder_worker.jobs import EncodeResult
+from encoder_worker.raw_layout import RAW_ROOT
 from encoder_worker.storage import StorageError, open_storage
-from recorder.cameras import CameraSource
-from recorder.cameras.synthetic import synthetic_cameras
+from recorder.capture.cameras import CameraSource
+from recorder.capture.cameras.synthetic import synthetic_cameras
+from recorder.capture.record_loop import record_episode
+from recorder.capture.robot import SyntheticRobot
 from recorder.dataset.complete import Completion
 from recorder.dataset.layout import camera_key
 from recorder.dataset.writer import EpisodeReport, FarmDataset, spool_folder_for
-from recorder.farm_client import EncodingFarmClient
-from recorder.farm_setup import farm_for
+from recorder.farm.client import EncodingFarmClient
+from recorder.farm.setup import farm_for
+from recorder.farm.upload_spool import spooled_files
 from recorder.progress import progress_display
-from recorder.record_loop import record_episode
-from recorder.robot import SyntheticRobot
 from recorder.settings import RecorderSettings
-from recorder.upload_spool import spooled_files
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class RecordingSession:
             raise ValueError("async encoding needs a farm client")
         self.settings = settings
         self.cameras = cameras
+        self._camera_keys = {camera_key(c.name): c for c in cameras}
         self.farm = farm
         self.progress = progress
         self.stop = stop
@@ -132,7 +134,7 @@ class RecordingSession:
             task = self.progress.add_task("episode",
                                           total=round(settings.episode_time * settings.fps))
         try:
-            capture = record_episode(self.cameras, dataset.add_frame, fps=settings.fps,
+            capture = record_episode(self._camera_keys, dataset.add_frame, fps=settings.fps,
                                      duration_s=settings.episode_time, robot=self.robot.read,
                                      task=settings.task, stop=self.stop,
                                      on_frame=self._frame_callback(task))
@@ -182,7 +184,7 @@ def pending_uploads_note(settings: RecorderSettings) -> str | None:
         storage = open_storage(settings.raw_storage_url)
     except (ValueError, StorageError):
         return None
-    if storage.local_dir("raw") is not None:
+    if storage.local_dir(RAW_ROOT) is not None:
         return None
     folder = spool_folder_for(settings, storage.url)
     files = spooled_files(folder)

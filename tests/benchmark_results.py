@@ -13,7 +13,7 @@ from recorder.benchmark.results import (
     TaskTiming,
     Totals,
 )
-from recorder.record_loop import CaptureStats
+from recorder.capture.record_loop import CaptureStats
 from recorder.session import EpisodeReport, SessionReport
 
 T0 = 1_700_000_000.0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from encoder_worker.celery_app import make_app
-from recorder.local_farm import RedisServer
+from recorder.farm.local import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 

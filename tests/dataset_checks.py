@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from video_checks import psnr
 
-from encoder_worker.raw_episode import RawEpisodeReader, raw_prefix
+from encoder_worker.raw_episode import RawEpisodeReader
+from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage import open_storage
 
 TOLERANCE_S = 1e-4
@@ -78,8 +79,8 @@ def check_v3_dataset(root: Path, *, raw_url: str, episodes: int, cameras: list[s
                 file_index=row[f"videos/{key}/file_index"])
             start = row[f"videos/{key}/from_timestamp"]
             decoded = frames_at(video, [start + t for t in timestamps])
-            raw = list(RawEpisodeReader(open_storage(raw_url),
-                                        raw_prefix(episode=recording, camera=camera)).rgb_frames())
+            prefix = raw_prefix(recording=recording, camera=camera)
+            raw = list(RawEpisodeReader(open_storage(raw_url), prefix).rgb_frames())
             assert len(decoded) == len(raw) == length
             for index, (got, want) in enumerate(zip(decoded, raw, strict=True)):
                 value = psnr(got, want)

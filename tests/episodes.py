@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from encoder_worker.jobs import EncodeJob, EncoderOptions
-from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeWriter, raw_prefix
+from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeWriter
 from encoder_worker.raw_frames import Compression
+from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage import Storage
-from recorder.cameras.synthetic import SyntheticCamera
+from recorder.capture.cameras.synthetic import SyntheticCamera
 from recorder.dataset.layout import Layout, camera_key
 
 
@@ -16,7 +17,7 @@ def write_episode(storage: Storage, *, episode: int = 0, camera: str = "cam0", f
                   pix_fmt: str = "rgb24", compression: Compression = "none") -> Manifest:
     """Synthetic rgb24 frames, stored as pix_fmt with compression."""
     source = SyntheticCamera(camera, width=width, height=height, fps=fps, seed=episode)
-    prefix = raw_prefix(episode=episode, camera=camera)
+    prefix = raw_prefix(recording=episode, camera=camera)
     writer = RawEpisodeWriter(DirectSink(storage, prefix), episode=episode, camera=camera,
                               width=width, height=height, fps=fps, pix_fmt=pix_fmt,
                               input_pix_fmt="rgb24", compression=compression,
@@ -32,7 +33,7 @@ def job_for(storage: Storage, manifest: Manifest, *, job_id: str | None = None,
     return EncodeJob(
         job_id=job_id or f"test-ep{manifest.episode}-{manifest.camera}",
         episode=manifest.episode, camera=manifest.camera, raw_storage=storage.url,
-        raw_prefix=raw_prefix(episode=manifest.episode, camera=manifest.camera),
+        raw_prefix=raw_prefix(recording=manifest.episode, camera=manifest.camera),
         output_storage=storage.url,
         output_key=video_key(manifest.episode, manifest.camera),
         options=options,

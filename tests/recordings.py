@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from recorder.cameras.synthetic import synthetic_cameras
+from recorder.capture.cameras.synthetic import synthetic_cameras
+from recorder.capture.robot import SyntheticRobot
 from recorder.dataset import FarmDataset
-from recorder.robot import SyntheticRobot
 
 CAMERAS = ["cam0", "cam1"]
 TASKS = ["pick the cube", "place the cube"]

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from recorder.local_farm import find_redis_server
+from recorder.farm.local import find_redis_server
 
 HOST = "127.0.0.1"
 MASTER_NAME = "farm"

@@ -13,10 +13,10 @@ from encoder_worker.broker import redis_client
 from encoder_worker.jobs import Status
 from encoder_worker.ledger import PROGRESS_KEY, JobLedger
 from encoder_worker.priority import CaptureYield
-from encoder_worker.raw_episode import raw_prefix
+from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage import open_storage
 from recorder.dataset.writer import FarmDataset
-from recorder.farm_client import EncodingFarmClient
+from recorder.farm.client import EncodingFarmClient
 from recorder.settings import RecorderSettings
 
 HOST = socket.gethostname()
@@ -68,7 +68,7 @@ def test_a_worker_pauses_its_encode_until_the_episode_ends(tmp_path, broker_url,
     assert result.status is Status.SUCCEEDED, result.error
     assert result.timings.paused_s > 0
     check_video_against_raw(storage.path(result.output_key), storage.url,
-                            raw_prefix(episode=0, camera="cam0"))
+                            raw_prefix(recording=0, camera="cam0"))
 
 
 def test_the_dataset_says_while_an_episode_is_captured(tmp_path, broker_url):

@@ -8,7 +8,7 @@ from conftest import free_port, wait_for
 
 from encoder_worker.broker import redis_client
 from recorder.cli import build_parser
-from recorder.local_farm import RedisServer, find_redis_server
+from recorder.farm.local import RedisServer, find_redis_server
 from recorder.settings import RecorderSettings
 
 

@@ -14,8 +14,8 @@ import yaml
 from conftest import REPO, free_port, wait_for
 from video_checks import check_video_against_raw
 
-from encoder_worker.raw_episode import raw_prefix
-from recorder.local_farm import RedisServer
+from encoder_worker.raw_layout import raw_prefix
+from recorder.farm.local import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -159,7 +159,7 @@ def test_worker_service_encodes_from_the_shared_folder(tmp_path, compose, start_
         for camera in ("cam0", "cam1"):
             video = farm_data / f"videos/observation.images.{camera}/chunk-000/file-000.mp4"
             assert check_video_against_raw(video, str(farm_data),
-                                           raw_prefix(episode=0, camera=camera)) == 30
+                                           raw_prefix(recording=0, camera=camera)) == 30
     finally:
         if service is not None:  # before Redis: a worker shutting down talks to it
             service.kill(signal.SIGTERM)

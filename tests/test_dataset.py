@@ -18,13 +18,13 @@ from dataset_checks import check_v3_dataset, mirror
 from recordings import CAMERAS, TASKS, features, record_episodes
 
 from encoder_worker.broker import redis_client
+from encoder_worker.jobs import ENCODE_QUEUE
 from encoder_worker.raw_episode import DirectSink, Manifest
-from encoder_worker.settings import ENCODE_QUEUE
+from recorder.capture.raw_writer import WriterFailed
 from recorder.dataset import DatasetError, FarmDataset
 from recorder.dataset.pack import pack_dataset
 from recorder.dataset.stats import ImageStats, aggregate, numeric_stats
-from recorder.farm_client import EncodingFarmClient
-from recorder.raw_writer import WriterFailed
+from recorder.farm.client import EncodingFarmClient
 
 FAST = {"codec": "libx264"}
 

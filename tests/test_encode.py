@@ -12,7 +12,8 @@ from video_checks import check_video_against_raw
 from encoder_worker.encode import EncodeError, encode_job, read_ahead, verify_video
 from encoder_worker.jobs import EncoderOptions, Status
 from encoder_worker.ledger import LeaseLost
-from encoder_worker.raw_episode import RawEpisodeError, raw_prefix
+from encoder_worker.raw_episode import RawEpisodeError
+from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage import open_storage
 from encoder_worker.verify import PacketVerifier, VerifyError, check_file
 
@@ -35,7 +36,7 @@ def test_encodes_verifies_and_publishes(storage, codec):
     assert result.bytes == video.stat().st_size > 0
     assert result.timings.encode_s > 0 and result.timings.verify_s > 0
     assert result.timings.total_s >= result.timings.encode_s
-    check_video_against_raw(video, storage.url, raw_prefix(episode=0, camera="cam0"))
+    check_video_against_raw(video, storage.url, raw_prefix(recording=0, camera="cam0"))
     # Nothing but the video is left beside it (temp files were renamed or removed).
     assert [p.name for p in video.parent.iterdir()] == [video.name]
 
@@ -49,7 +50,7 @@ def test_default_options_equal_lerobots():
 
 def test_corrupt_segment_fails_with_reason_and_publishes_nothing(storage):
     manifest = write_episode(storage, frames=20)
-    segment = storage.path(raw_prefix(episode=0, camera="cam0") + "/segment_00001.raw")
+    segment = storage.path(raw_prefix(recording=0, camera="cam0") + "/segment_00001.raw")
     data = bytearray(segment.read_bytes())
     data[500] ^= 0x55
     segment.write_bytes(bytes(data))
@@ -59,7 +60,7 @@ def test_corrupt_segment_fails_with_reason_and_publishes_nothing(storage):
     assert "segment_00001.raw is corrupt" in (result.error or "")
     assert not storage.exists(job.output_key)
     # The recorded frames are still there.
-    assert storage.exists(raw_prefix(episode=0, camera="cam0") + "/segment_00001.raw")
+    assert storage.exists(raw_prefix(recording=0, camera="cam0") + "/segment_00001.raw")
 
 
 def test_missing_raw_episode_fails_with_reason(storage):

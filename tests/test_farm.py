@@ -25,12 +25,13 @@ from encoder_worker.ledger import (
     JobLease,
     LeaseReaper,
 )
-from encoder_worker.raw_episode import Manifest, raw_prefix
+from encoder_worker.raw_episode import Manifest
+from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import open_storage
 from encoder_worker.tasks import MAX_ENCODE_ATTEMPTS
-from recorder.cameras.synthetic import synthetic_cameras
-from recorder.farm_client import EncodingFarmClient
+from recorder.capture.cameras.synthetic import synthetic_cameras
+from recorder.farm.client import EncodingFarmClient
 from recorder.session import RecordingSession
 from recorder.settings import RecorderSettings
 
@@ -65,7 +66,7 @@ def check_all_videos(settings: RecorderSettings, report) -> None:
         recorded = next(e for e in report.episodes if e.episode == result.episode)
         assert result.frames == recorded.frames_recorded[result.camera] == 30
         check_video_against_raw(storage.path(result.output_key), settings.raw_storage_url,
-                                raw_prefix(episode=result.episode, camera=result.camera))
+                                raw_prefix(recording=result.episode, camera=result.camera))
 
 
 def test_inline_session_encodes_every_episode(tmp_path):
@@ -112,7 +113,7 @@ def test_queue_limit_makes_the_recorder_wait(tmp_path, broker_url, start_worker)
 def test_corrupt_segment_gives_a_failed_result_with_reason(tmp_path, broker_url, start_worker):
     storage = open_storage(tmp_path / "data")
     manifest = write_episode(storage, frames=20)
-    segment = storage.path(raw_prefix(episode=0, camera="cam0") + "/segment_00000.raw")
+    segment = storage.path(raw_prefix(recording=0, camera="cam0") + "/segment_00000.raw")
     data = bytearray(segment.read_bytes())
     data[-1] ^= 0x01
     segment.write_bytes(bytes(data))
@@ -151,7 +152,7 @@ def test_zero_config_cli_starts_and_stops_its_own_farm(tmp_path):
         camera = video.parent.parent.name.removeprefix("observation.images.")
         episode = int(video.stem.removeprefix("file-"))
         assert check_video_against_raw(video, str(dataset),
-                                       raw_prefix(episode=episode, camera=camera)) == 30
+                                       raw_prefix(recording=episode, camera=camera)) == 30
     # The dataset's metadata goes where its videos are.
     assert json.loads((video_dir / "meta/info.json").read_text())["total_episodes"] == 2
     # The private Redis and workers ran from TMPDIR; none of them outlive the recorder.
@@ -186,7 +187,7 @@ def test_killed_worker_job_is_taken_over_by_another(tmp_path, broker_url, start_
     assert restarted_after_lapse_s <= 30
     assert "re-queued" in second.output() or "re-queued" in first.output()
     check_video_against_raw(storage.path(job.output_key), storage.url,
-                            raw_prefix(episode=0, camera="cam0"), min_psnr_db=25)
+                            raw_prefix(recording=0, camera="cam0"), min_psnr_db=25)
 
 
 def test_queued_jobs_survive_a_redis_restart(tmp_path, redis_server, start_worker):
@@ -351,7 +352,7 @@ def test_a_copy_of_a_job_that_succeeded_and_was_packed_away_is_not_encoded_again
 def test_failed_jobs_are_listed_and_requeued(tmp_path, broker_url, start_worker):
     storage = open_storage(tmp_path / "data")
     manifest = write_episode(storage, frames=10)
-    segment = storage.path(raw_prefix(episode=0, camera="cam0") + "/segment_00000.raw")
+    segment = storage.path(raw_prefix(recording=0, camera="cam0") + "/segment_00000.raw")
     good = segment.read_bytes()
     segment.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # corrupt: the job fails
     job = job_for(storage, manifest, job_id="broken", options=EncoderOptions(codec="libx264"))

@@ -14,12 +14,12 @@ from pydantic import ValidationError
 from encoder_worker import tasks
 from encoder_worker.broker import redis_client
 from encoder_worker.encode import encode_job
-from encoder_worker.jobs import EncodeJob, EncoderOptions, Status
+from encoder_worker.jobs import ENCODE_QUEUE, EncodeJob, EncoderOptions, Status
 from encoder_worker.ledger import REJECTED_KEY, TIME_LIMITS_PREFIX, JobLedger
-from encoder_worker.raw_episode import manifest_key, raw_prefix
-from encoder_worker.settings import ENCODE_QUEUE, WorkerSettings
+from encoder_worker.raw_layout import manifest_key, raw_prefix
+from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import StorageError, local_storage_id, open_storage
-from recorder.farm_client import EncodingFarmClient
+from recorder.farm.client import EncodingFarmClient
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_a_job_of_another_schema_version_is_refused_with_the_reason(storage):
 
 def test_a_manifest_with_an_unknown_pixel_format_fails_the_job_with_the_reason(storage):
     manifest = write_episode(storage, frames=3)
-    key = manifest_key(raw_prefix(episode=0, camera="cam0"))
+    key = manifest_key(raw_prefix(recording=0, camera="cam0"))
     storage.put_bytes(key, storage.get_bytes(key).replace(b'"rgb24"', b'"yuv444p"'))
     result = encode_job(job_for(storage, manifest))
     assert result.status is Status.FAILED

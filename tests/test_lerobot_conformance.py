@@ -13,7 +13,8 @@ import pytest
 from recordings import CAMERAS, features, record_episodes
 from video_checks import psnr
 
-from encoder_worker.raw_episode import RawEpisodeReader, raw_prefix
+from encoder_worker.raw_episode import RawEpisodeReader
+from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage import open_storage
 from recorder.dataset import FarmDataset
 from recorder.dataset.pack import pack_dataset
@@ -36,7 +37,7 @@ def load_and_check_every_item(root: Path) -> int:
     recordings = {row["episode_index"]: row["farm/recording"]
                   for row in dataset.meta.episodes}
     raw = {(episode, camera): list(RawEpisodeReader(
-        open_storage(root), raw_prefix(episode=recording, camera=camera)).rgb_frames())
+        open_storage(root), raw_prefix(recording=recording, camera=camera)).rgb_frames())
         for episode, recording in recordings.items() for camera in CAMERAS}
     for index in range(len(dataset)):
         item = dataset[index]

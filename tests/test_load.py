@@ -26,7 +26,7 @@ JOBS, RECORDERS = 500, 3
 RECORDER = """
 import json, sys
 from encoder_worker.jobs import EncodeJob
-from recorder.farm_client import EncodingFarmClient
+from recorder.farm.client import EncodingFarmClient
 jobs = [EncodeJob.model_validate(j) for j in json.loads(open(sys.argv[2]).read())]
 with EncodingFarmClient(sys.argv[1], queue_size=50) as farm:
     for job in jobs:

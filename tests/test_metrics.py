@@ -20,9 +20,9 @@ from encoder_worker.celery_app import ENCODE_TASK, make_app
 from encoder_worker.jobs import EncoderOptions, Status
 from encoder_worker.ledger import CLAIMS_KEY, LeaseReaper
 from encoder_worker.metrics import FAILURE_REASONS, RETRY_REASONS
-from encoder_worker.raw_episode import raw_prefix
+from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage import open_storage
-from recorder.farm_client import EncodingFarmClient
+from recorder.farm.client import EncodingFarmClient
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -45,7 +45,7 @@ def test_a_worker_serves_the_metrics_of_its_encodes(tmp_path, broker_url, start_
                    options=EncoderOptions(codec="libx264"))
     bad = job_for(storage, write_episode(storage, episode=1, frames=10), job_id="bad",
                   options=EncoderOptions(codec="libx264"))
-    segment = storage.path(raw_prefix(episode=1, camera="cam0") + "/segment_00000.raw")
+    segment = storage.path(raw_prefix(recording=1, camera="cam0") + "/segment_00000.raw")
     segment.write_bytes(segment.read_bytes()[:-1] + b"\x00")  # corrupt: the job fails
     port = free_port()
     start_worker(broker_url, "--metrics-port", str(port), "--concurrency", "2")

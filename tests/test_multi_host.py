@@ -14,7 +14,7 @@ from conftest import REPO, wait_for
 from netns import NetnsLab, netns_unavailable
 from s3_fixtures import TEST_CREDENTIALS
 
-from recorder.local_farm import find_redis_server
+from recorder.farm.local import find_redis_server
 
 pytestmark = [
     pytest.mark.integration,

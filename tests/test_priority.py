@@ -87,7 +87,7 @@ def test_real_time_codec_threads_are_demoted_to_the_encodes_class():
 PRIORITY_PROBE = """
 import json, os, threading
 from pathlib import Path
-from encoder_worker.priority import raised_priority
+from recorder.capture.priority import raised_priority
 def group(): return int(Path("/proc/self/autogroup").read_text().split()[-1])
 seen = {}
 with raised_priority(-5):

@@ -11,11 +11,11 @@ from encoder_worker.raw_episode import (
     RawEpisodeError,
     RawEpisodeReader,
     RawEpisodeWriter,
-    raw_prefix,
 )
+from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage import open_storage
 from encoder_worker.storage.local import FILE_MODE, LocalStorage
-from recorder.cameras.synthetic import SyntheticCamera
+from recorder.capture.cameras.synthetic import SyntheticCamera
 
 
 @pytest.fixture
@@ -28,14 +28,14 @@ def test_frames_read_back_exactly_in_order(storage):
     assert [s.frame_count for s in manifest.segments] == [10, 10, 5]
     assert [s.first_frame for s in manifest.segments] == [0, 10, 20]
     source = SyntheticCamera("cam0", width=320, height=240, fps=30, seed=0)
-    frames = list(RawEpisodeReader(storage, raw_prefix(episode=0, camera="cam0")).frames())
+    frames = list(RawEpisodeReader(storage, raw_prefix(recording=0, camera="cam0")).frames())
     assert len(frames) == 25
     for index, frame in enumerate(frames):
         np.testing.assert_array_equal(frame, source.frame_at(index))
 
 
 def test_manifest_is_written_last_and_lists_timestamps(storage):
-    prefix = raw_prefix(episode=3, camera="wrist")
+    prefix = raw_prefix(recording=3, camera="wrist")
     writer = RawEpisodeWriter(DirectSink(storage, prefix), episode=3, camera="wrist",
                               width=32, height=16, fps=30, segment_frames=2)
     for index in range(3):
@@ -50,18 +50,18 @@ def test_manifest_is_written_last_and_lists_timestamps(storage):
 
 def test_corrupt_segment_is_detected(storage):
     write_episode(storage, frames=20, segment_frames=10)
-    segment = storage.path(raw_prefix(episode=0, camera="cam0") + "/segment_00001.raw")
+    segment = storage.path(raw_prefix(recording=0, camera="cam0") + "/segment_00001.raw")
     data = bytearray(segment.read_bytes())
     data[1234] ^= 0xFF
     segment.write_bytes(bytes(data))
-    reader = RawEpisodeReader(storage, raw_prefix(episode=0, camera="cam0"))
+    reader = RawEpisodeReader(storage, raw_prefix(recording=0, camera="cam0"))
     with pytest.raises(RawEpisodeError, match=r"segment_00001\.raw is corrupt"):
         list(reader.frames())
 
 
 def test_truncated_and_missing_segments_are_detected(storage):
     write_episode(storage, frames=20, segment_frames=10)
-    prefix = raw_prefix(episode=0, camera="cam0")
+    prefix = raw_prefix(recording=0, camera="cam0")
     segment = storage.path(prefix + "/segment_00000.raw")
     segment.write_bytes(segment.read_bytes()[:-100])
     with pytest.raises(RawEpisodeError, match="truncated"):
@@ -73,11 +73,11 @@ def test_truncated_and_missing_segments_are_detected(storage):
 
 def test_uncommitted_episode_has_no_manifest(storage):
     with pytest.raises(ManifestMissing, match="never committed"):
-        RawEpisodeReader(storage, raw_prefix(episode=9, camera="cam0"))
+        RawEpisodeReader(storage, raw_prefix(recording=9, camera="cam0"))
 
 
 def test_wrong_frame_shape_is_refused(storage):
-    prefix = raw_prefix(episode=0, camera="cam0")
+    prefix = raw_prefix(recording=0, camera="cam0")
     writer = RawEpisodeWriter(DirectSink(storage, prefix), episode=0, camera="cam0",
                               width=32, height=16, fps=30)
     with pytest.raises(ValueError, match="expected"):

@@ -10,10 +10,11 @@ from video_checks import check_video_against_raw, decode_rgb
 
 from encoder_worker.encode import encode_job
 from encoder_worker.jobs import Status
-from encoder_worker.raw_episode import RawEpisodeError, RawEpisodeReader, raw_prefix
+from encoder_worker.raw_episode import RawEpisodeError, RawEpisodeReader
 from encoder_worker.raw_frames import FramePacker
+from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage import open_storage
-from recorder.cameras.synthetic import SyntheticCamera
+from recorder.capture.cameras.synthetic import SyntheticCamera
 from recorder.settings import RecorderSettings
 
 FORMATS = [("rgb24", "none"), ("rgb24", "zstd"), ("yuv420p", "none"), ("yuv420p", "zstd"),
@@ -26,7 +27,7 @@ def storage(tmp_path):
 
 
 def _prefix(episode: int = 0) -> str:
-    return raw_prefix(episode=episode, camera="cam0")
+    return raw_prefix(recording=episode, camera="cam0")
 
 
 @pytest.mark.parametrize(("pix_fmt", "compression"), FORMATS)

@@ -10,9 +10,9 @@ from episodes import job_for, write_episode
 from video_checks import check_video_against_raw
 
 from encoder_worker.jobs import EncoderOptions, Status
-from encoder_worker.raw_episode import raw_prefix
+from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage import open_storage
-from recorder.farm_client import EncodingFarmClient, FarmTimeout
+from recorder.farm.client import EncodingFarmClient, FarmTimeout
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def check_results(storage, results, count):
     for result in results:
         assert result.ok, result.error
         check_video_against_raw(storage.path(result.output_key), storage.url,
-                                raw_prefix(episode=result.episode, camera="cam0"))
+                                raw_prefix(recording=result.episode, camera="cam0"))
 
 
 def test_jobs_submitted_while_redis_is_down_are_sent_when_it_is_back(

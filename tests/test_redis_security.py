@@ -16,11 +16,12 @@ from redis_topologies import MASTER_NAME, SentinelFarm, TlsRedis, tls_files
 
 from encoder_worker.broker import RIDE_OUT_S, parse_redis_url, redact, redis_client
 from encoder_worker.celery_app import make_app
+from encoder_worker.jobs import ENCODE_QUEUE
 from encoder_worker.ledger import CLAIMS_KEY, REJECTED_KEY
-from encoder_worker.settings import ENCODE_QUEUE, WorkerSettings
+from encoder_worker.settings import WorkerSettings
 from encoder_worker.transport import SentinelTransport
 from recorder.dataset import FarmDataset
-from recorder.farm_client import EncodingFarmClient
+from recorder.farm.client import EncodingFarmClient
 
 SECRET = "tls-and-sentinel-secret-7f3a"
 SENTINEL_SECRET = "the-sentinels-own-secret-91c2"

@@ -19,16 +19,18 @@ from s3_fixtures import MotoServer
 from video_checks import check_video_against_raw
 
 from encoder_worker.jobs import EncodeJob
-from encoder_worker.raw_episode import Manifest, RawEpisodeReader, raw_prefix
+from encoder_worker.raw_episode import Manifest, RawEpisodeReader
+from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import Storage, StorageError, open_storage
 from encoder_worker.storage.local import LocalStorage
 from encoder_worker.storage.s3 import parse_s3_url
 from encoder_worker.tasks import manifest_pending
-from recorder import farm_setup, session
-from recorder.cameras.synthetic import synthetic_cameras
+from recorder import session
+from recorder.capture.cameras.synthetic import synthetic_cameras
 from recorder.dataset import writer
-from recorder.farm_storage import broker_is_local, check_farm_storage
+from recorder.farm import setup as farm_setup
+from recorder.farm.storage_check import broker_is_local, check_farm_storage
 from recorder.settings import RecorderSettings
 
 SMALL = ["--width", "160", "--height", "120", "--fps", "15", "--codec", "libx264",
@@ -45,7 +47,7 @@ def check_outputs(output_url: str, raw_url: str, *, episodes: int, cameras: int,
             video = tmp_path / f"check-{episode}-{camera}.mp4"
             output.download_file(video_key(episode, camera), video)
             counts[episode, camera] = check_video_against_raw(
-                video, raw_url, raw_prefix(episode=episode, camera=camera))
+                video, raw_url, raw_prefix(recording=episode, camera=camera))
     return counts
 
 

@@ -6,18 +6,13 @@ import numpy as np
 import pytest
 from video_checks import frame_index, make_video
 
-from encoder_worker.raw_episode import (
-    DirectSink,
-    Manifest,
-    RawEpisodeReader,
-    RawEpisodeWriter,
-    raw_prefix,
-)
+from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeReader, RawEpisodeWriter
+from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage import open_storage
-from recorder.cameras import CameraError
-from recorder.cameras.video import VideoFileCamera
+from recorder.capture.cameras import CameraError
+from recorder.capture.cameras.video import VideoFileCamera
+from recorder.capture.raw_writer import CameraWriter, WriterFailed
 from recorder.dataset.writer import finish_writers, next_recording
-from recorder.raw_writer import CameraWriter, WriterFailed
 from recorder.session import RecordingSession
 from recorder.settings import RecorderSettings
 
@@ -50,8 +45,8 @@ class FailingSink(DirectSink):
 
 def test_one_failing_camera_does_not_lose_the_others(tmp_path):
     storage = open_storage(tmp_path / "dataset")
-    sinks = {"cam0": FailingSink(storage, raw_prefix(episode=0, camera="cam0")),
-             "cam1": DirectSink(storage, raw_prefix(episode=0, camera="cam1"))}
+    sinks = {"cam0": FailingSink(storage, raw_prefix(recording=0, camera="cam0")),
+             "cam1": DirectSink(storage, raw_prefix(recording=0, camera="cam1"))}
     writers = [CameraWriter(RawEpisodeWriter(sinks[c], episode=0, camera=c, width=8,
                                              height=8, fps=30, segment_frames=4),
                             queue_frames=100) for c in ("cam0", "cam1")]
@@ -87,7 +82,7 @@ def test_a_camera_failing_mid_episode_keeps_the_frames_recorded_before(tmp_path)
     finally:
         camera.close()
     reader = RawEpisodeReader(open_storage(settings.raw_storage_url),
-                              raw_prefix(episode=0, camera="cam0"))
+                              raw_prefix(recording=0, camera="cam0"))
     assert reader.manifest.interrupted
     # Every slot until the read that failed was kept: the file's good frames 0-5, in
     # order (a late slot may skip one), ending with the last good one.

@@ -28,11 +28,12 @@ from encoder_worker.parts import (
     part_key,
     video_id,
 )
-from encoder_worker.raw_episode import RawEpisodeReader, raw_prefix
+from encoder_worker.raw_episode import RawEpisodeReader
+from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage.local import LocalStorage
 from recorder.dataset import FarmDataset
 from recorder.dataset.jobs import part_count
-from recorder.farm_client import EncodingFarmClient
+from recorder.farm.client import EncodingFarmClient
 from recorder.settings import RecorderSettings
 
 pytestmark = pytest.mark.integration

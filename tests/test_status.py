@@ -28,11 +28,11 @@ from encoder_worker.ledger import (
     LedgerSnapshot,
 )
 from encoder_worker.metrics import failure_reason
-from encoder_worker.raw_episode import manifest_key, raw_prefix
+from encoder_worker.raw_layout import manifest_key, raw_prefix
 from encoder_worker.status import build_status, farm_status
 from encoder_worker.status_view import duration, render
 from encoder_worker.storage import open_storage
-from recorder.farm_client import EncodingFarmClient
+from recorder.farm.client import EncodingFarmClient
 
 
 def status_cli(broker: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -66,7 +66,7 @@ def test_status_shows_workers_their_jobs_progress_and_the_last_hour(
     slow = slow_job(storage, frames=300, job_id="slow")
     broken = job_for(storage, write_episode(storage, episode=1, frames=10), job_id="broken",
                      options=EncoderOptions(codec="libx264"))
-    segment = storage.path(raw_prefix(episode=1, camera="cam0") + "/segment_00000.raw")
+    segment = storage.path(raw_prefix(recording=1, camera="cam0") + "/segment_00000.raw")
     segment.write_bytes(segment.read_bytes()[:-1] + b"\x00")  # corrupt: the job fails
     early = job_for(storage, write_episode(storage, episode=2, frames=10), job_id="early",
                     options=EncoderOptions(codec="libx264"))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from recorder.cameras.synthetic import SyntheticCamera
+from recorder.capture.cameras.synthetic import SyntheticCamera
 
 
 def test_deterministic_per_seed():

@@ -15,8 +15,8 @@ from encoder_worker.raw_episode import DirectSink, RawEpisodeReader, RawEpisodeW
 from encoder_worker.storage import StorageError
 from encoder_worker.storage.local import LocalStorage
 from encoder_worker.storage.s3 import S3Storage, s3_error
-from recorder import upload_spool
-from recorder.upload_spool import SpoolBusy, UploadSpool, spool_folder
+from recorder.farm import upload_spool
+from recorder.farm.upload_spool import SpoolBusy, UploadSpool, spool_folder
 
 
 class FlakyStorage(LocalStorage):
@@ -281,7 +281,7 @@ def test_leftovers_of_a_dead_process_upload_first(tmp_path: Path,
     truncated = root / "keys/raw/episode_000002/cam0/segment_00001.raw"
     truncated.write_bytes(truncated.read_bytes()[:100])
 
-    caplog.set_level(logging.WARNING, logger="recorder.upload_spool")
+    caplog.set_level(logging.WARNING, logger="recorder.farm.upload_spool")
     # Leftovers are on disk already: they are queued whatever max_bytes says; new
     # segments wait for room as usual.
     spool = UploadSpool(storage, root, max_bytes=1, threads=1)

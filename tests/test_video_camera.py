@@ -14,8 +14,8 @@ import pytest
 from conftest import wait_for
 from video_checks import LEVEL_STEP, frame_index, make_video
 
-from recorder.cameras import CameraError
-from recorder.cameras.video import LiveCamera, VideoFileCamera, open_camera
+from recorder.capture.cameras import CameraError
+from recorder.capture.cameras.video import LiveCamera, VideoFileCamera, open_camera
 
 
 class FakeClock:

@@ -39,10 +39,10 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_benchmark_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from encoder_worker.priority import PriorityRefused, raised_priority
     from recorder.benchmark import report, runner
-    from recorder.cameras import CameraError
-    from recorder.farm_setup import RecorderError
+    from recorder.capture.cameras import CameraError
+    from recorder.capture.priority import PriorityRefused, raised_priority
+    from recorder.farm.setup import RecorderError
     from recorder.interrupts import interrupt_on_sigterm
 
     settings = settings_from_args(parser, BenchmarkSettings, args)

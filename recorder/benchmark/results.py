@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from encoder_worker.jobs import EncodeResult
-from recorder.record_loop import CaptureStats
+from recorder.capture.record_loop import CaptureStats
 from recorder.session import EpisodeReport, SessionReport
 
 SCHEMA_VERSION = 1

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from encoder_worker.broker import redact, redis_client
+from encoder_worker.raw_layout import RAW_ROOT
 from recorder.benchmark import environment
 from recorder.benchmark.background import background_load
 from recorder.benchmark.report import verdicts
@@ -27,11 +28,11 @@ from recorder.benchmark.results import (
     save,
 )
 from recorder.benchmark.settings import BenchmarkSettings
-from recorder.cameras import CameraError, CameraSource
-from recorder.cameras.synthetic import synthetic_cameras
-from recorder.cameras.video import open_camera
-from recorder.farm_client import EncodingFarmClient
-from recorder.farm_setup import farm_for
+from recorder.capture.cameras import CameraError, CameraSource
+from recorder.capture.cameras.synthetic import synthetic_cameras
+from recorder.capture.cameras.video import open_camera
+from recorder.farm.client import EncodingFarmClient
+from recorder.farm.setup import farm_for
 from recorder.progress import progress_display
 from recorder.session import RecordingSession, SessionReport
 from recorder.settings import RecorderSettings
@@ -207,11 +208,11 @@ def _drop_raw(url: str) -> None:
     from encoder_worker.storage import open_storage
 
     storage = open_storage(url)
-    local = storage.local_dir("raw")
+    local = storage.local_dir(RAW_ROOT)
     if local is not None:
         shutil.rmtree(local, ignore_errors=True)
         return
-    for key in storage.list_keys("raw"):
+    for key in storage.list_keys(RAW_ROOT):
         storage.delete(key)
 
 

@@ -14,7 +14,7 @@ from encoder_worker.jobs import (
     encode_time_limit_s,
     split_job,
 )
-from encoder_worker.raw_episode import raw_prefix
+from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage import Storage, StorageError, local_storage_id
 from recorder.dataset.layout import camera_name
 from recorder.settings import RecorderSettings
@@ -26,7 +26,7 @@ def episode_job(recording: int, video_key: str, *, run_id: str, raw: Storage,
     camera = camera_name(video_key)
     return EncodeJob(
         job_id=f"{run_id}-ep{recording:06d}-{camera}", episode=recording, camera=camera,
-        raw_storage=raw.url, raw_prefix=raw_prefix(episode=recording, camera=camera),
+        raw_storage=raw.url, raw_prefix=raw_prefix(recording=recording, camera=camera),
         raw_storage_id=local_storage_id(raw, create=True), output_storage=dataset.url,
         output_storage_id=local_storage_id(dataset, create=True), output_key=output_key,
         options=options)

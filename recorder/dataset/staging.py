@@ -9,7 +9,6 @@ metadata once every one of its videos is published.
 from __future__ import annotations
 
 import io
-import re
 import time
 from typing import Any
 
@@ -17,24 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
+from encoder_worker.raw_layout import RAW_ROOT, record_key, recording_of_record, rows_key
 from encoder_worker.storage import KeyNotFound, Storage
 
 STAGING_SCHEMA_VERSION = 1
-_RECORD = re.compile(r"^raw/episode_(\d{6})/episode\.json$")
-
-
-def record_key(recording: int) -> str:
-    return f"raw/episode_{recording:06d}/episode.json"
-
-
-def recording_of_record(key: str) -> int | None:
-    """The recording number of an episode record's key; None for any other key."""
-    match = _RECORD.match(key)
-    return int(match.group(1)) if match else None
-
-
-def rows_key(recording: int) -> str:
-    return f"raw/episode_{recording:06d}/rows.parquet"
 
 
 class StagedEpisode(BaseModel):
@@ -58,7 +43,7 @@ def rows_to_parquet(columns: dict[str, pa.Array]) -> bytes:
 
 def staged_recordings(raw: Storage) -> list[int]:
     """Recording numbers with a committed episode record, in order."""
-    return sorted(n for key in raw.list_keys("raw")
+    return sorted(n for key in raw.list_keys(RAW_ROOT)
                   if (n := recording_of_record(key)) is not None)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -35,33 +34,33 @@ import pyarrow as pa
 from rich.progress import Progress
 
 from encoder_worker.jobs import EncodeJob, EncodeResult, encode_time_limit_s
-from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeWriter, raw_prefix
+from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeWriter
+from encoder_worker.raw_layout import (
+    RAW_ROOT,
+    raw_prefix,
+    record_key,
+    recording_of,
+    recording_of_record,
+    rows_key,
+)
 from encoder_worker.storage import Storage, open_storage
+from recorder.capture.raw_writer import CameraWriter
 from recorder.dataset import metadata
 from recorder.dataset.complete import Completion, complete_dataset
 from recorder.dataset.jobs import encode_inline, episode_job, farm_jobs, video_job_ids
 from recorder.dataset.layout import DEFAULT_FEATURES, INFO_KEY, Layout, camera_name
-from recorder.dataset.staging import (
-    StagedEpisode,
-    load_staged,
-    record_key,
-    recording_of_record,
-    rows_key,
-    rows_to_parquet,
-)
+from recorder.dataset.staging import StagedEpisode, load_staged, rows_to_parquet
 from recorder.dataset.stats import ImageStats, Stats, numeric_stats, sample_stride, to_json
-from recorder.farm_client import EncodingFarmClient
-from recorder.farm_setup import farm_for
-from recorder.raw_writer import CameraWriter
+from recorder.farm.client import EncodingFarmClient
+from recorder.farm.setup import farm_for
+from recorder.farm.upload_spool import Leftovers, SpoolSink, UploadSpool, spool_folder
 from recorder.settings import RecorderSettings
-from recorder.upload_spool import Leftovers, SpoolSink, UploadSpool, spool_folder
 
 if TYPE_CHECKING:
-    from recorder.record_loop import CaptureStats
+    from recorder.capture.record_loop import CaptureStats
 
 logger = logging.getLogger(__name__)
 
-_EPISODE_DIR = re.compile(r"raw/episode_(\d{6})/")
 # After Ctrl-C, how long the recorder still tries to upload what is in its spool.
 INTERRUPT_UPLOAD_GRACE_S = 10.0
 _NUMERIC = {"float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
@@ -160,9 +159,8 @@ def next_recording(raw: Storage, dataset: Storage, *, spooled: Iterable[str] = (
         spooled: keys of raw files still in the upload spool (an earlier run's, not yet
             uploaded): their recordings are taken, manifest or not.
     """
-    numbers = [int(m.group(1)) for key in raw.list_keys("raw")
-               if (m := _EPISODE_DIR.match(key))]
-    numbers += [int(m.group(1)) for key in spooled if (m := _EPISODE_DIR.match(key))]
+    numbers = [n for key in [*raw.list_keys(RAW_ROOT), *spooled]
+               if (n := recording_of(key)) is not None]
     numbers += Layout.video_file_numbers(dataset.list_keys("videos"))
     return max(numbers, default=-1) + 1
 
@@ -346,7 +344,7 @@ class FarmDataset:
         for key in self.video_keys:
             height, width, _ = self.features[key]["shape"]
             camera = camera_name(key)
-            sink = self._sink(raw_prefix(episode=recording, camera=camera))
+            sink = self._sink(raw_prefix(recording=recording, camera=camera))
             sinks.append(sink)
             stats = image_stats[key] = ImageStats()
             writers[key] = CameraWriter(
@@ -692,7 +690,7 @@ class FarmDataset:
         Raises:
             SpoolBusy: another recorder holds the spool folder's lock.
         """
-        if self.raw_storage.local_dir("raw") is not None:
+        if self.raw_storage.local_dir(RAW_ROOT) is not None:
             return Leftovers()
         folder = spool_folder_for(self.settings, self.raw_storage.url)
         self._uploads = UploadSpool(self.raw_storage, folder,

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import av
 import numpy as np
 
-from recorder.cameras import CameraError
+from recorder.capture.cameras import CameraError
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ completed.
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -17,17 +16,16 @@ from rich.console import Console
 
 from encoder_worker.jobs import EncodeResult, encode_time_limit_s
 from encoder_worker.raw_episode import Manifest
+from encoder_worker.raw_layout import RAW_ROOT, manifest_of
 from encoder_worker.storage import Storage, open_storage
 from recorder.dataset import metadata
 from recorder.dataset.complete import Completion, complete_dataset
 from recorder.dataset.jobs import encode_inline, episode_job, farm_jobs
 from recorder.dataset.pack import video_file_key
 from recorder.dataset.staging import load_staged, staged_recordings
-from recorder.farm_setup import RecorderError, farm_for
+from recorder.farm.setup import RecorderError, farm_for
 from recorder.progress import progress_display
 from recorder.settings import RecorderSettings
-
-_MANIFEST = re.compile(r"^raw/episode_(\d{6})/([^/]+)/manifest\.json$")
 
 
 @dataclass
@@ -65,9 +63,9 @@ def scan_pending(raw: Storage, dataset: Storage, *,
                 scan.lengths[recording] = episode.length
             else:  # a packed file: re-encoding one episode cannot restore it
                 scan.lost.append((recording, key, actual))
-    for key in raw.list_keys("raw"):
-        match = _MANIFEST.match(key)
-        if match is not None and int(match.group(1)) not in staged:
+    for key in raw.list_keys(RAW_ROOT):
+        found = manifest_of(key)
+        if found is not None and found[0] not in staged:
             manifest = Manifest.model_validate_json(raw.get_bytes(key))
             scan.unstaged.append((manifest.episode, manifest.camera))
     return scan

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from recorder.cameras import CameraSource
-from recorder.dataset.layout import camera_key
+from recorder.capture.cameras import CameraSource
 
 
 @dataclass
@@ -38,7 +37,7 @@ class CaptureStats:
 
 
 def record_episode(
-    cameras: Sequence[CameraSource],
+    cameras: Mapping[str, CameraSource],
     add_frame: Callable[[dict[str, Any]], None],
     *,
     fps: float,
@@ -50,8 +49,8 @@ def record_episode(
 ) -> CaptureStats:
     """Capture every camera (and the robot's state and action) at fps for duration_s.
 
-    Each slot's frame goes to add_frame: camera images under observation.images.<name>,
-    the robot's features, and the task.
+    Each slot's frame goes to add_frame: each camera's image under its key in cameras
+    (the dataset's feature key), the robot's features, and the task.
 
     Raises:
         CameraError, WriterFailed: a camera or a writer failed; frames so far are kept
@@ -59,7 +58,6 @@ def record_episode(
     """
     period = 1.0 / fps
     total = round(duration_s * fps)
-    keys = [camera_key(camera.name) for camera in cameras]
     stats = CaptureStats(started_at=time.time())
     start = time.perf_counter()
     for index in range(total):
@@ -71,8 +69,7 @@ def record_episode(
         if delay > 0:
             time.sleep(delay)  # the pacing of a fixed-rate loop, not a synchronisation
         slot_started = time.perf_counter()
-        frame: dict[str, Any] = {key: camera.read()
-                                 for key, camera in zip(keys, cameras, strict=True)}
+        frame: dict[str, Any] = {key: camera.read() for key, camera in cameras.items()}
         if robot is not None:
             frame.update(robot())
         frame["task"] = task

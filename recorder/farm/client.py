@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import statistics
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -27,9 +25,9 @@ from redis.exceptions import RedisError
 
 from encoder_worker.broker import redact, redis_client
 from encoder_worker.celery_app import ENCODE_TASK, make_app
-from encoder_worker.jobs import EncodeJob, EncodeResult, merge_part_results
+from encoder_worker.jobs import ENCODE_QUEUE, EncodeJob, EncodeResult, merge_part_results
 from encoder_worker.ledger import JobLedger
-from encoder_worker.settings import ENCODE_QUEUE
+from recorder.farm.announcer import CaptureAnnouncer
 
 logger = logging.getLogger(__name__)
 
@@ -48,70 +46,8 @@ HARD_TIME_LIMIT_MARGIN_S = 60.0
 BROKER_ERRORS = (OperationalError, RedisError, ConnectionError, OSError)
 
 
-# While capturing, the recorder says so this often; the word lapses after 3 times that
-# (a recorder that died stops pausing the workers beside it within seconds).
-CAPTURE_ANNOUNCE_S = 1.0
-
-
 class FarmTimeout(Exception):
     """Jobs were still outstanding when the wait ran out."""
-
-
-class CaptureAnnouncer:
-    """Tells the farm, from a thread of its own, while this host's recorder captures an
-    episode, so that workers beside it (`--yield-to-capture`) pause their encodes.
-
-    The record loop only flips a flag: it never waits on Redis. A Redis that does not
-    answer pauses nothing (said once per outage).
-    """
-
-    def __init__(self, ledger: JobLedger, *, host: str | None = None) -> None:
-        self.ledger = ledger
-        self.host = host or socket.gethostname()
-        self._capturing = False
-        self._wake = threading.Event()
-        self._stop = False
-        self._thread: threading.Thread | None = None
-
-    def set(self, capturing: bool) -> None:
-        if capturing == self._capturing:
-            return
-        self._capturing = capturing
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="capture-announcer",
-                                            daemon=True)
-            self._thread.start()
-        self._wake.set()
-
-    def close(self) -> None:
-        if self._thread is None:
-            return
-        self._stop = True
-        self._wake.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        announced = failing = False
-        while True:
-            self._wake.clear()
-            stopping = self._stop
-            try:
-                if self._capturing and not stopping:
-                    self.ledger.announce_capture(self.host, ttl_s=3 * CAPTURE_ANNOUNCE_S)
-                    announced = True
-                elif announced:
-                    self.ledger.end_capture(self.host)
-                    announced = False
-                failing = False
-            except BROKER_ERRORS as exc:  # the word lapses by itself
-                if not failing:
-                    logger.warning("cannot tell the farm's workers on this host that an "
-                                   "episode is being captured (%s): they encode beside it",
-                                   exc)
-                failing = True
-            if stopping:
-                return
-            self._wake.wait(CAPTURE_ANNOUNCE_S)
 
 
 @dataclass

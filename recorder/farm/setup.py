@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from encoder_worker.broker import BrokerUnreachable, check_broker
 from encoder_worker.storage import StorageError
 from encoder_worker.storage.local import LocalStorage
-from recorder.farm_client import EncodingFarmClient
-from recorder.farm_storage import check_farm_storage, check_storage_access
-from recorder.local_farm import FarmStartError, LocalFarm
+from recorder.farm.client import EncodingFarmClient
+from recorder.farm.local import FarmStartError, LocalFarm
+from recorder.farm.storage_check import check_farm_storage, check_storage_access
 from recorder.settings import RecorderSettings
 
 

@@ -43,7 +43,8 @@ from typing import BinaryIO
 
 from pydantic import ValidationError
 
-from encoder_worker.raw_episode import MANIFEST_NAME, Manifest, manifest_key
+from encoder_worker.raw_episode import Manifest
+from encoder_worker.raw_layout import MANIFEST_NAME, manifest_key, partial_name
 from encoder_worker.storage import Storage, StorageError
 
 logger = logging.getLogger(__name__)
@@ -272,7 +273,7 @@ class UploadSpool:
         """
         path = self.keys_dir / key
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
+        partial = path.with_name(partial_name(path.name))
         partial.write_bytes(data)
         os.replace(partial, path)
         return self.enqueue(key, path, after=after)
@@ -446,7 +447,7 @@ class SpoolSink:
         self.manifest_upload: _Upload | None = None
 
     def open_segment(self, name: str) -> BinaryIO:
-        return open(self._dir / f".{name}.partial", "wb")
+        return open(self._dir / partial_name(name), "wb")
 
     def commit_segment(self, name: str, file: BinaryIO) -> None:
         # No fsync here: it stalls capture on a busy host, and most segments leave the
@@ -458,7 +459,7 @@ class SpoolSink:
 
     def commit_manifest(self, manifest: Manifest) -> None:
         path = self._dir / MANIFEST_NAME
-        tmp = path.with_name(f".{MANIFEST_NAME}.partial")
+        tmp = path.with_name(partial_name(MANIFEST_NAME))
         tmp.write_bytes(manifest.model_dump_json().encode())
         os.replace(tmp, path)
         upload = self.spool.enqueue(manifest_key(self.prefix), path, after=self._segments)
@@ -507,7 +508,7 @@ def _claim(root: Path, storage_url: str) -> None:
             raise StorageError(f"the upload spool {root} holds files for {owner}, not "
                                f"{storage_url}: give this storage another spool folder")
         return
-    tmp = path.with_name(f".{URL_FILE}.partial")
+    tmp = path.with_name(partial_name(URL_FILE))
     tmp.write_text(f"{storage_url}\n")
     os.replace(tmp, path)
 
