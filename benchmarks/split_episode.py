@@ -129,7 +129,7 @@ def write_raw(folder: Path, *, frames: int, fps: int, width: int, height: int) -
     for index in range(frames):
         writer.write(camera.read(), index / fps)
     writer.close()
-    return EncodeJob(job_id="bench", episode=0, camera="cam0", raw_storage=storage.url,
+    return EncodeJob(job_id="bench", recording=0, camera="cam0", raw_storage=storage.url,
                      raw_prefix=prefix, output_storage=storage.url,
                      output_key="videos/cam0/episode_000000.mp4")
 

@@ -89,7 +89,7 @@ def main() -> None:
     stages: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="worker-efficiency-") as tmp:
         storage = open_storage(Path(tmp) / "farm")
-        writer = RawEpisodeWriter(DirectSink(storage, "raw/cam0"), episode=0, camera="cam0",
+        writer = RawEpisodeWriter(DirectSink(storage, "raw/cam0"), recording=0, camera="cam0",
                                   width=width, height=height, fps=30, pix_fmt="yuv420p",
                                   input_pix_fmt="rgb24")
         for index, frame in enumerate(rgb):
@@ -104,7 +104,7 @@ def main() -> None:
             times["bare + verify, threads demoted"].append(
                 bare_encode(yuv, "yuv420p", Path(tmp) / f"verified-{round_}.mp4", options,
                             demote=True, verify=True))
-            job = EncodeJob(job_id=f"round-{round_}", episode=0, camera="cam0",
+            job = EncodeJob(job_id=f"round-{round_}", recording=0, camera="cam0",
                             raw_storage=storage.url, raw_prefix="raw/cam0",
                             output_storage=storage.url, output_key=f"videos/{round_}.mp4",
                             options=options)

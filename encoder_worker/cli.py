@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if url:
                 storage = open_storage(url)
-                folder = storage.local_dir("")
+                folder = storage.local_path("")
                 if folder is not None and not folder.is_dir():
                     # A missing NFS mount must not look like an empty farm.
                     raise StorageError(f"the folder {folder} does not exist: mount the shared "

@@ -92,7 +92,7 @@ def timed_result(job: EncodeJob) -> Iterator[EncodeResult]:
         stage = "".join(f"{note}: " for note in getattr(exc, "__notes__", []))
         result.error = f"{type(exc).__name__}: {stage}{exc}"
         logger.error("job %s (episode %d, camera %s) failed: %s",
-                     job.job_id, job.episode, job.camera, result.error)
+                     job.job_id, job.recording, job.camera, result.error)
     result.finished_at = time.time()
     result.timings.total_s = result.finished_at - started
 

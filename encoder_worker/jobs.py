@@ -9,7 +9,8 @@ from typing import Any, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+# 2: `episode` became `recording` (the recording number, not LeRobot's episode index).
+SCHEMA_VERSION = 2
 # The Celery queue that recorders send EncodeJobs to and workers take them from.
 ENCODE_QUEUE = "encode"
 
@@ -115,7 +116,8 @@ class EncodeJob(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     job_id: str
-    episode: int = Field(ge=0)
+    recording: int = Field(ge=0, description="the recording number: names the raw "
+                                             "frames (raw_layout.py), not LeRobot's episode index")
     camera: str
     raw_storage: str = Field(description="storage URL holding the raw episode")
     raw_prefix: str = Field(description="key prefix of the raw episode in raw_storage")
@@ -168,7 +170,7 @@ class Timings(BaseModel):
 class EncodeResult(BaseModel):
     schema_version: int = SCHEMA_VERSION
     job_id: str
-    episode: int
+    recording: int
     camera: str
     status: Status
     error: str | None = None
@@ -192,7 +194,7 @@ class EncodeResult(BaseModel):
     @classmethod
     def failed(cls, job: EncodeJob, error: str, **fields: Any) -> EncodeResult:
         """A FAILED result for job, with the reason."""
-        return cls(job_id=job.job_id, episode=job.episode, camera=job.camera,
+        return cls(job_id=job.job_id, recording=job.recording, camera=job.camera,
                    status=Status.FAILED, error=error, output_storage=job.output_storage,
                    output_key=job.output_key, codec=job.options.codec, **fields)
 

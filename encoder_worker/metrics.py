@@ -259,7 +259,7 @@ class JobProgress:
         self.ttl_s = ttl_s
         self.record: dict[str, Any] = {
             "task_id": task_id, "worker": worker, "host": socket.gethostname(),
-            "pid": os.getpid(), "episode": job.episode, "camera": job.camera,
+            "pid": os.getpid(), "recording": job.recording, "camera": job.camera,
             "started_at": time.time()}
         self._first: float | None = None
         self._failed = False
@@ -409,7 +409,8 @@ def _observe(task: Task, payload: dict[str, Any], retval: Any, state: str | None
     now = time.time()
     try:
         ledger.record_finished({
-            "job_id": job_id, "episode": payload.get("episode"), "camera": payload.get("camera"),
+            "job_id": job_id, "recording": payload.get("recording"),
+            "camera": payload.get("camera"),
             "status": status, "reason": reason, "worker": task.request.hostname,
             "host": result.get("worker_host") or socket.gethostname(),
             "frames": result.get("frames", 0), "bytes": result.get("bytes", 0),
@@ -432,7 +433,7 @@ def farm_worker(state: Any, **_: Any) -> dict[str, Any]:
         args = request.args or []
         payload = args[0] if args and isinstance(args[0], dict) else {}
         jobs.append({"task_id": request.id, "job_id": payload.get("job_id"),
-                     "episode": payload.get("episode"), "camera": payload.get("camera"),
+                     "recording": payload.get("recording"), "camera": payload.get("camera"),
                      "running_s": now - request.time_start if request.time_start else None,
                      "worker_pid": request.worker_pid})
     return {"host": socket.gethostname(), "pid": os.getpid(),

@@ -308,7 +308,7 @@ def remove_parts(storage: Storage, job: EncodeJob) -> None:
     prefix = parts_prefix(job)
     for key in storage.list_keys(prefix):
         storage.delete(key)
-    folder = storage.local_dir(prefix)
+    folder = storage.local_path(prefix)
     if folder is not None:
         # Only the video's own folder: the ones above may be getting another's parts now.
         with contextlib.suppress(OSError):

@@ -122,7 +122,7 @@ class DirectSink:
     def __init__(self, storage: Storage, prefix: str, *, scratch_dir: Path | None = None) -> None:
         self.storage = storage
         self.prefix = prefix
-        folder = storage.local_dir(prefix)
+        folder = storage.local_path(prefix)
         self._in_place = folder is not None
         self._dir = folder if folder is not None else scratch_dir
         if self._dir is None:

@@ -43,7 +43,7 @@ class QueueStatus(BaseModel):
 class CurrentJob(BaseModel):
     job_id: str
     task_id: str | None = None
-    episode: int | None = None
+    recording: int | None = None
     camera: str | None = None
     frames_done: int | None = None
     frames_total: int | None = None
@@ -77,7 +77,7 @@ class LeaseHolder(BaseModel):
 
 class WaitingJob(BaseModel):
     job_id: str
-    episode: int | None = None
+    recording: int | None = None
     camera: str | None = None
     reason: str = Field(description="manifest_pending, lease_held, lease_lost, "
                                     "transient_error; empty from older workers")
@@ -207,7 +207,7 @@ def build_status(snapshot: LedgerSnapshot, replies: list[dict[str, Any]], *, bro
                           progress.get(job_id, {}).get("worker"),
                           lease_left_s=snapshot.lease_ttl_s.get(job_id))
               for job_id in sorted(snapshot.claims)]
-    waiting = [WaitingJob(job_id=job_id, episode=entry.get("payload", {}).get("episode"),
+    waiting = [WaitingJob(job_id=job_id, recording=entry.get("payload", {}).get("recording"),
                           camera=entry.get("payload", {}).get("camera"),
                           reason=entry.get("reason") or "",
                           retry_in_s=(entry["retry_at"] - now) if entry.get("retry_at")
@@ -233,7 +233,7 @@ def _current_job(job_id: str, job: dict[str, Any], record: dict[str, Any] | None
                  ) -> CurrentJob:
     record = record or {}
     return CurrentJob(job_id=job_id, task_id=job.get("task_id"),
-                      episode=job.get("episode", record.get("episode")),
+                      recording=job.get("recording", record.get("recording")),
                       camera=job.get("camera", record.get("camera")),
                       frames_done=record.get("frames_done"),
                       frames_total=record.get("frames_total"), fps=record.get("fps"),

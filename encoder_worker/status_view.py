@@ -87,10 +87,10 @@ def render(status: FarmStatus) -> RenderableType:
             leases.add_row(lease.job_id, lease.worker or "?", left)
         parts.append(leases)
     if status.waiting:
-        waiting = _table("Waiting in a countdown", "job", "episode", "camera", "waiting for",
+        waiting = _table("Waiting in a countdown", "job", "recording", "camera", "waiting for",
                          "retry in", "sent again in")
         for job in status.waiting:
-            waiting.add_row(job.job_id, _text(job.episode), job.camera or "-",
+            waiting.add_row(job.job_id, _text(job.recording), job.camera or "-",
                             job.reason or "?", duration(job.retry_in_s),
                             duration(job.resend_in_s) if job.resend_in_s > 0 else "overdue")
         parts.append(waiting)
@@ -99,7 +99,7 @@ def render(status: FarmStatus) -> RenderableType:
 
 
 def _workers_table(status: FarmStatus) -> Table:
-    table = _table("Workers", "worker", "host", "conc", "up", "job", "episode",
+    table = _table("Workers", "worker", "host", "conc", "up", "job", "recording",
                    "camera", "frames", "fps", "running", "last hour")
     for w in status.workers:
         last_hour = f"{w.finished_last_hour} jobs, {w.frames_last_hour} frames"
@@ -115,7 +115,7 @@ def _workers_table(status: FarmStatus) -> Table:
                 done = job.frames_done or 0
                 frames = f"{done}/{job.frames_total} ({100 * done / job.frames_total:.0f}%)"
             table.add_row(*(head if i == 0 else [""] * len(head)), job.job_id,
-                          _text(job.episode), job.camera or "-", frames,
+                          _text(job.recording), job.camera or "-", frames,
                           f"{job.fps:.1f}" if job.fps is not None else "-",
                           duration(job.running_s), last_hour if i == 0 else "")
     return table

@@ -242,7 +242,7 @@ def _done_before(ledger: JobLedger, job: EncodeJob) -> EncodeResult | None:
                 "message came back, as after a worker died before acknowledging it); not "
                 "encoded again", job.job_id)
     now = time.time()
-    return EncodeResult(job_id=job.job_id, episode=job.episode, camera=job.camera,
+    return EncodeResult(job_id=job.job_id, recording=job.recording, camera=job.camera,
                         status=Status.ALREADY_DONE, output_storage=job.output_storage,
                         output_key=job.output_key, codec=job.options.codec,
                         worker_host=socket.gethostname(), worker_pid=os.getpid(),
@@ -330,10 +330,11 @@ def _over_time_limit(task: Task, ledger: JobLedger, job: EncodeJob) -> dict[str,
 
 def _invalid_payload(payload: Any, exc: ValidationError) -> EncodeResult:
     fields = payload if isinstance(payload, dict) else {}
-    episode = fields.get("episode")
+    recording = fields.get("recording")
     return EncodeResult(
         job_id=str(fields.get("job_id", "?")),
-        episode=episode if isinstance(episode, int) and not isinstance(episode, bool) else -1,
+        recording=recording if isinstance(recording, int) and not isinstance(recording, bool)
+        else -1,
         camera=str(fields.get("camera", "?")), status=Status.FAILED,
         error=f"invalid EncodeJob payload: {exc}",
         output_storage=str(fields.get("output_storage", "")),

@@ -128,14 +128,14 @@ def run_record(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 
 def print_summary(report: SessionReport, *, console: Console) -> None:
     episodes = Table(title=f"Episodes ({report.mode} encoding)")
-    for column in ("episode", "frames/camera", "late", "capture s", "finalize s",
+    for column in ("recording", "frames/camera", "late", "capture s", "save s",
                    "submit s" if report.mode == "async" else "inline encode s"):
         episodes.add_column(column, justify="right")
     for ep in report.episodes:
         blocking = ep.submission_s if report.mode == "async" else ep.inline_encode_s
         capture = ep.capture or CaptureStats(frames=ep.frames)
-        episodes.add_row(str(ep.episode), str(capture.frames), str(capture.late_frames),
-                         f"{capture.capture_s:.2f}", f"{ep.finalize_s:.2f}", f"{blocking:.2f}")
+        episodes.add_row(str(ep.recording), str(capture.frames), str(capture.late_frames),
+                         f"{capture.capture_s:.2f}", f"{ep.save_s:.2f}", f"{blocking:.2f}")
     console.print(episodes)
 
     print_videos(report.results, console=console)
@@ -164,16 +164,16 @@ def print_videos(results: Sequence[EncodeResult], *, console: Console) -> None:
     for column in ("ep", "camera", "status", "frames", "worker", "queue", "fetch", "encode",
                    "verify", "publish", "total"):
         videos.add_column(column, justify="right")
-    for r in sorted(results, key=lambda r: (r.episode, r.camera)):
+    for r in sorted(results, key=lambda r: (r.recording, r.camera)):
         t = r.timings
         status = "ok" if r.ok else "[red]FAILED[/red]"
-        videos.add_row(str(r.episode), r.camera, status, str(r.frames), str(r.worker_pid),
+        videos.add_row(str(r.recording), r.camera, status, str(r.frames), str(r.worker_pid),
                        *(f"{v:.2f}" for v in (t.queue_wait_s, t.fetch_s, t.encode_s,
                                                t.verify_s, t.publish_s, t.total_s)))
     console.print(videos)
     for r in results:
         if not r.ok:
-            console.print(f"[red]episode {r.episode} camera {r.camera} failed: {r.error}[/red]")
+            console.print(f"[red]recording {r.recording} camera {r.camera} failed: {r.error}[/red]")
 
 
 def refuse_broker_without_farm(parser: argparse.ArgumentParser, args: argparse.Namespace,

@@ -148,7 +148,7 @@ class RecordingSession:
             return True
         report = dataset.save_episode()
         report.capture = capture
-        logger.info("recording %d: %d frames per camera, %d late", report.episode,
+        logger.info("recording %d: %d frames per camera, %d late", report.recording,
                     capture.frames, capture.late_frames)
         return False
 
@@ -184,7 +184,7 @@ def pending_uploads_note(settings: RecorderSettings) -> str | None:
         storage = open_storage(settings.raw_storage_url)
     except (ValueError, StorageError):
         return None
-    if storage.local_dir(RAW_ROOT) is not None:
+    if storage.local_path(RAW_ROOT) is not None:
         return None
     folder = spool_folder_for(settings, storage.url)
     files = spooled_files(folder)

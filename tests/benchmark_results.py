@@ -41,7 +41,7 @@ def make_result(mode: Mode, *, total_s: float, encoding_s: float, blocking_s: fl
         episodes.append(EpisodeTiming(
             episode=ep, started_at=start, capture_s=10.0, frames=300,
             late_frames=late_frames // 2, writer_waits=0, frames_recorded={"cam0": 300},
-            finalize_s=0.01, submission_s=blocking_s / 2 if mode == "async" else 0.0,
+            save_s=0.01, submission_s=blocking_s / 2 if mode == "async" else 0.0,
             inline_encode_s=blocking_s / 2 if mode == "sync" else 0.0,
             job_ids=[f"j{ep}"]))
         worker = "robot:100" if mode == "sync" else f"farm:{200 + ep}"
@@ -83,7 +83,7 @@ def make_encode_result(episode: int, camera: str, *, started_at: float, worker_s
                        worker: str = "farm:1", failed: bool = False) -> EncodeResult:
     host, pid = worker.split(":")
     return EncodeResult(
-        job_id=f"j{episode}-{camera}", episode=episode, camera=camera,
+        job_id=f"j{episode}-{camera}", recording=episode, camera=camera,
         status=Status.FAILED if failed else Status.SUCCEEDED,
         error="test failure" if failed else None, output_storage="/tmp/x",
         output_key=f"{episode}-{camera}.mp4", frames=0 if failed else frames, bytes=1000,
@@ -97,15 +97,15 @@ def make_session_report(mode: Mode, results: list[EncodeResult], *,
     """Two episodes of two cameras, with round numbers (see test_benchmark_results)."""
     episodes = [
         EpisodeReport(
-            episode=0, capture=CaptureStats(frames=30, late_slots=[7], writer_waits=2,
+            recording=0, capture=CaptureStats(frames=30, late_slots=[7], writer_waits=2,
                                             started_at=T0 + 0.1, capture_s=1.0),
-            frames_recorded={"cam0": 30, "cam1": 30}, finalize_s=0.02,
+            frames_recorded={"cam0": 30, "cam1": 30}, save_s=0.02,
             submission_s=0.03 if mode == "async" else 0.0,
             inline_encode_s=1.2 if mode == "sync" else 0.0, job_ids=["j0-cam0", "j0-cam1"]),
         EpisodeReport(
-            episode=1, capture=CaptureStats(frames=29, late_slots=[3, 4], started_at=T0 + 2.0,
+            recording=1, capture=CaptureStats(frames=29, late_slots=[3, 4], started_at=T0 + 2.0,
                                             capture_s=1.0),
-            frames_recorded={"cam0": 29, "cam1": 28}, finalize_s=0.04,
+            frames_recorded={"cam0": 29, "cam1": 28}, save_s=0.04,
             submission_s=0.05 if mode == "async" else 0.0,
             inline_encode_s=1.3 if mode == "sync" else 0.0, job_ids=["j1-cam0", "j1-cam1"]),
     ]

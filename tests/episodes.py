@@ -32,7 +32,7 @@ def job_for(storage: Storage, manifest: Manifest, *, job_id: str | None = None,
     options = options or EncoderOptions()
     return EncodeJob(
         job_id=job_id or f"test-ep{manifest.episode}-{manifest.camera}",
-        episode=manifest.episode, camera=manifest.camera, raw_storage=storage.url,
+        recording=manifest.episode, camera=manifest.camera, raw_storage=storage.url,
         raw_prefix=raw_prefix(recording=manifest.episode, camera=manifest.camera),
         output_storage=storage.url,
         output_key=video_key(manifest.episode, manifest.camera),

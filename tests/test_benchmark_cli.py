@@ -83,7 +83,7 @@ def test_compare_prints_the_report_writes_both_files_and_analyze_charts_them(
         assert t.encoding_s > 0 and t.total_recording_s > 0
         assert result.all_ready_at is not None
     # Sync blocking: committing each episode, then encoding it inline.
-    committing = sum(ep.finalize_s for ep in sync.episodes)
+    committing = sum(ep.save_s for ep in sync.episodes)
     assert sync.totals.blocking_s == pytest.approx(sync.totals.encoding_s + committing)
     assert async_.totals.workers_used and async_.environment.workers_answering == 1
     assert f"Speedup: {sync.totals.total_recording_s / async_.totals.total_recording_s:.2f}x" \

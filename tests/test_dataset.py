@@ -311,7 +311,7 @@ def test_async_commit_runs_behind_the_next_episode_and_its_failure_is_raised(
             dataset.raw_storage, prefix) if prefix.endswith("episode_000001/cam0") else
             sink(prefix))
         record_episodes(dataset, episodes=2, frames=10)
-        assert [e.episode for e in dataset.episodes] == [0, 1]
+        assert [e.recording for e in dataset.episodes] == [0, 1]
         with pytest.raises(WriterFailed, match="No space left on device"):
             dataset.finalize()
     first = dataset.episodes[0]

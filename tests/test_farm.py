@@ -63,7 +63,7 @@ def check_all_videos(settings: RecorderSettings, report) -> None:
     storage = open_storage(settings.output_storage_url)
     for result in report.results:
         assert result.status is Status.SUCCEEDED, result.error
-        recorded = next(e for e in report.episodes if e.episode == result.episode)
+        recorded = next(e for e in report.episodes if e.recording == result.recording)
         assert result.frames == recorded.frames_recorded[result.camera] == 30
         check_video_against_raw(storage.path(result.output_key), settings.raw_storage_url,
                                 raw_prefix(recording=result.episode, camera=result.camera))

@@ -29,8 +29,8 @@ def storage(tmp_path):
 
 @pytest.mark.parametrize("payload", [
     5, "not a job", None, [1, 2],
-    {"job_id": "j", "episode": "abc", "camera": "cam0"},
-    {"job_id": "j", "episode": True},
+    {"job_id": "j", "recording": "abc", "camera": "cam0"},
+    {"job_id": "j", "recording": True},
 ])
 def test_invalid_payloads_become_failed_results(payload):
     try:
@@ -39,13 +39,13 @@ def test_invalid_payloads_become_failed_results(payload):
         result = tasks._invalid_payload(payload, exc)
     assert result.status is Status.FAILED
     assert result.error is not None and result.error.startswith("invalid EncodeJob payload")
-    assert result.episode == -1
+    assert result.recording == -1
 
 
 def test_a_job_of_another_schema_version_is_refused_with_the_reason(storage):
     payload = job_for(storage, write_episode(storage, frames=2)).model_dump(mode="json")
     payload["schema_version"] = 99
-    with pytest.raises(ValidationError, match="schema_version 99; this worker reads 1"):
+    with pytest.raises(ValidationError, match="schema_version 99; this worker reads 2"):
         EncodeJob.model_validate(payload)
 
 

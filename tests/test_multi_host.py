@@ -40,11 +40,11 @@ counts = {}
 for r in report.results:
     video = Path(sys.argv[2]).with_name(f"{r.job_id}.mp4")
     storage.download_file(r.output_key, video)
-    prefix = f"raw/episode_{r.episode:06d}/{r.camera}"
+    prefix = f"raw/episode_{r.recording:06d}/{r.camera}"
     counts[r.job_id] = check_video_against_raw(video, settings.raw_storage_url, prefix)
 Path(sys.argv[2]).write_text(json.dumps({
     "results": [r.model_dump(mode="json") for r in report.results], "counts": counts,
-    "frames": {f"{e.episode}/{c}": n for e in report.episodes
+    "frames": {f"{e.recording}/{c}": n for e in report.episodes
                for c, n in e.frames_recorded.items()}}))
 """
 MAKE_BUCKET = """

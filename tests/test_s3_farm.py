@@ -123,7 +123,7 @@ def test_local_folder_with_remote_farm_is_refused(tmp_path: Path,
 
 def test_manifest_pending_until_uploaded(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
-    job = EncodeJob(job_id="j", episode=0, camera="cam0", raw_storage=storage.url,
+    job = EncodeJob(job_id="j", recording=0, camera="cam0", raw_storage=storage.url,
                     raw_prefix="raw/episode_000000/cam0", output_storage=storage.url,
                     output_key="v.mp4")
     settings = WorkerSettings(manifest_wait_s=3600)

@@ -38,7 +38,7 @@ def test_settings_fall_back_to_aws_endpoint(monkeypatch: pytest.MonkeyPatch) -> 
 def test_protocol_round_trip(s3_url: str, tmp_path: Path) -> None:
     storage = open_storage(s3_url)
     assert isinstance(storage, S3Storage) and isinstance(storage, Storage)
-    assert storage.shared_across_hosts and storage.local_dir("raw") is None
+    assert storage.shared_across_hosts and storage.local_path("raw") is None
     assert storage.url == s3_url
     storage.put_bytes("raw/a/manifest.json", b"{}")
     assert storage.get_bytes("raw/a/manifest.json") == b"{}"

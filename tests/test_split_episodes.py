@@ -72,7 +72,7 @@ def test_part_counts_follow_the_settings():
     assert part_count(60 * FPS, FPS, settings) == 8
     assert part_count(21 * FPS, FPS, settings) == 4  # rounded up to keep 4 workers busy
     assert part_count(600 * FPS, FPS, RecorderSettings(split_after_s=0)) == 1
-    jobs = split_job(EncodeJob(job_id="j", episode=0, camera="c", raw_storage="/r",
+    jobs = split_job(EncodeJob(job_id="j", recording=0, camera="c", raw_storage="/r",
                                raw_prefix="raw", output_storage="/o", output_key="v.mp4"),
                      frames=10, parts=4)
     assert [(j.part.first_frame, j.part.frame_count) for j in jobs if j.part] == \
@@ -207,8 +207,8 @@ def test_async_recording_splits_a_long_episode(tmp_path, broker_url, start_worke
         assert farm.submitted == 2 * len(CAMERAS)  # videos, not part jobs
     assert completion.complete, completion
     assert [len(e.job_ids) for e in dataset.episodes] == [len(CAMERAS)] * 2
-    results = sorted(dataset.results, key=lambda r: (r.episode, r.camera))
-    assert [(r.episode, r.camera, r.frames) for r in results] == [
+    results = sorted(dataset.results, key=lambda r: (r.recording, r.camera))
+    assert [(r.recording, r.camera, r.frames) for r in results] == [
         (episode, camera, frames) for episode, frames in ((0, 45), (1, 20))
         for camera in CAMERAS]
     assert all(r.ok for r in results)
@@ -223,7 +223,7 @@ def test_async_recording_splits_a_long_episode(tmp_path, broker_url, start_worke
 
 
 def test_parts_path_stays_inside_the_output_storage():
-    job = split_job(EncodeJob(job_id="j", episode=0, camera="c", raw_storage="/r",
+    job = split_job(EncodeJob(job_id="j", recording=0, camera="c", raw_storage="/r",
                               raw_prefix="raw", output_storage="/o",
                               output_key="videos/k/chunk-000/file-000.mp4"),
                     frames=10, parts=2)[1]

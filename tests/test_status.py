@@ -82,7 +82,7 @@ def test_status_shows_workers_their_jobs_progress_and_the_last_hour(
         assert worker["name"] == "w0@test" and worker["answered"]
         assert worker["host"] == socket.gethostname() and worker["concurrency"] == 2
         [job] = worker["jobs"]
-        assert (job["job_id"], job["episode"], job["camera"]) == ("slow", 0, "cam0")
+        assert (job["job_id"], job["recording"], job["camera"]) == ("slow", 0, "cam0")
         assert job["frames_total"] == 300 and 0 < job["frames_done"] <= 300
         assert job["fps"] > 0 and job["running_s"] > 0
         assert worker["fps"] == job["fps"] and status["fps"] == job["fps"]
@@ -178,15 +178,15 @@ def snapshot(**fields: Any) -> LedgerSnapshot:
 
 def test_build_status_joins_replies_progress_claims_and_history():
     now = 1000.0
-    progress = {"a": {"task_id": "a", "worker": "w1@h", "host": "h", "episode": 3,
+    progress = {"a": {"task_id": "a", "worker": "w1@h", "host": "h", "recording": 3,
                       "camera": "cam1", "frames_done": 50, "frames_total": 100, "fps": 25.0,
                       "started_at": 990.0},
-                "b": {"task_id": "b", "worker": "w2@h", "host": "h2", "episode": 4,
+                "b": {"task_id": "b", "worker": "w2@h", "host": "h2", "recording": 4,
                       "camera": "cam0", "frames_done": 10, "frames_total": 20, "fps": 5.0,
                       "started_at": 996.0},
                 "gone": {"worker": "w3@h", "started_at": 900.0}}  # finished: not claimed
     replies = [{"w1@h": {"host": "h", "pid": 7, "concurrency": 2, "uptime_s": 60.0,
-                         "jobs": [{"task_id": "a", "job_id": "a", "episode": 3,
+                         "jobs": [{"task_id": "a", "job_id": "a", "recording": 3,
                                    "camera": "cam1", "running_s": 12.0}]}},
                {"old@h": {"ok": "pong"}}]  # an older worker without farm_worker
     finished = [{"job_id": f"j{i}", "status": "succeeded", "worker": "w1@h", "frames": 100,
@@ -198,7 +198,7 @@ def test_build_status_joins_replies_progress_claims_and_history():
         queue_depth=2, next_queued={"job_id": "q", "submitted_at": 940.0}, delivered=3,
         claims={"a": {}, "b": {}, "lapsed": {}},
         lease_ttl_s={"a": 40.0, "b": 50.0, "lapsed": None}, progress=progress,
-        waiting={"w": {"payload": {"episode": 5, "camera": "cam0"}, "due": 1070.0,
+        waiting={"w": {"payload": {"recording": 5, "camera": "cam0"}, "due": 1070.0,
                        "retry_at": 1005.0, "reason": "lease_held"}},
         finished=finished, failed_kept=4, rejected=1), replies, broker="redis://x", now=now)
     assert status.queue.oldest_age_s == 60.0 and status.queue.next_job_id == "q"

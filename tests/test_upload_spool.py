@@ -49,7 +49,7 @@ class FlakyStorage(LocalStorage):
         super().publish_file(key, path)
         self.stored.append(key)
 
-    def local_dir(self, prefix: str) -> Path | None:
+    def local_path(self, key: str) -> Path | None:
         return None  # behave like remote storage
 
 

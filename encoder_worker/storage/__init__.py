@@ -60,8 +60,8 @@ class Storage(Protocol):
 
     def delete(self, key: str) -> None: ...
 
-    def local_dir(self, prefix: str) -> Path | None:
-        """The folder behind prefix when the storage is a local folder, else None."""
+    def local_path(self, key: str) -> Path | None:
+        """The local file or folder behind key when the storage is a local folder, else None."""
 
     def check_access(self) -> None:
         """Fail fast, with StorageError saying why, when the storage cannot be written."""
@@ -74,7 +74,7 @@ STORAGE_ID_KEY = ".farm-storage-id"
 
 def local_storage_id(storage: Storage, *, create: bool = False) -> str | None:
     """The id of a local storage folder (None: not local, or none yet and not create)."""
-    if storage.local_dir("") is None:
+    if storage.local_path("") is None:
         return None
     try:
         return storage.get_bytes(STORAGE_ID_KEY).decode().strip()

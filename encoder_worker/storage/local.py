@@ -146,8 +146,8 @@ class LocalStorage:
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
-    def local_dir(self, prefix: str) -> Path | None:
-        return self.path(prefix)
+    def local_path(self, key: str) -> Path | None:
+        return self.path(key)
 
     def check_access(self) -> None:
         try:

@@ -247,7 +247,7 @@ class S3Storage:
         except (BotoCoreError, ClientError) as exc:
             raise self._error("deleting", key, exc) from exc
 
-    def local_dir(self, prefix: str) -> Path | None:
+    def local_path(self, key: str) -> Path | None:
         return None
 
     def check_access(self) -> None:

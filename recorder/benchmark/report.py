@@ -40,7 +40,7 @@ def submission_pct(result: BenchmarkResult) -> float:
 
 def commit_s(result: BenchmarkResult) -> float:
     """Time save_episode() spent committing episodes: raw flush, manifests, rows, record."""
-    return sum(ep.finalize_s for ep in result.episodes)
+    return sum(ep.save_s for ep in result.episodes)
 
 
 def verdicts(sync: BenchmarkResult | None, async_: BenchmarkResult | None) -> list[Verdict]:
@@ -221,7 +221,7 @@ def details(results: list[BenchmarkResult]) -> list[str]:
                      f"(raw flush, manifests, rows) {commit_s(r):.2f}s, "
                      + (f"sending jobs {t.submission_s:.2f}s" if r.mode == "async"
                         else f"inline encoding {t.encoding_s:.2f}s"))
-        waits = sorted(ep.finalize_s for ep in r.episodes)
+        waits = sorted(ep.save_s for ep in r.episodes)
         if waits:
             lines.append(f"    Robot wait at an episode end (save_episode): median "
                          f"{1000 * statistics.median(waits):.0f} ms, max "

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
 from encoder_worker.jobs import EncodeResult
 from recorder.capture.record_loop import CaptureStats
@@ -82,7 +82,8 @@ class EpisodeTiming(BaseModel):
     busy_ms_p99: float = Field(default=0.0, description="the same, 99th percentile")
     frames_recorded: dict[str, int] = Field(description="camera -> frames in its manifest")
     raw_bytes: int = Field(default=0, description="raw bytes stored or shipped, all cameras")
-    finalize_s: float = Field(description="how long save_episode() held the robot")
+    save_s: float = Field(validation_alias=AliasChoices("save_s", "finalize_s"),
+                          description="how long save_episode() held the robot")
     commit_s: float = Field(default=0.0, description="async: the episode's commit, run "
                                                      "behind the next episode's capture")
     submission_s: float
@@ -189,12 +190,12 @@ class BenchmarkResult(BaseModel):
 def episode_timing(ep: EpisodeReport) -> EpisodeTiming:
     c = ep.capture or CaptureStats(frames=ep.frames)
     return EpisodeTiming(
-        episode=ep.episode, started_at=c.started_at, capture_s=c.capture_s, frames=c.frames,
+        episode=ep.recording, started_at=c.started_at, capture_s=c.capture_s, frames=c.frames,
         late_frames=c.late_frames, late_slots=list(c.late_slots),
         writer_waits=c.writer_waits,
         busy_ms_median=c.busy_ms(0.5), busy_ms_p99=c.busy_ms(0.99),
         frames_recorded=dict(ep.frames_recorded), raw_bytes=ep.raw_bytes,
-        finalize_s=ep.finalize_s,
+        save_s=ep.save_s,
         commit_s=ep.commit_s,
         submission_s=ep.submission_s, inline_encode_s=ep.inline_encode_s,
         job_ids=list(ep.job_ids),
@@ -204,7 +205,7 @@ def episode_timing(ep: EpisodeReport) -> EpisodeTiming:
 def task_timing(r: EncodeResult) -> TaskTiming:
     t = r.timings
     return TaskTiming(
-        job_id=r.job_id, episode=r.episode, camera=r.camera, status=r.status.value,
+        job_id=r.job_id, episode=r.recording, camera=r.camera, status=r.status.value,
         error=r.error, frames=r.frames, bytes=r.bytes, worker=f"{r.worker_host}:{r.worker_pid}",
         submitted_at=r.started_at - t.queue_wait_s, started_at=r.started_at,
         finished_at=r.finished_at, queue_wait_s=t.queue_wait_s, fetch_s=t.fetch_s,
@@ -217,7 +218,7 @@ def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[Tas
               all_ready_at: float | None, recorder_cpu_s: float = 0.0) -> Totals:
     """The run's totals, from what was measured per episode and per task."""
     submission = sum(ep.submission_s for ep in episodes)
-    committing = sum(ep.finalize_s for ep in episodes)
+    committing = sum(ep.save_s for ep in episodes)
     if mode == "sync":
         encoding = sum(ep.inline_encode_s for ep in episodes)
         blocking = committing + encoding

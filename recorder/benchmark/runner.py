@@ -208,7 +208,7 @@ def _drop_raw(url: str) -> None:
     from encoder_worker.storage import open_storage
 
     storage = open_storage(url)
-    local = storage.local_dir(RAW_ROOT)
+    local = storage.local_path(RAW_ROOT)
     if local is not None:
         shutil.rmtree(local, ignore_errors=True)
         return

@@ -196,7 +196,7 @@ def _copy_for_publish(path: Path) -> Path:
 @contextlib.contextmanager
 def _completion_lock(dataset: Storage) -> Iterator[None]:
     """One completer at a time on a local folder (flock); on S3, run one at a time."""
-    folder = dataset.local_dir("meta")
+    folder = dataset.local_path("meta")
     if folder is None:
         yield
         return

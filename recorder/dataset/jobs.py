@@ -25,7 +25,7 @@ def episode_job(recording: int, video_key: str, *, run_id: str, raw: Storage,
     """The EncodeJob of one committed (recording, camera)."""
     camera = camera_name(video_key)
     return EncodeJob(
-        job_id=f"{run_id}-ep{recording:06d}-{camera}", episode=recording, camera=camera,
+        job_id=f"{run_id}-ep{recording:06d}-{camera}", recording=recording, camera=camera,
         raw_storage=raw.url, raw_prefix=raw_prefix(recording=recording, camera=camera),
         raw_storage_id=local_storage_id(raw, create=True), output_storage=dataset.url,
         output_storage_id=local_storage_id(dataset, create=True), output_key=output_key,

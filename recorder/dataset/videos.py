@@ -22,9 +22,9 @@ class VideoProbe:
 @contextlib.contextmanager
 def local_video(storage: Storage, key: str, *, scratch: Path | None = None) -> Iterator[Path]:
     """A local path to the video at key: in place for a local folder, else a download."""
-    folder = storage.local_dir(key)
-    if folder is not None:
-        yield folder
+    path = storage.local_path(key)
+    if path is not None:
+        yield path
         return
     with tempfile.TemporaryDirectory(prefix="video-", dir=scratch) as tmp:
         path = Path(tmp) / Path(key).name

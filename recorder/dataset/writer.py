@@ -68,13 +68,13 @@ _NUMERIC = {"float32", "float64", "int64", "int32", "int16", "int8", "uint8", "b
 
 @dataclass
 class EpisodeReport:
-    episode: int  # recording number: names its raw frames and, until packing, its videos
+    recording: int  # the recording number: names its raw frames and, until packing, its videos
     frames_recorded: dict[str, int]  # camera -> frames in its manifest
     frames: int = 0  # frames added (data rows)
     raw_bytes: int = 0  # raw frame bytes stored (or shipped), all cameras
     # How long save_episode() held the caller. Async, the commit (last segments, manifests,
     # rows, then the episode record) runs behind the next episode's capture: commit_s.
-    finalize_s: float = 0.0
+    save_s: float = 0.0
     commit_s: float = 0.0
     submission_s: float = 0.0  # async: sending jobs, waiting for queue room included
     inline_encode_s: float = 0.0  # sync: the recorder blocked on encoding
@@ -389,7 +389,7 @@ class FarmDataset:
         started = time.perf_counter()
         self._episode = None
         self._capturing(False)
-        report = EpisodeReport(episode=episode.recording, frames=len(episode.tasks),
+        report = EpisodeReport(recording=episode.recording, frames=len(episode.tasks),
                                frames_recorded={}, writer_waits=episode.writer_waits)
         jobs: list[EncodeJob] = []  # made by the commit
         if self.settings.async_encoding:
@@ -397,10 +397,10 @@ class FarmDataset:
             self._deferred.append(_Deferred(episode.recording, jobs, report, commit=commit))
             self.episodes.append(report)
             self._submit_uploaded()  # the episodes committed and uploaded by now
-            report.finalize_s = time.perf_counter() - started
+            report.save_s = time.perf_counter() - started
             return report
         self._commit(episode, report, jobs)
-        report.finalize_s = time.perf_counter() - started
+        report.save_s = time.perf_counter() - started
         t0 = time.perf_counter()
         results = [encode_inline(job) for job in jobs]
         report.inline_encode_s = time.perf_counter() - t0
@@ -690,7 +690,7 @@ class FarmDataset:
         Raises:
             SpoolBusy: another recorder holds the spool folder's lock.
         """
-        if self.raw_storage.local_dir(RAW_ROOT) is not None:
+        if self.raw_storage.local_path(RAW_ROOT) is not None:
             return Leftovers()
         folder = spool_folder_for(self.settings, self.raw_storage.url)
         self._uploads = UploadSpool(self.raw_storage, folder,
@@ -702,7 +702,7 @@ class FarmDataset:
             raise
 
     def _sink(self, prefix: str) -> DirectSink | SpoolSink:
-        if self.raw_storage.local_dir(prefix) is not None:
+        if self.raw_storage.local_path(prefix) is not None:
             return DirectSink(self.raw_storage, prefix)
         # Remote storage: upload in the background, so the record loop never waits for
         # the network. Inline encoding reads the episode back at once: its manifest must

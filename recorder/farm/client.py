@@ -190,7 +190,7 @@ class EncodingFarmClient:
                 self.results.append(result)
                 ready.append(result)
                 if not result.ok:
-                    logger.error("episode %d camera %s: %s", result.episode, result.camera,
+                    logger.error("recording %d camera %s: %s", result.recording, result.camera,
                                  result.error)
         except BROKER_ERRORS as exc:
             self._broker_down(exc)
@@ -223,7 +223,7 @@ class EncodingFarmClient:
                     continue
                 logger.warning("job %s (episode %d, camera %s) is not known to the farm any "
                                "more (its Redis lost its data?): sending it again",
-                               job.job_id, job.episode, job.camera)
+                               job.job_id, job.recording, job.camera)
                 entry.handle = self._send(job)
                 entry.unknown_since = None
                 self.resent += 1
@@ -266,10 +266,10 @@ class EncodingFarmClient:
 
     def _note_waiting(self, waited_s: float) -> None:
         """Say what the wait is for: a log line, for output that is not a terminal."""
-        missing = [f"episode {e.job.episode} {e.job.camera}" + (
+        missing = [f"recording {e.job.recording} {e.job.camera}" + (
                        f" part {e.job.part.index + 1}/{e.job.part.count}" if e.job.part else "")
                    for e in list(self._outstanding.values())[:WAIT_NOTE_JOBS]]
-        missing += [f"episode {j.episode} {j.camera} (not sent yet)"
+        missing += [f"recording {j.recording} {j.camera} (not sent yet)"
                     for j in list(self._unsent)[:WAIT_NOTE_JOBS - len(missing)]]
         more = self.outstanding - len(missing)
         try:
