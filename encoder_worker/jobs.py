@@ -25,13 +25,14 @@ class Status(StrEnum):
 class EncoderOptions(BaseModel):
     """Codec settings; the defaults equal LeRobot's (libsvtav1, crf 30, g 2, preset 12)."""
 
-    codec: str = "libsvtav1"
-    crf: int | None = Field(default=30, ge=0, le=63)
+    codec: str = Field(default="libsvtav1",
+                       description="libsvtav1, libx264, libx265, h264_nvenc, av1_nvenc...")
+    crf: int | None = Field(default=30, ge=0, le=63, description="constant rate factor")
     gop: int | None = Field(default=2, ge=1, description="keyframe interval (ffmpeg's -g)")
-    pix_fmt: str = "yuv420p"
-    preset: str | None = "12"
-    # Extra ffmpeg codec options, passed through as strings.
-    extra: dict[str, str] = Field(default_factory=dict)
+    pix_fmt: str = Field(default="yuv420p", description="pixel format of the video")
+    preset: str | None = Field(default="12", description="encoder preset")
+    extra: dict[str, str] = Field(default_factory=dict,
+                                  description="more ffmpeg codec options, as strings")
 
     def codec_options(self) -> dict[str, str]:
         """The ffmpeg options for this codec, as PyAV takes them."""

@@ -25,10 +25,10 @@ from recorder.capture.record_loop import CaptureStats
 from recorder.dataset import DatasetError
 from recorder.dataset.complete import Completion
 from recorder.dataset.pack import PackError, pack_dataset
-from recorder.dataset.pending import encode_pending
 from recorder.farm.setup import RecorderError
 from recorder.farm.upload_spool import SpoolBusy
 from recorder.interrupts import interrupt_on_sigterm
+from recorder.pending import encode_pending
 from recorder.progress import report_console
 from recorder.session import SessionReport, pending_uploads_note, record
 from recorder.settings import RecorderSettings

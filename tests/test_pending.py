@@ -8,7 +8,7 @@ from dataset_checks import check_v3_dataset
 from recordings import CAMERAS, features, record_episodes
 
 from recorder.dataset import FarmDataset
-from recorder.dataset.pending import scan_pending
+from recorder.pending import scan_pending
 
 LOST = "videos/observation.images.cam1/chunk-000/file-001.mp4"
 
