@@ -66,7 +66,7 @@ def check_all_videos(settings: RecorderSettings, report) -> None:
         recorded = next(e for e in report.episodes if e.recording == result.recording)
         assert result.frames == recorded.frames_recorded[result.camera] == 30
         check_video_against_raw(storage.path(result.output_key), settings.raw_storage_url,
-                                raw_prefix(recording=result.episode, camera=result.camera))
+                                raw_prefix(recording=result.recording, camera=result.camera))
 
 
 def test_inline_session_encodes_every_episode(tmp_path):
@@ -368,7 +368,7 @@ def test_failed_jobs_are_listed_and_requeued(tmp_path, broker_url, start_worker)
 
     listed = worker_cli("failed")
     assert listed.returncode == 0, listed.stderr
-    assert "broken  episode 0 camera cam0: RawEpisodeError: segment" in listed.stdout
+    assert "broken  recording 0 camera cam0: RawEpisodeError: segment" in listed.stdout
     assert "is corrupt" in listed.stdout
     as_json = json.loads(worker_cli("failed", "--json").stdout)
     assert as_json["broken"]["payload"]["job_id"] == "broken"

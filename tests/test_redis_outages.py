@@ -29,7 +29,7 @@ def check_results(storage, results, count):
     for result in results:
         assert result.ok, result.error
         check_video_against_raw(storage.path(result.output_key), storage.url,
-                                raw_prefix(recording=result.episode, camera="cam0"))
+                                raw_prefix(recording=result.recording, camera="cam0"))
 
 
 def test_jobs_submitted_while_redis_is_down_are_sent_when_it_is_back(
@@ -78,5 +78,5 @@ def test_a_long_wait_says_what_it_waits_for(tmp_path, redis_server, caplog):
             farm.wait(timeout_s=1.0)  # no worker: nothing finishes
     notes = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
     assert notes, caplog.text
-    assert "0 of 2 videos done; 2 jobs queued at the farm; waiting for episode 0 cam0, " \
-           "episode 1 cam0" in notes[-1]
+    assert "0 of 2 videos done; 2 jobs queued at the farm; waiting for recording 0 cam0, " \
+           "recording 1 cam0" in notes[-1]
