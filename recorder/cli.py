@@ -80,10 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(pack, RecorderSettings, fields=DATASET_FIELDS)
     pack.add_argument("--max-file-mb", type=int, default=200, metavar="MB",
                       help="largest packed video file (LeRobot's default: 200)")
+    commands.add_parser(  # parsed by recorder/lerobot/command.py: LeRobot's flags pass on
+        "lerobot-record", add_help=False,
+        help="LeRobot's lerobot-record (robots, teleoperators, keyboard, --resume) with the "
+             "farm as its encoder: put `recorder` in front of a lerobot-record command line")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lerobot-record"]:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+        from recorder.lerobot.command import main as lerobot_record
+
+        return lerobot_record(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
