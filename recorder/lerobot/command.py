@@ -225,9 +225,10 @@ def summary(recording: FarmRecording) -> str:
         where = dataset.dataset.storage.url
         completion = dataset.completion
         if completion is None:
-            lines.append(f"LeRobot dataset {where}: the {len(dataset.dataset.episodes)} "
-                         f"episodes saved in this run are not in it yet; `{finish}` "
-                         "completes it")
+            if dataset.dataset.episodes:
+                lines.append(f"LeRobot dataset {where}: the {len(dataset.dataset.episodes)} "
+                             f"episodes saved in this run are not in it yet; `{finish}` "
+                             "completes it")
             continue
         lines.append(f"LeRobot dataset {where}: {completion.total_episodes} episodes, "
                      f"{completion.total_frames} frames")

@@ -209,7 +209,7 @@ class FarmLeRobotDataset:
         failure = sys.exc_info()[1]
         if failure is not None:
             self.recording.failure = failure
-            if isinstance(failure, KeyboardInterrupt | FARM_ERRORS):
+            if isinstance(failure, (KeyboardInterrupt, *FARM_ERRORS)):
                 self.dataset.abort()
                 return
             logger.error("the recording stopped: %s: %s; the episode in progress is kept as "
