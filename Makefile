@@ -13,6 +13,9 @@ LEROBOT_ENV_KEY := $(shell $(PYTHON) -c "import tomllib, hashlib, json; p = toml
 LEROBOT_VENV ?= $(HOME)/.cache/robot-encoding-farm/lerobot-env-$(LEROBOT_ENV_KEY)
 LEROBOT_RUN := PYTHONPATH=$(CURDIR) $(LEROBOT_VENV)/bin/python
 
+# pytest's 5 (no tests collected) fails too, said: a marker or a path went wrong.
+pytest = $(1) -m pytest $(2); status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests ($(2))" >&2; fi; exit $$status
+
 .PHONY: demo test test-main test-fast test-lerobot lerobot-conformance lerobot-env lerobot-demo lint clean
 
 $(BIN)/.installed: pyproject.toml
@@ -29,10 +32,10 @@ demo: $(BIN)/.installed
 test: test-main test-lerobot
 
 test-main: $(BIN)/.installed
-	$(BIN)/python -m pytest -m "not lerobot"
+	@$(call pytest,$(BIN)/python,-m "not lerobot")
 
 test-fast: $(BIN)/.installed
-	$(BIN)/python -m pytest -m "not integration and not lerobot"
+	@$(call pytest,$(BIN)/python,-m "not integration and not lerobot")
 
 # Built with the pip that Python 3.12 ships (the resolution users get), then checked.
 $(LEROBOT_VENV)/.installed:
@@ -43,14 +46,16 @@ $(LEROBOT_VENV)/.installed:
 	$(LEROBOT_VENV)/bin/pip uninstall -q -y robot-encoding-farm
 	$(LEROBOT_VENV)/bin/pip check
 	touch $@
+	@# Environments of older dependency sets (5 GB each) go once this one is ready.
+	find $(dir $(LEROBOT_VENV)) -maxdepth 1 -name 'lerobot-env-*' ! -name $(notdir $(LEROBOT_VENV)) -exec rm -rf {} +
 
 lerobot-env: $(LEROBOT_VENV)/.installed
 
 # LeRobot 0.6 loads what the farm records, and `recorder lerobot-record` runs LeRobot's
 # own record loop on the farm. FARM_DEV_PACKAGES: the versions the farm's tests ran on.
 test-lerobot: $(LEROBOT_VENV)/.installed $(BIN)/.installed
-	FARM_DEV_PACKAGES="$$($(BIN)/python -c 'from importlib.metadata import version as v; print(" ".join(f"{p}=={v(p)}" for p in ("celery", "kombu")))')" \
-		$(LEROBOT_RUN) -m pytest -m lerobot
+	@export FARM_DEV_PACKAGES="$$($(BIN)/python -c 'from importlib.metadata import version as v; print(" ".join(f"{p}=={v(p)}" for p in ("celery", "kombu")))')"; \
+		$(call pytest,$(LEROBOT_RUN),-m lerobot)
 
 lerobot-conformance: test-lerobot  # its name before the LeRobot suite grew
 

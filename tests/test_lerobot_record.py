@@ -104,6 +104,18 @@ def test_resume_appends_to_a_dataset_lerobot_itself_recorded(tmp_path):
     assert sorted(frames) == [0, 1]
 
 
+def test_resume_checks_the_robot_as_lerobot_does(tmp_path):
+    root = tmp_path / "dataset"
+    env = lerobot_environment(tmp_path)
+    assert run([*FARM_COMMAND, *record_flags(root, episodes=1, episode_s=1.0)], env,
+               tmp_path / "first.log").returncode == 0
+    other = run([*FARM_COMMAND, *record_flags(root, episodes=1, episode_s=1.0),
+                 "--robot.num_joints=5", "--resume=true"], env, tmp_path / "other.log")
+    assert other.returncode == 1, other.output
+    assert "compatibility check failed" in other.output and "Traceback" not in other.output
+    assert info(root)["total_episodes"] == 1
+
+
 def test_a_robot_that_fails_mid_episode_keeps_its_frames_and_the_saved_episodes(tmp_path):
     root = tmp_path / "dataset"
     env = lerobot_environment(tmp_path)

@@ -141,3 +141,19 @@ def test_synthetic_devices_register_through_lerobots_own_registries():
     assert "farm_synthetic" in TeleoperatorConfig.get_known_choices()
     assert {"farm_synthetic", "farm_replay"} <= set(CameraConfig.get_known_choices())
     assert Path(recorder.lerobot.synthetic.__file__).parent.name == "synthetic"
+
+
+@pytest.mark.parametrize("break_it", ["old release", "a seam gone"])
+def test_a_lerobot_outside_the_range_or_without_a_seam_stops_with_exit_2(
+        break_it, monkeypatch, capsys):
+    from recorder.lerobot.command import main
+
+    if break_it == "old release":
+        monkeypatch.setattr(compat, "version", lambda name: "0.5.0")
+    else:
+        monkeypatch.delattr(lerobot_record, "init_keyboard_listener")
+    assert main(["--robot.type=farm_synthetic", "--dataset.repo_id=x/y"]) == 2
+    said = capsys.readouterr().err
+    assert "pip install 'robot-encoding-farm[lerobot]'" in said
+    assert ("LeRobot 0.5.0 is installed" if break_it == "old release"
+            else "init_keyboard_listener") in said
