@@ -224,7 +224,7 @@ def test_async_recording_splits_a_long_episode(tmp_path, broker_url, start_worke
     storage = LocalStorage(root)
     for episode, camera in ((0, "cam0"), (0, "cam1")):
         job = job_for(storage, RawEpisodeReader(storage, raw_prefix(
-            episode=episode, camera=camera)).manifest)
+            recording=episode, camera=camera)).manifest)
         assert job.output_key == video_key(episode, camera)
         check_whole(storage, job)
 
