@@ -177,14 +177,15 @@ def print_videos(results: Sequence[EncodeResult], *, console: Console) -> None:
         videos.add_column(column, justify="right")
     for r in sorted(results, key=lambda r: (r.recording, r.camera)):
         t = r.timings
-        status = "ok" if r.ok else "[red]FAILED[/red]"
+        status = "ok" if r.ok else f"[red]FAILED ({r.reason})[/red]"
         videos.add_row(str(r.recording), r.camera, status, str(r.frames), str(r.worker_pid),
                        *(f"{v:.2f}" for v in (t.queue_wait_s, t.fetch_s, t.encode_s,
                                                t.verify_s, t.publish_s, t.total_s)))
     console.print(videos)
     for r in results:
         if not r.ok:
-            console.print(f"[red]recording {r.recording} camera {r.camera} failed: {r.error}[/red]")
+            console.print(f"[red]recording {r.recording} camera {r.camera} failed "
+                          f"({r.reason}): {r.error}[/red]")
 
 
 def refuse_broker_without_farm(parser: argparse.ArgumentParser, args: argparse.Namespace,

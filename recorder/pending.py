@@ -19,7 +19,7 @@ from encoder_worker.raw_episode import Manifest
 from encoder_worker.raw_layout import RAW_ROOT, manifest_of
 from encoder_worker.storage import Storage, open_storage
 from recorder.dataset import metadata
-from recorder.dataset.complete import Completion, complete_dataset
+from recorder.dataset.complete import Completion, complete_dataset, verified_videos
 from recorder.dataset.jobs import JobPlan, encode_inline
 from recorder.dataset.layout import Layout
 from recorder.dataset.pack import video_file_key
@@ -133,4 +133,5 @@ def encode_pending(settings: RecorderSettings, *, console: Console,
                 for job in jobs:  # a long episode's parts, encoded at once
                     farm.submit(job)
                 results = farm.wait(on_result=lambda _: progress.advance(task))
-    return results, complete_dataset(dataset, raw)
+    # The videos encoded now were verified by their encodes: not downloaded again.
+    return results, complete_dataset(dataset, raw, verified=verified_videos(results))

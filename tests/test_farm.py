@@ -15,7 +15,7 @@ from video_checks import check_video_against_raw
 
 from encoder_worker.broker import redis_client
 from encoder_worker.celery_app import ENCODE_TASK, make_app
-from encoder_worker.jobs import EncoderOptions, Status
+from encoder_worker.jobs import EncoderOptions, FailureReason, Status
 from encoder_worker.ledger import (
     ATTEMPTS_PREFIX,
     CLAIMS_KEY,
@@ -23,10 +23,10 @@ from encoder_worker.ledger import (
     LEASE_PREFIX,
     WAITING_KEY,
     JobLease,
-    LeaseReaper,
 )
 from encoder_worker.raw_episode import Manifest
 from encoder_worker.raw_layout import raw_prefix
+from encoder_worker.reaper import LeaseReaper
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import open_storage
 from encoder_worker.tasks import MAX_ENCODE_ATTEMPTS
@@ -123,6 +123,7 @@ def test_corrupt_segment_gives_a_failed_result_with_reason(tmp_path, broker_url,
         [result] = farm.wait(timeout_s=120)
     assert result.status is Status.FAILED
     assert "segment_00000.raw is corrupt" in (result.error or "")
+    assert result.reason is FailureReason.RAW_EPISODE
     assert segment.exists()
 
 
@@ -257,6 +258,7 @@ def test_revoked_job_comes_back_as_failed(tmp_path, broker_url, start_worker):
         [result] = farm.wait(timeout_s=120)
     assert result.status is Status.FAILED
     assert "REVOKED" in (result.error or "")
+    assert result.reason is FailureReason.REVOKED
     assert not storage.exists(job.output_key)
 
 
@@ -271,6 +273,7 @@ def test_a_job_that_keeps_killing_workers_fails_instead_of_looping(
         [result] = farm.wait(timeout_s=120)
     assert result.status is Status.FAILED
     assert "its worker died each time" in (result.error or "")
+    assert result.reason is FailureReason.WORKER_DEATHS
 
 
 def test_reaper_requeues_only_jobs_whose_lease_lapsed(tmp_path, broker_url):
@@ -368,7 +371,8 @@ def test_failed_jobs_are_listed_and_requeued(tmp_path, broker_url, start_worker)
 
     listed = worker_cli("failed")
     assert listed.returncode == 0, listed.stderr
-    assert "broken  recording 0 camera cam0: RawEpisodeError: segment" in listed.stdout
+    assert "raw_episode  broken  recording 0 camera cam0: RawEpisodeError: segment" in \
+        listed.stdout
     assert "is corrupt" in listed.stdout
     as_json = json.loads(worker_cli("failed", "--json").stdout)
     assert as_json["broken"]["payload"]["job_id"] == "broken"

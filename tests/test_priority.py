@@ -60,7 +60,7 @@ def test_an_idle_encode_and_its_threads_leave_earlier_threads_alone():
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root, as SVT-AV1 found it")
 def test_real_time_codec_threads_are_demoted_to_the_encodes_class():
-    from encoder_worker.encode import demote_realtime_threads
+    from encoder_worker.priority import demote_realtime_threads
 
     ready, done = threading.Event(), threading.Event()
     tid: list[int] = []

@@ -13,6 +13,7 @@ from encoder_worker.jobs import (
     EncodeJob,
     EncodeResult,
     EncoderOptions,
+    FailureReason,
     encode_time_limit_s,
     split_job,
 )
@@ -102,6 +103,9 @@ def encode_inline(job: EncodeJob) -> EncodeResult:
     """encode_job in the recorder's process; storage errors become a failed result."""
     try:
         return encode_job(job)
-    except (StorageError, OSError) as exc:
+    except StorageError as exc:
         # The recording goes on; this episode's raw frames stay for a later encode.
-        return EncodeResult.failed(job, f"{type(exc).__name__}: {exc}")
+        return EncodeResult.failed(job, f"StorageError: {exc}", reason=FailureReason.STORAGE)
+    except OSError as exc:  # the encode's temp files on this host, not a storage call
+        return EncodeResult.failed(job, f"{type(exc).__name__} in the encode's temp files: "
+                                   f"{exc}", reason=FailureReason.STORAGE)

@@ -36,7 +36,7 @@ from encoder_worker.storage import Storage, open_storage
 from recorder.capture.raw_writer import CameraWriter
 from recorder.dataset import metadata
 from recorder.dataset.commit import EpisodeCommitter
-from recorder.dataset.complete import Completion, complete_dataset
+from recorder.dataset.complete import Completion, complete_dataset, verified_videos
 from recorder.dataset.episode import CapturedEpisode, finish_writers, image_sampler
 from recorder.dataset.features import checked_value, validate_features
 from recorder.dataset.jobs import JobPlan
@@ -323,7 +323,9 @@ class FarmDataset:
             self.committer.raise_failed()
             if self.farm is not None and self.farm_options.wait:
                 self._wait_for_farm()
-            self.completion = complete_dataset(self.storage, self.raw_storage)
+            # Videos this run's encodes verified are not downloaded and probed again.
+            self.completion = complete_dataset(self.storage, self.raw_storage,
+                                               verified=verified_videos(self.results))
         finally:
             self._closed = True
             self._exit.close()
