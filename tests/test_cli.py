@@ -224,3 +224,27 @@ def test_ping_answers_for_a_worker_on_this_host(broker_url, start_worker):
     assert f"pong from encoder@{socket.gethostname()}-1" in here.stdout
     down = run_cli("ping", "--broker", "redis://127.0.0.1:1/0", module="encoder_worker.cli")
     assert down.returncode == 1 and "cannot reach the broker" in down.stderr
+
+
+# A Python where pip installed the farm without its `recorder` extra: these modules are
+# refused as a missing package is.
+WITHOUT_EXTRA = """
+import runpy, sys
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("pyarrow", "matplotlib"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NotInstalled())
+sys.argv = ["recorder", *sys.argv[1:]]
+runpy.run_module("recorder", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("command", [["record"], ["analyze", "x.json"], ["encode-pending"],
+                                     ["lerobot-record", "--robot.type=x"]])
+def test_recorder_without_its_extra_names_the_extra_and_exits_2(tmp_path, command):
+    result = subprocess.run([sys.executable, "-c", WITHOUT_EXTRA, *command],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'robot-encoding-farm[recorder]'" in result.stderr
+    assert "pyarrow, matplotlib" in result.stderr and "Traceback" not in result.stderr
