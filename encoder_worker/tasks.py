@@ -197,23 +197,17 @@ def _record_done(ledger: JobLedger, result: EncodeResult, settings: WorkerSettin
 
 
 def _done_before(ledger: JobLedger, job: EncodeJob) -> EncodeResult | None:
-    """An already_done result when a copy of the job succeeded before and its video has
-    been taken away since, else None.
+    """An already_done result when a copy of the job succeeded before, else None.
 
     That copy's worker died before acknowledging the message, which came back (after the
-    visibility timeout), and the recorder packed the video into its dataset meanwhile:
-    encoding again would leave a stray video, or part, where the first was published. A
-    video still there is found by the encode itself (already_done, with its size).
-
-    Raises:
-        StorageError: the video's storage cannot be asked.
+    visibility timeout). Since then the recorder may have packed the video away, or
+    deleted the episode's raw frames once the dataset counted it: encoding again would
+    leave a stray video, or fail for want of raw frames. Nothing is read from storage.
     """
-    if not ledger.done_before(job.job_id) or \
-            open_storage(job.output_storage).exists(job.output_key):
+    if not ledger.done_before(job.job_id):
         return None
-    logger.info("job %s succeeded before and its video was taken away since (a copy of its "
-                "message came back, as after a worker died before acknowledging it); not "
-                "encoded again", job.job_id)
+    logger.info("job %s succeeded before (a copy of its message came back, as after a worker "
+                "died before acknowledging it); not encoded again", job.job_id)
     now = time.time()
     return EncodeResult(job_id=job.job_id, recording=job.recording, camera=job.camera,
                         status=Status.ALREADY_DONE, output_storage=job.output_storage,

@@ -52,7 +52,7 @@ DATASET_ALIASES = {
 # The settings that matter to encoding what is already recorded.
 PENDING_FIELDS = ["async_encoding", "video_encoding_workers", "video_encoding_queue_size",
                   "broker", "storage", "output_storage", "output_dir", "repo_id", "codec", "crf",
-                  "gop", "preset", "pix_fmt", "shared_folder"]
+                  "gop", "preset", "pix_fmt", "shared_folder", "keep_raw"]
 # The settings that say where a dataset is.
 DATASET_FIELDS = ["storage", "output_storage", "output_dir", "repo_id"]
 

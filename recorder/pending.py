@@ -66,7 +66,8 @@ def scan_pending(raw: Storage, dataset: Storage, *,
                 scan.lost.append((recording, key, actual))
     for key in raw.list_keys(RAW_ROOT):
         found = manifest_of(key)
-        if found is not None and found[0] not in staged:
+        # A counted episode's raw files whose deletion was cut short are not interrupted.
+        if found is not None and found[0] not in staged and found[0] not in (in_dataset or {}):
             manifest = Manifest.model_validate_json(raw.get_bytes(key))
             scan.unstaged.append((manifest.episode, manifest.camera))
     return scan
@@ -134,4 +135,5 @@ def encode_pending(settings: RecorderSettings, *, console: Console,
                     farm.submit(job)
                 results = farm.wait(on_result=lambda _: progress.advance(task))
     # The videos encoded now were verified by their encodes: not downloaded again.
-    return results, complete_dataset(dataset, raw, verified=verified_videos(results))
+    return results, complete_dataset(dataset, raw, verified=verified_videos(results),
+                                     keep_raw=settings.keep_raw)

@@ -23,10 +23,15 @@ from encoder_worker.storage import open_storage
 TOLERANCE_S = 1e-4
 
 
-def check_v3_dataset(root: Path, *, raw_url: str, episodes: int, cameras: list[str],
+def check_v3_dataset(root: Path, *, raw_url: str | None, episodes: int, cameras: list[str],
                      frames_per_episode: int | None = None, min_psnr_db: float = 30.0,
                      state_dim: int | None = 6) -> dict:
-    """Assert root is a complete v3.0 dataset of these episodes; returns its info."""
+    """Assert root is a complete v3.0 dataset of these episodes; returns its info.
+
+    Args:
+        raw_url: where the raw frames are, to compare each decoded frame with; None when
+            they were deleted (raw retention): every frame is still found at its time.
+    """
     info = json.loads((root / "meta/info.json").read_text())
     assert info["codebase_version"] == "v3.0"
     assert info["total_episodes"] == episodes
@@ -79,6 +84,9 @@ def check_v3_dataset(root: Path, *, raw_url: str, episodes: int, cameras: list[s
                 file_index=row[f"videos/{key}/file_index"])
             start = row[f"videos/{key}/from_timestamp"]
             decoded = frames_at(video, [start + t for t in timestamps])
+            assert len(decoded) == length
+            if raw_url is None:
+                continue
             prefix = raw_prefix(recording=recording, camera=camera)
             raw = list(RawEpisodeReader(open_storage(raw_url), prefix).rgb_frames())
             assert len(decoded) == len(raw) == length

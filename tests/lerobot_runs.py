@@ -28,12 +28,16 @@ CAMERAS_FLAG = "--robot.cameras={" + ", ".join(
 TASK = "wave the synthetic arm"
 
 
-def lerobot_environment(tmp_path: Path) -> dict[str, str]:
-    """The farm's code from this checkout; LeRobot's folders in the test's; no display."""
+def lerobot_environment(tmp_path: Path, *, keep_raw: bool = True) -> dict[str, str]:
+    """The farm's code from this checkout; LeRobot's folders in the test's; no display.
+
+    Args:
+        keep_raw: keep the raw frames (FARM_KEEP_RAW), to compare every decoded frame with.
+    """
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env.update(PYTHONPATH=str(REPO), HF_LEROBOT_HOME=str(tmp_path / "hf-lerobot"),
                HF_LEROBOT_CALIBRATION=str(tmp_path / "calibration"), HF_HUB_OFFLINE="1",
-               FARM_WORKER_ALLOW_STORAGE=str(tmp_path))
+               FARM_WORKER_ALLOW_STORAGE=str(tmp_path), FARM_KEEP_RAW=str(keep_raw).lower())
     return env
 
 
@@ -102,7 +106,7 @@ def has_segment(root: Path, recording: int) -> bool:
 
 def load_every_frame(root: Path) -> dict[int, int]:
     """Load the dataset with LeRobot 0.6, decode every item of every camera and compare it
-    with its raw frame; returns the frames per episode index.
+    with its raw frame, where raw frames were kept; returns the frames per episode index.
 
     Every frame the farm captured is in it: an episode's frames decoded here are its rows
     and, for the farm's episodes, every frame of each camera's raw manifest.
@@ -124,19 +128,19 @@ def load_every_frame(root: Path) -> dict[int, int]:
         for camera in CAMERAS:
             image = item[f"observation.images.{camera}"]
             assert tuple(image.shape) == (3, HEIGHT, WIDTH)
-            if recording is None:
-                continue  # recorded by LeRobot itself: no raw frames to compare with
+            prefix = raw_prefix(recording=recording or 0, camera=camera)
+            if recording is None or not (root / prefix).exists():
+                continue  # recorded by LeRobot itself, or its raw frames went (retention)
             if (episode, camera) not in raw:
-                raw[episode, camera] = list(RawEpisodeReader(
-                    open_storage(root), raw_prefix(recording=recording, camera=camera))
-                    .rgb_frames())
+                raw[episode, camera] = list(RawEpisodeReader(open_storage(root), prefix)
+                                            .rgb_frames())
             decoded = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             assert psnr(decoded, raw[episode, camera][frame]) > 27, (index, camera)
     assert sum(frames.values()) == len(dataset) == dataset.num_frames
     for row in dataset.meta.episodes:
         episode, recording = row["episode_index"], row.get("farm/recording")
         assert frames[episode] == row["length"]
-        if recording is not None:
-            for camera in CAMERAS:
+        for camera in CAMERAS:
+            if (episode, camera) in raw:
                 assert len(raw[episode, camera]) == frames[episode], (episode, camera)
     return frames

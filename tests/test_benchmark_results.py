@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,6 @@ from benchmark_results import (
     make_session_report,
 )
 
-from encoder_worker.jobs import EncodeResult
-from recorder.benchmark import runner
 from recorder.benchmark.analyze import write_charts
 from recorder.benchmark.results import (
     SCHEMA_VERSION,
@@ -157,22 +154,3 @@ def test_totals_without_waiting_for_the_farm() -> None:
     t = from_session(report, config=make_config("async"), environment=ENV).totals
     assert t.drain_from_first_frame_s is None and t.drain_from_last_frame_s is None
     assert t.encoding_s == 0.0 and t.tasks == 0 and t.stages == {}
-
-
-def test_raw_frames_are_dropped_only_when_every_video_is_verified(
-        caplog: pytest.LogCaptureFixture) -> None:
-    def results(*, failed: bool = False, missing: bool = False) -> list[EncodeResult]:
-        made = [make_encode_result(ep, cam, started_at=T0 + 4, worker_s=1.0, frames=30,
-                                   failed=failed and (ep, cam) == (1, "cam1"))
-                for ep in (0, 1) for cam in ("cam0", "cam1")]
-        return made[:-1] if missing else made
-
-    assert runner._videos_verified(make_session_report("async", results(),
-                                                       all_ready_at=T0 + 6))
-    caplog.set_level(logging.WARNING, logger=runner.__name__)
-    for bad in (results(failed=True), results(missing=True)):
-        caplog.clear()
-        assert not runner._videos_verified(make_session_report("async", bad,
-                                                               all_ready_at=T0 + 6))
-        assert "1 of 4 videos are not verified" in caplog.text
-        assert "keeping the raw frames in /tmp/x/raw" in caplog.text

@@ -152,7 +152,8 @@ def test_worker_service_encodes_from_the_shared_folder(tmp_path, compose, start_
         done = subprocess.run(
             [sys.executable, "-m", "recorder.cli", "record", "--async-encoding",
              "--broker", redis.url, "--storage", str(farm_data), "--episodes", "1",
-             "--episode-time", "1", "--cameras", "2", "--width", "320", "--height", "240"],
+             "--episode-time", "1", "--cameras", "2", "--width", "320", "--height", "240",
+             "--keep-raw"],  # the videos are compared with their raw frames below
             capture_output=True, text=True, timeout=300, cwd=tmp_path,
             env={**os.environ, "PYTHONPATH": str(REPO)})
         assert done.returncode == 0, done.stdout + done.stderr

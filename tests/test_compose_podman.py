@@ -340,6 +340,7 @@ class Farm:
                    "--ambient-caps=+dac_read_search",
                    sys.executable, "-m", "recorder.cli", "record", "--async-encoding",
                    "--broker", self.broker, "--output-dir", str(self.home / "recordings"),
+                   "--keep-raw",  # check_v3_dataset compares the videos with raw frames
                    *args]
         self.recordings += 1
         log = self.home / f"recorder-{self.recordings}.log"

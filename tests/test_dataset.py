@@ -26,12 +26,14 @@ from recorder.dataset.pack import pack_dataset
 from recorder.dataset.stats import ImageStats, aggregate, numeric_stats
 from recorder.farm.client import EncodingFarmClient
 
-FAST = {"codec": "libx264"}
+# keep_raw: these tests compare every decoded frame with the raw frame it was encoded from
+# (tests/test_retention.py checks that raw frames go by default).
+FAST = {"codec": "libx264", "keep_raw": True}
 
 
 def create(root: Path | str, **settings) -> FarmDataset:
     return FarmDataset.create("test/dataset", fps=30, features=features(), robot_type="sim",
-                              root=str(root), **settings)
+                              root=str(root), **{"keep_raw": True, **settings})
 
 
 # --- without servers --------------------------------------------------------------------
@@ -194,7 +196,8 @@ def test_no_wait_dataset_is_completed_by_encode_pending(tmp_path, broker_url):
     assert completion.total_episodes == 0 and completion.staged_left == 2
     assert "videos not published yet" in dataset.waiting_note()
     assert json.loads((root / "meta/info.json").read_text())["total_episodes"] == 0
-    done = run_recorder("encode-pending", "--storage", str(root), "--codec", "libx264")
+    done = run_recorder("encode-pending", "--storage", str(root), "--codec", "libx264",
+                        "--keep-raw")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 videos to encode, 0 already there" in done.stdout
     assert "2 episodes, 20 frames" in done.stdout
@@ -222,8 +225,8 @@ def test_recorder_killed_between_episodes_is_completed_by_encode_pending(tmp_pat
         process.wait()
     info = json.loads((root / "meta/info.json").read_text())
     assert info["total_episodes"] == 0, "metadata is written at the end, never half"
-    done = run_recorder("encode-pending", "--output-dir", str(tmp_path / "out"), "--codec",
-                        "libx264")
+    done = run_recorder("encode-pending", "--keep-raw", "--output-dir", str(tmp_path / "out"),
+                        "--codec", "libx264")
     assert done.returncode == 0, done.stdout + done.stderr
     check_v3_dataset(root, raw_url=str(root), episodes=1, cameras=CAMERAS,
                      frames_per_episode=15)

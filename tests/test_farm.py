@@ -25,7 +25,7 @@ from encoder_worker.ledger import (
     JobLease,
 )
 from encoder_worker.raw_episode import Manifest
-from encoder_worker.raw_layout import raw_prefix
+from encoder_worker.raw_layout import raw_prefix, recording_prefix
 from encoder_worker.reaper import LeaseReaper
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import open_storage
@@ -39,8 +39,9 @@ pytestmark = pytest.mark.integration
 
 
 def small_settings(tmp_path: Path, **overrides) -> RecorderSettings:
+    # keep_raw: every video is compared with the raw frames it was encoded from.
     values = dict(episodes=2, episode_time=1, cameras=2, width=320, height=240, fps=30,
-                  output_dir=tmp_path / "out")
+                  output_dir=tmp_path / "out", keep_raw=True)
     values.update(overrides)
     return RecorderSettings(**values)
 
@@ -138,7 +139,7 @@ def test_zero_config_cli_starts_and_stops_its_own_farm(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "recorder.cli", "record", "--async-encoding", "--episodes", "2",
          "--episode-time", "1", "--cameras", "2", "--width", "320", "--height", "240",
-         "--video-encoding-workers", "2", "--output-dir", str(out)],
+         "--video-encoding-workers", "2", "--output-dir", str(out), "--keep-raw"],
         capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     dataset = out / "local" / "robot_dataset"
@@ -327,15 +328,19 @@ def test_a_job_waiting_in_a_killed_workers_countdown_is_sent_again(
     assert not client.hexists(WAITING_KEY, "waiting")
 
 
-def test_a_copy_of_a_job_that_succeeded_and_was_packed_away_is_not_encoded_again(
-        tmp_path, broker_url, start_worker):
+@pytest.mark.parametrize("taken_away", ["video packed away", "raw frames deleted"])
+def test_a_copy_of_a_job_that_succeeded_is_not_encoded_again(tmp_path, broker_url,
+                                                             start_worker, taken_away):
     storage, job = x264_job(tmp_path, "packed", frames=10)
     worker = start_worker(broker_url)
     with EncodingFarmClient(broker_url) as farm:
         farm.submit(job)
         [first] = farm.wait(timeout_s=120)  # the recorder reads the result and forgets it
     assert first.status is Status.SUCCEEDED, first.error
-    storage.path(job.output_key).unlink()  # packed into the dataset's chunk file
+    if taken_away == "video packed away":
+        storage.path(job.output_key).unlink()  # packed into the dataset's chunk file
+    else:  # the dataset counts the episode: its raw frames went (retention)
+        storage.delete_prefix(recording_prefix(job.recording))
     # The message again, as Redis gives it back when its worker died after the encode,
     # before acknowledging it (after the visibility timeout).
     app = make_app(broker_url)
@@ -348,8 +353,9 @@ def test_a_copy_of_a_job_that_succeeded_and_was_packed_away_is_not_encoded_again
     finally:
         app.close()
     assert copy["status"] == "already_done"
-    assert not storage.exists(job.output_key)  # no stray video where it was published
-    assert "succeeded before and its video was taken away since" in worker.output()
+    # No stray video where it was published; no failure for want of raw frames.
+    assert storage.exists(job.output_key) is (taken_away == "raw frames deleted")
+    assert "succeeded before (a copy of its message came back" in worker.output()
 
 
 def test_failed_jobs_are_listed_and_requeued(tmp_path, broker_url, start_worker):

@@ -162,7 +162,7 @@ def test_lerobots_encoder_flags_set_the_farms_encoder_and_unused_flags_are_said_
                   "--dataset.rgb_encoder.vcodec=h264", "--dataset.rgb_encoder.crf=23",
                   "--dataset.rgb_encoder.g=10", "--dataset.streaming_encoding=true",
                   "--dataset.num_image_writer_threads_per_camera=2"],
-                 lerobot_environment(tmp_path), tmp_path / "run.log")
+                 lerobot_environment(tmp_path, keep_raw=False), tmp_path / "run.log")
     assert result.returncode == 0, result.output
     for flag in ("--dataset.streaming_encoding", "--dataset.num_image_writer_threads_per_camera"):
         assert result.output.count(f"{flag} is not used on the farm") == 1
@@ -173,6 +173,7 @@ def test_lerobots_encoder_flags_set_the_farms_encoder_and_unused_flags_are_said_
     with av.open(str(video)) as container:
         assert container.streams.video[0].codec_context.name == "h264"
     assert sorted(load_every_frame(root)) == [0]
+    assert not (root / "raw").exists(), "the episode is counted: its raw frames went"
 
 
 def test_ctrl_c_keeps_the_frames_and_says_how_to_finish(tmp_path):

@@ -117,7 +117,7 @@ def test_two_worker_hosts_share_the_work(lab: NetnsLab, tmp_path: Path,
         settings = {"storage": s3_url, "async_encoding": True, "broker": broker,
                     "episodes": episodes, "episode_time": 1, "cameras": cameras,
                     "width": 160, "height": 120, "fps": 15, "codec": "libx264",
-                    "segment_frames": 5}
+                    "segment_frames": 5, "keep_raw": True}  # videos compared with raw
         out = tmp_path / "rec-out" / "report.json"
         out.parent.mkdir()
         recorder = subprocess.run(

@@ -31,8 +31,9 @@ def dataset(tmp_path):
     """Recordings 0 and 1 complete, recording 2 cleared (interrupted); then one of
     recording 1's videos is lost."""
     root = tmp_path / "dataset"
+    # Raw frames kept (keep_raw): a video lost after completion is encoded from them.
     dataset = FarmDataset.create("test/pending", fps=30, features=features(160, 120),
-                                 root=str(root), codec="libx264")
+                                 root=str(root), codec="libx264", keep_raw=True)
     record_episodes(dataset, episodes=2, frames=10)
     dataset.add_frame({key: value for key, value in frame(dataset).items()})
     dataset.clear_episode_buffer()
@@ -59,7 +60,8 @@ def test_scan_finds_videos_that_are_missing(dataset):
 def run_pending(dataset, *flags):
     return subprocess.run(
         [sys.executable, "-m", "recorder.cli", "encode-pending", "--storage",
-         str(dataset.storage.root), "--codec", "libx264", *flags], capture_output=True,
+         str(dataset.storage.root), "--codec", "libx264", "--keep-raw", *flags],
+        capture_output=True,
         text=True, timeout=300)
 
 
@@ -145,7 +147,8 @@ def test_completion_reads_no_video_that_its_encodes_verified(s3_url, broker_url,
         return opened[-1]
 
     monkeypatch.setattr(pending, "open_storage", counted)
-    results, completion = encode_pending(RecorderSettings(storage=s3_url, codec="libx264"),
+    results, completion = encode_pending(RecorderSettings(storage=s3_url, codec="libx264",
+                                                          keep_raw=True),
                                          console=Console(file=io.StringIO()))
     assert [r.status for r in results] == [Status.SUCCEEDED] * 4
     assert completion is not None and completion.added == [0, 1]
@@ -158,7 +161,7 @@ def test_completion_reads_no_video_that_its_encodes_verified(s3_url, broker_url,
     # downloads each video, and writes the same timestamps.
     dataset = CountingStorage(open_storage(s3_url))
     dataset.put_bytes(INFO_KEY, before)
-    assert complete_dataset(dataset, open_storage(s3_url)).added == [0, 1]
+    assert complete_dataset(dataset, open_storage(s3_url), keep_raw=True).added == [0, 1]
     assert dataset.videos_read() == sorted(r.output_key for r in results)
     assert video_rows(s3_url) == verified_rows
 
@@ -169,5 +172,5 @@ def test_completion_reads_no_video_that_its_encodes_verified(s3_url, broker_url,
     short[key] = VideoProbe(frames=9, duration_s=short[key].duration_s)
     with pytest.raises(DatasetError, match=rf"{key} has 9 frames, recording \d has 10 data "
                                            "rows; the episode is not added"):
-        complete_dataset(dataset, open_storage(s3_url), verified=short)
+        complete_dataset(dataset, open_storage(s3_url), verified=short, keep_raw=True)
     assert json.loads(dataset.get_bytes(INFO_KEY))["total_episodes"] == 0

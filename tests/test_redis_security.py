@@ -39,7 +39,7 @@ def run_cli(*args: str, module: str = "recorder.cli",
 def record_args(broker: str, out: Path, *, episodes: int = 1) -> list[str]:
     return ["record", "--async-encoding", "--broker", broker, "--episodes", str(episodes),
             "--episode-time", "1", "--width", "160", "--height", "120", "--codec", "libx264",
-            "--output-dir", str(out)]
+            "--output-dir", str(out), "--keep-raw"]  # videos compared with raw frames
 
 
 # --- URLs, without servers ----------------------------------------------------------------
@@ -179,7 +179,7 @@ def test_a_failover_mid_session_loses_no_video(tmp_path, start_worker, caplog):
         with EncodingFarmClient(farm.url, lost_job_check_s=1.0) as client:
             dataset = FarmDataset.create("test/sentinel", fps=30, features=features(320, 240),
                                          root=str(root), async_encoding=True, farm=client,
-                                         codec="libx264")
+                                         codec="libx264", keep_raw=True)
             failed_over = []
 
             def fail_over_while_an_encode_runs() -> None:

@@ -34,8 +34,9 @@ from recorder.farm.storage_check import broker_is_local, check_farm_storage
 from recorder.farm.upload_spool import spool_folder
 from recorder.settings import RecorderSettings
 
+# --keep-raw: the videos are checked against their raw episodes.
 SMALL = ["--width", "160", "--height", "120", "--fps", "15", "--codec", "libx264",
-         "--segment-frames", "5"]
+         "--segment-frames", "5", "--keep-raw"]
 
 
 def check_outputs(output_url: str, raw_url: str, *, episodes: int, cameras: int,
@@ -157,8 +158,8 @@ def test_exit_message_names_the_pending_files(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_inline_encoding_with_s3_storage(s3_url: str, tmp_path: Path) -> None:
-    settings = RecorderSettings(storage=s3_url, episodes=1, episode_time=1, cameras=1,
-                                width=160, height=120, fps=15, codec="libx264",
+    settings = RecorderSettings(storage=s3_url, keep_raw=True, episodes=1, episode_time=1,
+                                cameras=1, width=160, height=120, fps=15, codec="libx264",
                                 segment_frames=5)
     report = session.record(settings, console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
     assert not report.failed and len(report.results) == 1
@@ -189,7 +190,8 @@ def test_recording_into_a_missing_bucket_fails_instead_of_hanging(
 @pytest.mark.integration
 def test_raw_local_videos_to_s3_with_local_farm(s3_url: str, tmp_path: Path) -> None:
     raw = tmp_path / "raw"
-    settings = RecorderSettings(storage=str(raw), output_storage=s3_url, async_encoding=True,
+    settings = RecorderSettings(storage=str(raw), output_storage=s3_url, keep_raw=True,
+                                async_encoding=True,
                                 video_encoding_workers=1, episodes=1, episode_time=1,
                                 cameras=1, width=160, height=120, fps=15, codec="libx264")
     report = session.record(settings, console=Console(file=open(os.devnull, "w")))  # noqa: SIM115
@@ -334,7 +336,7 @@ def test_a_full_spool_disk_is_recovered_by_the_next_run(
     spool = small_disk / "spool"
     flags = ["--storage", s3_url, "--async-encoding", "--spool-dir", str(spool), "--cameras",
              "2", "--width", "160", "--height", "120", "--fps", "15", "--codec", "libx264",
-             "--segment-frames", "10", "--episode-time", "2"]
+             "--segment-frames", "10", "--episode-time", "2", "--keep-raw"]
     first, log, _ = start_recorder(tmp_path, *flags, "--episodes", "5", name="first")
     # Its first frames are in the spool: the recording runs (S3 checks are behind it).
     wait_for(lambda: first.poll() is not None or any(spool.glob("*/keys/raw/*/*/*")),

@@ -207,7 +207,8 @@ def test_async_recording_splits_a_long_episode(tmp_path, broker_url, start_worke
     with EncodingFarmClient(broker_url) as farm:
         dataset = FarmDataset.create(
             "test/split", fps=FPS, features=features(64, 48), root=str(root),
-            async_encoding=True, farm=farm, split_after_s=1.0, split_part_s=0.5)
+            async_encoding=True, farm=farm, split_after_s=1.0, split_part_s=0.5,
+            keep_raw=True)  # compared with the raw frames below
         record_episodes(dataset, episodes=1, frames=45)  # 1.5 s: 4 parts per camera
         record_episodes(dataset, episodes=1, frames=20, seed=1)  # not split
         completion = dataset.finalize()

@@ -119,6 +119,9 @@ class Storage(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete everything under prefix (a folder's worth), files being written included."""
+
     def local_path(self, key: str) -> Path | None:
         """The local file or folder behind key when the storage is a local folder, else None."""
 

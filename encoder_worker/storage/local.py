@@ -140,6 +140,14 @@ class LocalStorage:
         with classified("deleting", self._where(key)):
             self.path(key).unlink(missing_ok=True)
 
+    def delete_prefix(self, prefix: str) -> None:
+        folder = self.path(prefix)
+        with classified("deleting", self._where(prefix)):
+            if folder.is_dir():
+                shutil.rmtree(folder)
+            else:
+                folder.unlink(missing_ok=True)
+
     def local_path(self, key: str) -> Path | None:
         return self.path(key)
 

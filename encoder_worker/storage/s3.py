@@ -244,6 +244,23 @@ class S3Storage:
         with self._classified("deleting", key):
             self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
 
+    def delete_prefix(self, prefix: str) -> None:
+        full = self.object_key(prefix.strip("/")) + "/"
+        with self._classified("deleting", prefix):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full)
+            for page in pages:  # up to 1000 keys a page, as delete_objects takes them
+                objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if not objects:
+                    continue
+                answer = self.client.delete_objects(Bucket=self.bucket,
+                                                    Delete={"Objects": objects, "Quiet": True})
+                if errors := answer.get("Errors"):  # refused ones are listed, not raised
+                    first = errors[0]
+                    raise storage_error(f"deleting {self.url}/{prefix}: {len(errors)} objects "
+                                        f"refused, {first.get('Key')}: {first.get('Message')}",
+                                        code=first.get("Code"))
+
     def local_path(self, key: str) -> Path | None:
         return None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -16,7 +15,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from encoder_worker.broker import redact, redis_client
-from encoder_worker.raw_layout import RAW_ROOT
+from encoder_worker.storage import open_storage
 from recorder.benchmark import environment
 from recorder.benchmark.background import background_load
 from recorder.benchmark.report import verdicts
@@ -31,10 +30,11 @@ from recorder.benchmark.settings import BenchmarkSettings
 from recorder.capture.cameras import CameraError, CameraSource
 from recorder.capture.cameras.synthetic import synthetic_cameras
 from recorder.capture.cameras.video import open_camera
+from recorder.dataset.retention import recordings_with_raw
 from recorder.farm.client import EncodingFarmClient
 from recorder.farm.setup import farm_for
 from recorder.progress import progress_display
-from recorder.session import RecordingSession, SessionReport
+from recorder.session import RecordingSession
 from recorder.settings import RecorderSettings
 
 logger = logging.getLogger(__name__)
@@ -137,23 +137,9 @@ def run_once(settings: BenchmarkSettings, mode: Mode, *, console: Console,
                 report = session.run()
     finally:
         close_cameras(cameras)
-    drop = not settings.keep_raw and _videos_verified(report)
-    result = from_session(report, config=config, environment=env, raw_kept=not drop)
-    if drop:
-        _drop_raw(report.raw_storage)
-    return result
-
-
-def _videos_verified(report: SessionReport) -> bool:
-    """True when every submitted job has a verified video, so the raw frames can go."""
-    expected = sum(len(ep.job_ids) for ep in report.episodes)
-    ok = sum(r.ok for r in report.results)
-    if ok == expected == len(report.results):
-        return True
-    # Without its raw frames a failed encode could be neither retried nor investigated.
-    logger.warning("%d of %d videos are not verified (%d failed): keeping the raw frames "
-                   "in %s", expected - ok, expected, len(report.failed), report.raw_storage)
-    return False
+    # Completion deleted the raw frames of every episode it counted (unless --keep-raw).
+    return from_session(report, config=config, environment=env,
+                        raw_kept=bool(recordings_with_raw(open_storage(report.raw_storage))))
 
 
 def _config(settings: BenchmarkSettings, mode: Mode, *, storage: str, width: int,
@@ -203,19 +189,6 @@ def _outstanding_display(progress: Progress, farm: EncodingFarmClient | None) ->
         thread.join()
         client.close()
         progress.remove_task(task)
-
-
-def _drop_raw(url: str) -> None:
-    """Delete a run's raw frames (large); only once every video is verified."""
-    from encoder_worker.storage import open_storage
-
-    storage = open_storage(url)
-    local = storage.local_path(RAW_ROOT)
-    if local is not None:
-        shutil.rmtree(local, ignore_errors=True)
-        return
-    for key in storage.list_keys(RAW_ROOT):
-        storage.delete(key)
 
 
 def run_benchmark(settings: BenchmarkSettings, *,

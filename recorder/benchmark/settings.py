@@ -32,8 +32,6 @@ class BenchmarkSettings(RecorderSettings):
         description="processes of reproducible background load during each run's capture, "
                     "at normal priority: CPU work plus 64 MB written and fsynced every 2 s "
                     "each (recorder/benchmark/background.py)")
-    keep_raw: bool = Field(default=False,
-                           description="keep the runs' raw frames (large) after encoding")
 
     def modes(self) -> list[Literal["sync", "async"]]:
         """The runs to make, in the order the report reads them."""

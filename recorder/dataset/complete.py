@@ -25,6 +25,7 @@ from encoder_worker.jobs import EncodeResult, Status
 from encoder_worker.storage import Storage
 from recorder.dataset import metadata
 from recorder.dataset.layout import INFO_KEY, Layout
+from recorder.dataset.retention import drop_counted_raw
 from recorder.dataset.staging import StagedEpisode, load_rows, load_staged, staged_recordings
 from recorder.dataset.videos import VideoProbe, local_video, probe_video
 
@@ -43,6 +44,7 @@ class Completion:
     # (recording, why) of the first staged episode that cannot join yet; later ones wait too.
     waiting: tuple[int, str] | None = None
     staged_left: int = 0  # staged episodes not in the dataset after this pass
+    raw_dropped: list[int] = field(default_factory=list)  # recordings whose raw frames went
 
     @property
     def complete(self) -> bool:
@@ -57,14 +59,17 @@ def verified_videos(results: Iterable[EncodeResult]) -> dict[str, VideoProbe]:
 
 
 def complete_dataset(dataset: Storage, raw: Storage, *,
-                     verified: Mapping[str, VideoProbe] | None = None) -> Completion:
-    """Add every staged episode whose videos are all published; returns what happened.
+                     verified: Mapping[str, VideoProbe] | None = None,
+                     keep_raw: bool = False) -> Completion:
+    """Add every staged episode whose videos are all published, then delete the raw
+    frames of every episode the dataset counts (retention.py); returns what happened.
 
     Args:
         verified: video key (its key in dataset) -> frame count and duration, as the
             encode that published it verified them (verified_videos of its results).
             These videos are not read again; the others (an earlier run's, packed ones)
             are read back to count their frames, a download each on S3.
+        keep_raw: keep every raw frame (`--keep-raw`).
 
     Raises:
         DatasetError: no info.json, a dataset of another version, or a published video
@@ -123,6 +128,8 @@ def complete_dataset(dataset: Storage, raw: Storage, *,
             logger.info("dataset %s: episodes %s joined", dataset.url, result.added)
         result.total_episodes = info["total_episodes"]
         result.total_frames = info["total_frames"]
+        if not keep_raw:
+            result.raw_dropped = drop_counted_raw(raw, metadata.joined_recordings(rows))
         return result
 
 

@@ -48,6 +48,11 @@ class DatasetOptions(BaseModel):
     spool_max_mb: int = Field(
         default=4096, ge=1,
         description="raw MB waiting for upload (s3 storage) before recording waits for uploads")
+    keep_raw: bool = Field(
+        default=False,
+        description="keep every raw frame; by default an episode's raw frames are deleted once "
+                    "the dataset counts it (its videos verified): interrupted and cleared "
+                    "recordings keep theirs")
     spool_dir: Path | None = Field(
         default=None,
         description="local folder of raw files waiting for upload (s3 storage), one sub-folder "

@@ -325,7 +325,8 @@ class FarmDataset:
                 self._wait_for_farm()
             # Videos this run's encodes verified are not downloaded and probed again.
             self.completion = complete_dataset(self.storage, self.raw_storage,
-                                               verified=verified_videos(self.results))
+                                               verified=verified_videos(self.results),
+                                               keep_raw=self.options.keep_raw)
         finally:
             self._closed = True
             self._exit.close()
