@@ -54,7 +54,8 @@ def load_and_check_every_item(root: Path) -> int:
 def test_lerobot_loads_every_frame_before_and_after_packing(tmp_path):
     root = tmp_path / "conformance"
     dataset = FarmDataset.create("farm/conformance", fps=30, features=features(),
-                                 robot_type="sim", root=str(root))
+                                 robot_type="sim", root=str(root),
+                                 keep_raw=True)  # every item is compared with its raw frame
     record_episodes(dataset, episodes=EPISODES, frames=FRAMES)
     assert dataset.finalize().complete
     assert load_and_check_every_item(root) == EPISODES * FRAMES
