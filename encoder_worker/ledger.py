@@ -14,6 +14,9 @@
     farm:capture:<host>     set while a recorder on that host captures an episode (a short
                             TTL it refreshes): workers there started with --yield-to-capture
                             pause their encodes meanwhile (priority.CaptureYield)
+    farm:recorders          host -> {backlog, capturing, at}: what each recorder last said
+                            (every second while it records; the key lapses a minute after
+                            the last word): its episodes recorded and not encoded yet
     farm:progress           job -> {worker, frames_done, frames_total, fps, ...} of jobs
                             encoding now, at most one update a second (`encoder-worker status`)
     farm:done               the jobs that succeeded (sorted by time, trimmed at each add to
@@ -37,7 +40,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -49,6 +52,7 @@ logger = logging.getLogger(__name__)
 LEASE_PREFIX = "farm:lease:"
 JOIN_PREFIX = "farm:join:"
 CAPTURE_PREFIX = "farm:capture:"
+RECORDERS_KEY = "farm:recorders"
 CLAIMS_KEY = "farm:claims"
 WAITING_KEY = "farm:waiting"
 ATTEMPTS_PREFIX = "farm:attempts:"
@@ -254,6 +258,18 @@ class JobLedger:
     def capturing(self, host: str) -> bool:
         return bool(self.client.exists(CAPTURE_PREFIX + host))
 
+    # what each recorder last said of itself, for `encoder-worker status`
+    def report_recorder(self, host: str, *, backlog: int, capturing: bool, now: float,
+                        ttl_s: float) -> None:
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(RECORDERS_KEY, host, json.dumps(
+                {"backlog": backlog, "capturing": capturing, "at": now}))
+            pipe.expire(RECORDERS_KEY, max(1, int(ttl_s)))
+            pipe.execute()
+
+    def forget_recorder(self, host: str) -> None:
+        self.client.hdel(RECORDERS_KEY, host)
+
     # progress and history, for `encoder-worker status`
     def report_progress(self, job_id: str, record: dict[str, Any], *, ttl_s: float) -> None:
         """Set a running job's progress; the whole hash lapses ttl_s after the last update
@@ -290,8 +306,9 @@ class JobLedger:
             pipe.hlen(FAILED_KEY)
             pipe.llen(REJECTED_KEY)
             pipe.smembers(KOMBU_PIDBOX_BINDINGS_KEY)
+            pipe.hgetall(RECORDERS_KEY)
             (depth, next_raw, delivered, claims, waiting, progress, finished, failed,
-             rejected, pidboxes) = pipe.execute()
+             rejected, pidboxes, recorders) = pipe.execute()
         claims = {k.decode(): json.loads(v) for k, v in claims.items()}
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in claims:
@@ -306,6 +323,7 @@ class JobLedger:
             progress={k.decode(): json.loads(v) for k, v in progress.items()},
             finished=[json.loads(raw) for raw in finished], failed_kept=int(failed),
             rejected=int(rejected),
+            recorders={k.decode(): json.loads(v) for k, v in recorders.items()},
             control_nodes=sorted(
                 queue.removesuffix(_PIDBOX_SUFFIX) for queue in
                 (member.decode(errors="replace").split(_KOMBU_BINDING_SEP)[-1]
@@ -405,3 +423,4 @@ class LedgerSnapshot:
     # Worker nodes bound to Celery's control exchange (a stopped one until kombu expires
     # its binding): how many answers a broadcast can expect.
     control_nodes: list[str]
+    recorders: dict[str, dict[str, Any]] = field(default_factory=dict)  # host -> its word

@@ -86,6 +86,14 @@ class WaitingJob(BaseModel):
                                            "went away); negative: overdue")
 
 
+class RecorderStatus(BaseModel):
+    host: str
+    backlog: int = Field(description="episodes it recorded that are not encoded yet")
+    capturing: bool = Field(description="capturing an episode now")
+    said_s_ago: float = Field(description="seconds since it last said so (every second "
+                                          "while it records)")
+
+
 class RecentJobs(BaseModel):
     window_s: float
     capped: bool = Field(description="the history holds its maximum: older jobs of the "
@@ -113,6 +121,8 @@ class FarmStatus(BaseModel):
     recent: RecentJobs
     failed_kept: int = Field(description="failed jobs kept for `encoder-worker failed`")
     rejected: int = Field(description="queue items set aside on farm:rejected")
+    recorders: list[RecorderStatus] = Field(
+        default_factory=list, description="recorders that spoke in the last minute")
 
 
 class FarmReader:
@@ -226,7 +236,11 @@ def build_status(snapshot: LedgerSnapshot, replies: list[dict[str, Any]], *, bro
         workers=sorted(workers.values(), key=lambda w: w.name),
         fps=sum(w.fps for w in workers.values()), leases=leases, waiting=waiting,
         recent=_recent(finished), failed_kept=snapshot.failed_kept,
-        rejected=snapshot.rejected)
+        rejected=snapshot.rejected,
+        recorders=[RecorderStatus(host=host, backlog=int(word.get("backlog", 0)),
+                                  capturing=bool(word.get("capturing")),
+                                  said_s_ago=max(0.0, now - float(word.get("at", now))))
+                   for host, word in sorted(snapshot.recorders.items())])
 
 
 def _current_job(job_id: str, job: dict[str, Any], record: dict[str, Any] | None

@@ -77,6 +77,14 @@ def render(status: FarmStatus) -> RenderableType:
              f"{status.failed_kept} (`encoder-worker failed`); rejected queue items: "
              f"{status.rejected}"),
     ]
+    if status.recorders:
+        recorders = _table("Recorders (episodes recorded and not encoded yet)", "host",
+                           "backlog", "capturing", "said")
+        for recorder in status.recorders:
+            recorders.add_row(recorder.host, f"{recorder.backlog} episodes",
+                              "yes" if recorder.capturing else "no",
+                              f"{duration(recorder.said_s_ago)} ago")
+        parts.append(recorders)
     if status.workers:
         parts.append(_workers_table(status))
     if status.leases:

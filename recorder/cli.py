@@ -138,15 +138,19 @@ def run_record(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 
 
 def print_summary(report: SessionReport, *, console: Console) -> None:
+    farm = report.mode == "async"
     episodes = Table(title=f"Episodes ({report.mode} encoding)")
-    for column in ("recording", "frames/camera", "late", "capture s", "save s",
-                   "submit s" if report.mode == "async" else "inline encode s"):
+    columns = ["recording", "frames/camera", "late", "capture s", "save s",
+               "submit s" if farm else "inline encode s"]
+    for column in [*columns, "backlog"] if farm else columns:
         episodes.add_column(column, justify="right")
     for ep in report.episodes:
-        blocking = ep.submission_s if report.mode == "async" else ep.inline_encode_s
+        blocking = ep.submission_s if farm else ep.inline_encode_s
         capture = ep.capture or CaptureStats(frames=ep.frames)
-        episodes.add_row(str(ep.recording), str(capture.frames), str(capture.late_frames),
-                         f"{capture.capture_s:.2f}", f"{ep.save_s:.2f}", f"{blocking:.2f}")
+        row = [str(ep.recording), str(capture.frames), str(capture.late_frames),
+               f"{capture.capture_s:.2f}", f"{ep.save_s:.2f}", f"{blocking:.2f}"]
+        # Episodes recorded and not encoded yet once this one was with the farm.
+        episodes.add_row(*row, *([str(ep.backlog)] if farm else []))
     console.print(episodes)
 
     print_videos(report.results, console=console)

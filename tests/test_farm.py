@@ -1,8 +1,10 @@
 """End to end on one machine: our own redis-server, real worker subprocesses, real encodes."""
 
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 from episodes import job_for, slow_job, write_episode
+from recordings import features, record_episodes
 from video_checks import check_video_against_raw
 
 from encoder_worker.broker import redis_client
@@ -28,9 +31,11 @@ from encoder_worker.raw_episode import Manifest
 from encoder_worker.raw_layout import raw_prefix, recording_prefix
 from encoder_worker.reaper import LeaseReaper
 from encoder_worker.settings import WorkerSettings
+from encoder_worker.status import farm_status
 from encoder_worker.storage import open_storage
 from encoder_worker.tasks import MAX_ENCODE_ATTEMPTS
 from recorder.capture.cameras.synthetic import synthetic_cameras
+from recorder.dataset import FarmDataset
 from recorder.farm.client import EncodingFarmClient
 from recorder.session import RecordingSession
 from recorder.settings import RecorderSettings
@@ -391,3 +396,31 @@ def test_failed_jobs_are_listed_and_requeued(tmp_path, broker_url, start_worker)
     assert worker_cli("failed").stdout.strip() == "no failed jobs"
     unknown = worker_cli("requeue", "nosuchjob")
     assert unknown.returncode == 1 and "no failed job nosuchjob" in unknown.stderr
+
+
+def test_the_backlog_is_reported_said_once_past_its_limit_and_shown_per_host(
+        tmp_path, broker_url, start_worker, caplog):
+    # A farm slower than the robot: no worker while 3 episodes are recorded.
+    caplog.set_level(logging.INFO, logger="recorder")
+    with EncodingFarmClient(broker_url) as farm:
+        dataset = FarmDataset.create("test/backlog", fps=30, features=features(64, 48),
+                                     root=str(tmp_path / "ds"), async_encoding=True,
+                                     farm=farm, codec="libx264", backlog_limit=1)
+        record_episodes(dataset, episodes=3, frames=5)
+        dataset.finish_uploads()  # every episode handed to the farm
+        # Counted as each episode reached the farm: nothing encoded, so it only grows.
+        backlogs = [e.backlog for e in dataset.episodes]
+        assert backlogs == sorted(backlogs) and backlogs[-1] == 3 and backlogs[0] >= 1
+        assert caplog.text.count("the farm encodes slower than the robot records") == 1
+        assert "recorded episodes are not encoded yet (more than --backlog-limit 1)" in \
+            caplog.text
+        status = wait_for(lambda: [r for r in farm_status(broker_url).recorders
+                                   if r.backlog == 3], timeout_s=10,
+                          what="the recorder's backlog in the farm's status")
+        assert status[0].host == socket.gethostname()
+        start_worker(broker_url)
+        assert dataset.finalize().total_episodes == 3
+    shown = subprocess.run([sys.executable, "-m", "encoder_worker.cli", "status", "--broker",
+                            broker_url, "--json"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["recorders"] == [], "a closed recorder says goodbye"

@@ -72,6 +72,8 @@ class EpisodeCommitter:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         self._commits: deque[Future[None]] = deque()  # a farm's: raised in order
         self._ready: deque[Delivery] = deque()  # uploaded, not yet delivered
+        self._undelivered: set[int] = set()  # recordings saved, their jobs not sent yet
+        self._said_backlog = False
         self._lock = threading.Lock()
         self._finished = False
         self.spool: UploadSpool | None = None
@@ -97,6 +99,7 @@ class EpisodeCommitter:
         # jobs were never sent.
         for key, upload in leftovers.uploads.items():
             if (recording := recording_of_record(key)) is not None:
+                self._undelivered.add(recording)
                 self._deliver_when_stored(upload, Delivery(recording))
 
     def sink(self, prefix: str) -> RawSink:
@@ -122,6 +125,8 @@ class EpisodeCommitter:
         if self.inline:
             self._commit(episode, report)
         else:
+            with self._lock:
+                self._undelivered.add(episode.recording)
             self._commits.append(self._thread.submit(self._commit, episode, report))
 
     def raise_failed(self) -> None:
@@ -209,6 +214,31 @@ class EpisodeCommitter:
                 delivery.report.submission_s += spent
             else:
                 delivery.report.inline_encode_s += spent
+        if self.farm is not None:
+            with self._lock:
+                self._undelivered.discard(delivery.recording)
+            self._check_backlog(delivery)
+
+    def _check_backlog(self, delivery: Delivery) -> None:
+        """Count the episodes recorded and not encoded yet, say so once past the limit."""
+        assert self.farm is not None
+        self.farm.poll()  # the results that came in since
+        with self._lock:
+            undelivered = set(self._undelivered)
+        backlog = self.farm.backlog_episodes(also=undelivered)
+        if delivery.report is not None:
+            delivery.report.backlog = backlog
+        logger.info("recording %d is with the farm; %d recorded episodes are not encoded yet",
+                    delivery.recording, backlog)
+        limit = self.plan.farm.backlog_limit
+        if backlog > limit and not self._said_backlog:
+            self._said_backlog = True
+            logger.warning(
+                "%d recorded episodes are not encoded yet (more than --backlog-limit %d): the "
+                "farm encodes slower than the robot records, and the backlog grows while "
+                "recording goes on. Add workers (--video-encoding-workers, or `encoder-worker "
+                "run` on another machine), or encode faster (--codec libx264, or a faster "
+                "--preset)", backlog, limit)
 
     def _missing_jobs(self, delivery: Delivery) -> list[EncodeJob]:
         """The jobs of an earlier run's episode whose videos are not published."""

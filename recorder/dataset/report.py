@@ -22,5 +22,7 @@ class EpisodeReport:
     submission_s: float = 0.0  # farm: sending jobs, waiting for queue room included
     inline_encode_s: float = 0.0  # inline: the recorder blocked on encoding
     writer_waits: int = 0  # frames for which a camera writer was behind and add_frame waited
+    # farm: episodes recorded and not encoded yet once this one was handed to the farm
+    backlog: int = 0
     job_ids: list[str] = field(default_factory=list)
     capture: CaptureStats | None = None  # filled in by a capture loop that measured it

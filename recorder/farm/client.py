@@ -14,7 +14,7 @@ import logging
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -35,7 +35,7 @@ from encoder_worker.jobs import (
     task_outcome,
 )
 from encoder_worker.ledger import JobLedger
-from recorder.farm.announcer import CaptureAnnouncer
+from recorder.farm.announcer import RecorderAnnouncer
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +114,21 @@ class EncodingFarmClient:
         self.health_check: Callable[[], None] | None = None
         self.submitted = 0
         self.resent = 0  # jobs sent again because the farm had lost them
-        self._capture = CaptureAnnouncer(self._ledger)
+        self._announcer = RecorderAnnouncer(self._ledger)
         self.submission_wait_s = 0.0
 
     def capturing(self, capturing: bool) -> None:
         """Say whether this host's recorder is capturing an episode now (never blocks):
         workers beside it started with --yield-to-capture pause meanwhile."""
-        self._capture.set(capturing)
+        self._announcer.capturing(capturing)
+
+    def backlog_episodes(self, *, also: Iterable[int] = ()) -> int:
+        """Recordings with a video not encoded yet (sent, or waiting to be sent), with also
+        (episodes recorded and not handed over yet); said to the farm for its status."""
+        recordings = {e.job.recording for e in self._outstanding.values()}
+        recordings |= {job.recording for job in self._unsent} | set(also)
+        self._announcer.backlog(len(recordings))
+        return len(recordings)
 
     def submit(self, job: EncodeJob) -> float:
         """Queue one job; returns the seconds spent waiting for room under queue_size.
@@ -308,7 +316,7 @@ class EncodingFarmClient:
         )
 
     def close(self) -> None:
-        self._capture.close()
+        self._announcer.close()
         # Jobs not waited for (--no-wait) stay queued at the farm. Their handles stop
         # listening for results now, while Redis answers; later, their __del__ would.
         for entry in self._outstanding.values():

@@ -20,6 +20,10 @@ class FarmOptions(BaseModel):
         default=False,
         description="the storage folders are on a disk every worker mounts (NFS); workers "
                     "map them with their own --storage")
+    backlog_limit: int = Field(
+        default=3, ge=1,
+        description="episodes recorded and not encoded yet beyond which the recorder says "
+                    "that the farm is slower than the robot (once), with what to do")
     # Defaults measured (benchmarks/README.md, "Split episodes"): see recorder/dataset/
     # jobs.py's part_count for why.
     split_after_s: float = Field(
