@@ -26,7 +26,7 @@ from recorder.dataset import DatasetError
 from recorder.dataset.complete import Completion
 from recorder.dataset.pack import PackError, pack_dataset
 from recorder.farm.setup import RecorderError
-from recorder.farm.upload_spool import SpoolBusy
+from recorder.farm.spool_folder import SpoolBusy
 from recorder.interrupts import interrupt_on_sigterm
 from recorder.pending import encode_pending
 from recorder.progress import report_console

@@ -28,7 +28,7 @@ from recorder.dataset.report import EpisodeReport
 from recorder.dataset.writer import FarmDataset
 from recorder.farm.client import EncodingFarmClient
 from recorder.farm.setup import farm_for
-from recorder.farm.upload_spool import spool_folder, spooled_files
+from recorder.farm.spool_folder import spool_folder, spooled_files
 from recorder.progress import progress_display
 from recorder.settings import RecorderSettings
 

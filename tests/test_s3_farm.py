@@ -30,8 +30,8 @@ from recorder import session
 from recorder.capture.cameras.synthetic import synthetic_cameras
 from recorder.dataset import writer
 from recorder.farm import setup as farm_setup
+from recorder.farm.spool_folder import spool_folder
 from recorder.farm.storage_check import broker_is_local, check_farm_storage
-from recorder.farm.upload_spool import spool_folder
 from recorder.settings import RecorderSettings
 
 # --keep-raw: the videos are checked against their raw episodes.

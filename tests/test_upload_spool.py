@@ -15,8 +15,10 @@ from encoder_worker.raw_episode import DirectSink, RawEpisodeReader, RawEpisodeW
 from encoder_worker.storage import StorageError
 from encoder_worker.storage.local import LocalStorage
 from encoder_worker.storage.s3 import S3Storage, s3_error
-from recorder.farm import upload_spool
-from recorder.farm.upload_spool import SpoolBusy, UploadSpool, spool_folder
+from recorder.farm import spool_folder as folders
+from recorder.farm.spool_folder import SpoolBusy, spool_folder
+from recorder.farm.spool_sink import SpoolSink
+from recorder.farm.upload_spool import UploadSpool
 
 
 class FlakyStorage(LocalStorage):
@@ -55,7 +57,7 @@ class FlakyStorage(LocalStorage):
 
 def write_episode(spool: UploadSpool, *, episode: int, camera: str, frames: int,
                   durable: bool = False) -> list[np.ndarray]:
-    sink = spool.sink(f"raw/episode_{episode:06d}/{camera}", durable_manifest=durable)
+    sink = SpoolSink(spool, f"raw/episode_{episode:06d}/{camera}", durable_manifest=durable)
     writer = RawEpisodeWriter(sink, episode=episode, camera=camera, width=32, height=16,
                               fps=30, segment_frames=4)
     rng = np.random.default_rng(episode)
@@ -68,7 +70,7 @@ def write_episode(spool: UploadSpool, *, episode: int, camera: str, frames: int,
 
 def spooled_files(root: Path) -> list[str]:
     """Names of the files waiting in the spool folder root."""
-    return sorted(p.name for p in upload_spool.spooled_files(root))
+    return sorted(p.name for p in folders.spooled_files(root))
 
 
 def test_uploads_in_background_manifest_last(tmp_path: Path) -> None:
@@ -177,7 +179,7 @@ def test_permanent_error_fails_the_next_commit(tmp_path: Path) -> None:
     storage.down.set()
     storage.code = "NoSuchBucket"
     spool = UploadSpool(storage, tmp_path / "spool", max_bytes=10**9)
-    sink = spool.sink("raw/episode_000000/cam0")
+    sink = SpoolSink(spool, "raw/episode_000000/cam0", durable_manifest=False)
     with sink.open_segment("segment_00000.raw") as f:
         f.write(b"x" * 100)
     sink.commit_segment("segment_00000.raw", f)
@@ -258,7 +260,7 @@ def leave_episode(root: Path, *, episode: int, frames: int,
     finish=False: the writer died mid-segment, leaving a partial file and no manifest.
     """
     prefix = f"raw/episode_{episode:06d}/cam0"
-    sink = DirectSink(LocalStorage(root / upload_spool.KEYS_DIR), prefix)
+    sink = DirectSink(LocalStorage(root / folders.KEYS_DIR), prefix)
     writer = RawEpisodeWriter(sink, episode=episode, camera="cam0", width=32, height=16,
                               fps=30, segment_frames=4)
     rng = np.random.default_rng(episode)
@@ -339,7 +341,7 @@ def test_a_spool_file_that_is_gone_stops_the_spool_instead_of_retrying(tmp_path:
     storage.down.set()  # refused (an outage) until the file is gone
     spool = UploadSpool(storage, tmp_path / "spool", max_bytes=10**9, retry_initial_s=0.01,
                         retry_max_s=0.05)
-    sink = spool.sink("raw/episode_000000/cam0")
+    sink = SpoolSink(spool, "raw/episode_000000/cam0", durable_manifest=False)
     with sink.open_segment("segment_00000.raw") as f:
         f.write(b"x" * 100)
     sink.commit_segment("segment_00000.raw", f)

@@ -33,7 +33,9 @@ from recorder.dataset.jobs import JobPlan, encode_inline, video_job_ids
 from recorder.dataset.report import EpisodeReport
 from recorder.dataset.staging import load_staged
 from recorder.farm.client import EncodingFarmClient
-from recorder.farm.upload_spool import SpoolSink, Upload, UploadSpool, spool_folder
+from recorder.farm.spool_folder import spool_folder
+from recorder.farm.spool_sink import SpoolSink
+from recorder.farm.upload_spool import Upload, UploadSpool
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ class EpisodeCommitter:
             return DirectSink(self.raw, prefix)
         # Inline encoding reads the episode back at once: its manifest must be stored
         # before the writer's close() returns.
-        return self.spool.sink(prefix, durable_manifest=self.inline)
+        return SpoolSink(self.spool, prefix, durable_manifest=self.inline)
 
     # -- committing --------------------------------------------------------------------
 

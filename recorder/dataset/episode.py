@@ -18,7 +18,7 @@ from encoder_worker.raw_episode import DirectSink, Manifest
 from recorder.capture.raw_writer import CameraWriter
 from recorder.dataset.staging import StagedEpisode, rows_to_parquet
 from recorder.dataset.stats import ImageStats, Stats, numeric_stats, to_json
-from recorder.farm.upload_spool import SpoolSink
+from recorder.farm.spool_sink import SpoolSink
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,9 @@ outage), committing the next segment waits for uploads to free room: the camera 
 then fall behind and the record loop waits for them (counted as writer waits and late
 frames). Frames are delayed, never dropped; the log says why.
 
-The spool outlives the process. One folder per storage URL (spool_folder()) holds:
-    storage-url     the URL its files belong to
-    lock            flock()ed by the one process that uploads from the folder
-    keys/<key>      each file waiting for upload, at its key under that URL
-A file whose name starts with "." is still being written (".segment_00003.raw.partial",
-".manifest.json.partial"): never uploaded. A process that died with uploads pending
+The spool outlives the process: one folder per storage URL (spool_folder.py). A file
+still being written (a dotted ".segment_00003.raw.partial") is never uploaded. A process
+that died with uploads pending
 leaves its files there; the next UploadSpool on the folder queues them first (resume())
 and removes the ones it left unfinished (a full disk, a crash): provably incomplete, they
 can never be uploaded, and on a full disk they hold the space the next run needs.
@@ -28,11 +25,8 @@ can never be uploaded, and on a full disk they hold the space the next run needs
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import logging
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -40,43 +34,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
 
-from pydantic import ValidationError
-
-from encoder_worker.raw_episode import Manifest
-from encoder_worker.raw_layout import MANIFEST_NAME, manifest_key, partial_name
+from encoder_worker.raw_layout import MANIFEST_NAME, partial_name
 from encoder_worker.storage import Storage, StorageError
+from recorder.farm.spool_folder import (
+    KEYS_DIR,
+    claim_folder,
+    fsync_file,
+    leftover_folders,
+    lock_folder,
+)
 
 logger = logging.getLogger(__name__)
 
-KEYS_DIR = "keys"
-URL_FILE = "storage-url"
-LOCK_FILE = "lock"
-
-
-class SpoolBusy(StorageError):
-    """Another live process holds the spool folder's lock."""
-
-
-def spool_folder(spool_dir: Path, storage_url: str) -> Path:
-    """The spool folder of one storage URL under spool_dir: a readable slug and a hash.
-
-    The hash keeps two datasets apart even where their slugs are cut to the same text.
-    """
-    digest = hashlib.sha256(storage_url.encode()).hexdigest()[:12]
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", storage_url.split("://", 1)[-1]).strip("-.")
-    return spool_dir / f"{slug[:48]}-{digest}"
-
-
-def spooled_files(root: Path) -> list[Path]:
-    """Every file in the spool folder root waiting for upload, unfinished ones included."""
-    return sorted(p for p in (root / KEYS_DIR).rglob("*") if p.is_file())
-
-
-def _unfinished(path: Path) -> bool:
-    # Writers write under a dotted name and rename when the file is complete.
-    return path.name.startswith(".")
 
 
 @dataclass
@@ -146,9 +116,9 @@ class UploadSpool:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.keys_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd: int | None = _lock(root, storage.url)
+        self._lock_fd: int | None = lock_folder(root, storage.url)
         try:
-            _claim(root, storage.url)
+            claim_folder(root, storage.url)
         except BaseException:
             self._unlock()
             raise
@@ -193,28 +163,22 @@ class UploadSpool:
             raise RuntimeError("resume() was called already: its files are queued")
         self._resumed = True
         found = Leftovers()
-        folders: dict[Path, list[Path]] = {}
-        for path in spooled_files(self.root):
-            folders.setdefault(path.parent, []).append(path)
-        for folder, paths in folders.items():
-            complete = [p for p in paths if not _unfinished(p)]
-            for path in (p for p in paths if _unfinished(p)):
+        for leftover in leftover_folders(self.keys_dir):
+            for path in leftover.unfinished:
                 found.dropped.append(self._key(path))
                 found.dropped_bytes += path.stat().st_size
                 path.unlink()
-            segments = [p for p in complete if p.name != MANIFEST_NAME]
-            manifest = folder / MANIFEST_NAME if len(segments) < len(complete) else None
-            problem = _check_manifest(manifest, segments) if manifest is not None else None
-            if problem is not None:
+            complete = [*leftover.segments, *([leftover.manifest] if leftover.manifest else [])]
+            if leftover.problem is not None:
                 logger.error("upload spool: %s; keeping %s/ and not uploading it",
-                             problem, folder)
+                             leftover.problem, leftover.folder)
                 found.kept += [self._key(p) for p in complete]
                 continue
             # Sized before queueing: the upload threads move files out of the spool.
             found.bytes += sum(p.stat().st_size for p in complete)
-            earlier = [self._queue_leftover(path) for path in segments]
-            if manifest is not None:
-                earlier.append(self._queue_leftover(manifest, after=earlier))
+            earlier = [self._queue_leftover(path) for path in leftover.segments]
+            if leftover.manifest is not None:
+                earlier.append(self._queue_leftover(leftover.manifest, after=earlier))
             found.queued += [upload.key for upload in earlier]
             found.uploads.update((upload.key, upload) for upload in earlier)
         if found.queued:
@@ -257,10 +221,6 @@ class UploadSpool:
                              key=lambda p: len(p.parts), reverse=True):
             with contextlib.suppress(OSError):  # not empty
                 folder.rmdir()
-
-    def sink(self, prefix: str, *, durable_manifest: bool = False) -> SpoolSink:
-        """A SegmentSink for one raw episode prefix that writes into this spool."""
-        return SpoolSink(self, prefix, durable_manifest=durable_manifest)
 
     def enqueue(self, key: str, path: Path, *, after: list[Upload] | None = None) -> Upload:
         """Queue a finished spool file for upload; waits while the spool is full.
@@ -349,7 +309,7 @@ class UploadSpool:
                 failures += 1
                 if failures == 1:
                     # It will wait in the spool: now it must survive a power cut.
-                    _fsync(upload.path)
+                    fsync_file(upload.path)
                 with self._cond:
                     if _permanent(exc):
                         self._fail(exc)
@@ -455,102 +415,6 @@ class UploadSpool:
         self.close()
 
 
-class SpoolSink:
-    """SegmentSink of one raw episode: segments into the spool, then uploaded in order."""
-
-    def __init__(self, spool: UploadSpool, prefix: str, *, durable_manifest: bool) -> None:
-        self.spool = spool
-        self.prefix = prefix
-        # True: commit_manifest returns only once the manifest is stored (inline encoding
-        # reads the episode back right away).
-        self.durable_manifest = durable_manifest
-        self._dir = spool.keys_dir / prefix
-        self._dir.mkdir(parents=True, exist_ok=True)
-        self._segments: list[Upload] = []
-        self.manifest_upload: Upload | None = None
-
-    def open_segment(self, name: str) -> BinaryIO:
-        return open(self._dir / partial_name(name), "wb")
-
-    def commit_segment(self, name: str, file: BinaryIO) -> None:
-        # No fsync here: it stalls capture on a busy host, and most segments leave the
-        # spool within seconds. The uploader syncs a file once it has to wait.
-        file.close()
-        path = self._dir / name
-        os.replace(file.name, path)
-        self._segments.append(self.spool.enqueue(f"{self.prefix}/{name}", path))
-
-    def commit_manifest(self, manifest: Manifest) -> None:
-        path = self._dir / MANIFEST_NAME
-        tmp = path.with_name(partial_name(MANIFEST_NAME))
-        tmp.write_bytes(manifest.model_dump_json().encode())
-        os.replace(tmp, path)
-        upload = self.spool.enqueue(manifest_key(self.prefix), path, after=self._segments)
-        self.manifest_upload = upload
-        if self.durable_manifest:
-            self.spool.wait_for_upload(upload)
-
-
-def _lock(root: Path, storage_url: str) -> int:
-    """Take the spool folder's lock; returns its open descriptor (closing it unlocks).
-
-    flock() is released by the kernel when its holder dies, so a lock left by a killed
-    recorder never blocks the next one.
-
-    Raises:
-        SpoolBusy: another live process holds it.
-    """
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise SpoolBusy(
-            f"another recorder (pid {holder}) is using the upload spool {root} for "
-            f"{storage_url}: wait until it has finished, or give this one another "
-            f"--spool-dir (FARM_SPOOL_DIR)") from None
-    except BaseException:
-        os.close(fd)
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _claim(root: Path, storage_url: str) -> None:
-    """Record the storage URL of root's files, or refuse a folder that holds another's.
-
-    Raises:
-        StorageError: root belongs to another storage URL.
-    """
-    path = root / URL_FILE
-    if path.exists():
-        owner = path.read_text().strip()
-        if owner != storage_url:
-            raise StorageError(f"the upload spool {root} holds files for {owner}, not "
-                               f"{storage_url}: give this storage another spool folder")
-        return
-    tmp = path.with_name(partial_name(URL_FILE))
-    tmp.write_text(f"{storage_url}\n")
-    os.replace(tmp, path)
-
-
-def _check_manifest(path: Path, segments: list[Path]) -> str | None:
-    """Why a spooled manifest must not be uploaded with these segments, or None."""
-    try:
-        manifest = Manifest.model_validate_json(path.read_bytes())
-    except (OSError, ValidationError) as exc:
-        return f"{path} cannot be read ({type(exc).__name__})"
-    sizes = {info.name: info.bytes for info in manifest.segments}
-    for segment in segments:
-        size = segment.stat().st_size
-        if segment.name in sizes and size != sizes[segment.name]:
-            return (f"{segment} has {size} bytes, its manifest says "
-                    f"{sizes[segment.name]}")
-    return None
-
-
 def _permanent(exc: BaseException) -> bool:
     """Whether no retry can fix an upload error: as the storage classified it; a spool
     file that is gone or unreadable (not a StorageError) cannot be uploaded either."""
@@ -559,9 +423,3 @@ def _permanent(exc: BaseException) -> bool:
     return isinstance(exc, OSError)
 
 
-def _fsync(path: Path) -> None:
-    try:
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-    except OSError:
-        logger.warning("could not flush %s to disk", path, exc_info=True)
