@@ -23,7 +23,9 @@ INSTALL = "pip install 'robot-encoding-farm[lerobot]'  (LeRobot >=0.6.1,<0.7, Py
 SEAMS: dict[str, tuple[str, ...]] = {
     "lerobot.scripts.lerobot_record": (
         "LeRobotDataset", "VideoEncodingManager", "record", "main", "RecordConfig",
-        "sanity_check_dataset_robot_compatibility", "init_keyboard_listener"),
+        "sanity_check_dataset_robot_compatibility", "init_keyboard_listener",
+        "register_third_party_plugins"),
+    "lerobot.configs.parser": ("wrap",),
     "lerobot.configs.dataset": ("DatasetRecordConfig",),
     "lerobot.configs.video": ("RGBEncoderConfig",),
     "lerobot.datasets.lerobot_dataset": ("LeRobotDataset",),
