@@ -12,8 +12,9 @@
                             for a set time (`encoder-worker failed`, `encoder-worker requeue`)
     farm:rejected           queue items that were not messages, set aside (transport.py)
     farm:capture:<host>     set while a recorder on that host captures an episode (a short
-                            TTL it refreshes): workers there started with --yield-to-capture
-                            pause their encodes meanwhile (priority.CaptureYield)
+                            TTL it refreshes), naming the CPUs it keeps for itself: workers
+                            there pause (--yield-to-capture) or encode on the other CPUs
+                            (--share-with-capture) meanwhile (priority.CaptureYield)
     farm:recorders          host -> {backlog, capturing, at}: what each recorder last said
                             (every second while it records; the key lapses a minute after
                             the last word): its episodes recorded and not encoded yet
@@ -40,6 +41,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -249,14 +251,27 @@ class JobLedger:
         return dict(json.loads(raw))
 
     # a recorder capturing on a host, for the workers beside it
-    def announce_capture(self, host: str, *, ttl_s: float) -> None:
-        self.client.set(CAPTURE_PREFIX + host, "1", px=max(1, int(ttl_s * 1000)))
+    def announce_capture(self, host: str, *, ttl_s: float, cpus: Sequence[int] = ()) -> None:
+        """cpus: the CPUs the capture keeps for itself; none named: all of them."""
+        self.client.set(CAPTURE_PREFIX + host, json.dumps({"cpus": list(cpus)}),
+                        px=max(1, int(ttl_s * 1000)))
 
     def end_capture(self, host: str) -> None:
         self.client.delete(CAPTURE_PREFIX + host)
 
     def capturing(self, host: str) -> bool:
         return bool(self.client.exists(CAPTURE_PREFIX + host))
+
+    def capture_cpus(self, host: str) -> set[int] | None:
+        """The CPUs a capturing recorder on host keeps for itself; None: no capture; an
+        empty set: a recorder that names none (an older one): all of them."""
+        raw = self.client.get(CAPTURE_PREFIX + host)
+        if raw is None:
+            return None
+        try:
+            return {int(cpu) for cpu in json.loads(raw).get("cpus", [])}
+        except (ValueError, AttributeError, TypeError):
+            return set()
 
     # what each recorder last said of itself, for `encoder-worker status`
     def report_recorder(self, host: str, *, backlog: int, capturing: bool, now: float,

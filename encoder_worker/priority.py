@@ -97,36 +97,53 @@ CAPTURE_YIELD_MAX_S = 600.0
 
 
 class CaptureYield:
-    """An encode's pause point (--yield-to-capture): returns at once, unless a recorder
-    on this host is capturing an episode; then waits until it stops.
+    """An encode's pause point beside a recorder on this host: returns at once, unless a
+    recorder on this host is capturing an episode. Then, with share (--share-with-capture),
+    the encode's threads move to the CPUs the capture leaves and the encode goes on (and
+    back to all CPUs once the capture ends); without it (--yield-to-capture) it waits
+    until the capture stops.
 
     Even SCHED_IDLE encoders cost a record loop slots on a small host (measured: two idle
     spinners gave 17 and 5 late slots of 300 where none ran gave 0 and 3): the cores
     share caches and, in a VM, the hypervisor's time. Pausing gives the loop the whole
-    host; encodes catch up between episodes and after the last one. Bounded by budget_s
-    in all per job, so that a session of back-to-back episodes cannot run a job into its
-    time limit; a Redis that does not answer never pauses anything.
+    host; encodes catch up between episodes and after the last one. Sharing keeps the
+    capture's CPUs free of encodes and uses the others (benchmarks/README.md measures
+    both). A pause is bounded by budget_s in all per job, so that a session of
+    back-to-back episodes cannot run a job into its time limit; a Redis that does not
+    answer never pauses anything.
     """
 
     def __init__(self, ledger: JobLedger, *, budget_s: float, host: str | None = None,
-                 on_pause: Callable[[bool], None] | None = None) -> None:
+                 on_pause: Callable[[bool], None] | None = None, share: bool = False) -> None:
         self.ledger = ledger
         self.host = host or socket.gethostname()
         self.budget_s = budget_s
         self.on_pause = on_pause
+        self.share = share
         self.paused_s = 0.0
         self._warned = False
+        self._all_cpus = os.sched_getaffinity(0)
+        self._cpus = self._all_cpus  # the encode's threads run on these now
 
     def __call__(self) -> None:
-        if self.paused_s >= self.budget_s or not self._capturing():
+        kept = self._kept_cpus()
+        if self.share:
+            free = self._all_cpus - (kept or set())
+            if free:  # the capture leaves these (all of them: no capture)
+                self._run_on(free)
+                return
+        if kept is None or self.paused_s >= self.budget_s:
             return
+        self._pause()
+
+    def _pause(self) -> None:
         started = time.monotonic()
         logger.info("a recorder on %s is capturing: encode paused until its episode ends",
                     self.host)
         if self.on_pause is not None:
             self.on_pause(True)
         try:
-            while self._capturing():
+            while self._kept_cpus() is not None:
                 waited = self.paused_s + time.monotonic() - started
                 if waited >= self.budget_s:
                     logger.warning("paused %.0fs for the recorder's capture, this job's "
@@ -138,12 +155,29 @@ class CaptureYield:
             if self.on_pause is not None:
                 self.on_pause(False)
 
-    def _capturing(self) -> bool:
+    def _run_on(self, cpus: set[int]) -> None:
+        """Every thread of this process (the codec's, the reader's, the verifier's) on
+        cpus: Linux keeps affinity per thread."""
+        if cpus == self._cpus:
+            return
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):  # a thread that just ended
+                os.sched_setaffinity(int(task), cpus)
+        logger.info("a recorder on %s is %s: encoding on CPUs %s", self.host,
+                    "capturing" if cpus != self._all_cpus else "done capturing",
+                    ",".join(map(str, sorted(cpus))))
+        self._cpus = cpus
+
+    def _kept_cpus(self) -> set[int] | None:
+        """Which of this worker's CPUs a capture on this host keeps; None: no capture."""
         try:
-            return self.ledger.capturing(self.host)
+            kept = self.ledger.capture_cpus(self.host)
         except RedisError as exc:
             if not self._warned:
                 logger.warning("cannot tell whether a recorder captures here (%s): "
                                "encoding without pauses", exc)
                 self._warned = True
-            return False
+            return None
+        if kept is None:
+            return None
+        return kept & self._all_cpus if kept else set(self._all_cpus)  # none named: all

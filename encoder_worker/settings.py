@@ -103,6 +103,10 @@ class WorkerSettings(BaseSettings):
         description="pause encodes while a recorder on this host captures an episode, and "
                     "encode between episodes and after them (a robot host whose capture "
                     "must not lose a slot; see docs/architecture.md)")
+    share_with_capture: bool = Field(
+        default=False,
+        description="while a recorder on this host captures an episode, encode only on the "
+                    "CPUs it leaves (it names the ones it keeps); pause where it keeps all")
     nice: int = Field(default=0, ge=0, le=19,
                       description="lower the worker's CPU priority (beside a record loop)")
     metrics_port: int | None = Field(

@@ -272,11 +272,12 @@ def capture_yield(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
                   progress: ProgressCallback | None) -> CaptureYield | None:
     """The job's pause point with --yield-to-capture: paused at most half its time limit
     in all, so that pausing never makes it run over."""
-    if not settings.yield_to_capture:
+    if not (settings.yield_to_capture or settings.share_with_capture):
         return None
     budget = job.time_limit_s / 2 if job.time_limit_s else CAPTURE_YIELD_MAX_S
     on_pause = getattr(progress, "paused", None)
-    return CaptureYield(ledger, budget_s=budget, on_pause=on_pause)
+    return CaptureYield(ledger, budget_s=budget, on_pause=on_pause,
+                        share=settings.share_with_capture)
 
 
 def _over_time_limit(task: Task, ledger: JobLedger, job: EncodeJob) -> EncodeResult:

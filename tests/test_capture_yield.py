@@ -1,10 +1,14 @@
-"""Workers beside a recorder (--yield-to-capture) pause while it captures an episode."""
+"""Workers beside a recorder pause while it captures an episode (--yield-to-capture), or
+encode on the CPUs it leaves (--share-with-capture)."""
 
 import json
+import os
 import socket
 import threading
+import time
 
 import numpy as np
+import pytest
 from conftest import wait_for
 from episodes import job_for, write_episode
 from video_checks import check_video_against_raw
@@ -93,3 +97,53 @@ def test_a_recorder_that_died_mid_capture_stops_pausing_within_seconds(broker_ur
     pause()
     assert 0 < pause.paused_s < 10
     assert not ledger.capturing(HOST)
+
+
+def test_sharing_a_capture_host_encodes_on_the_cpus_the_capture_leaves(broker_url):
+    all_cpus = os.sched_getaffinity(0)
+    if len(all_cpus) < 2:
+        pytest.skip("sharing CPUs with a capture needs 2 of them")
+    kept = min(all_cpus)
+    ledger = JobLedger(redis_client(broker_url))
+    pauses: list[bool] = []
+    share = CaptureYield(ledger, budget_s=60, on_pause=pauses.append, share=True)
+    worker_thread = threading.Thread(target=time.sleep, args=(30,), daemon=True)
+    worker_thread.start()  # a codec's thread, started before the capture
+    try:
+        ledger.announce_capture(HOST, ttl_s=30, cpus=[kept])
+        share()
+        assert pauses == [], "no pause: it encodes beside the capture"
+        assert os.sched_getaffinity(0) == all_cpus - {kept}
+        assert os.sched_getaffinity(worker_thread.native_id) == all_cpus - {kept}
+        ledger.announce_capture(HOST, ttl_s=30)  # a recorder that names no CPU: all
+        waiting = threading.Thread(target=share)
+        waiting.start()
+        wait_for(lambda: pauses == [True], timeout_s=10, what="a pause")
+        ledger.end_capture(HOST)
+        waiting.join(timeout=10)
+        share()
+        assert os.sched_getaffinity(0) == all_cpus, "back on every CPU"
+    finally:
+        os.sched_setaffinity(0, all_cpus)
+
+
+def test_a_worker_sharing_the_host_encodes_through_the_capture(tmp_path, broker_url,
+                                                               start_worker):
+    all_cpus = os.sched_getaffinity(0)
+    if len(all_cpus) < 2:
+        pytest.skip("sharing CPUs with a capture needs 2 of them")
+    storage = open_storage(tmp_path / "data")
+    manifest = write_episode(storage, frames=120, width=320, height=240)
+    worker = start_worker(broker_url, "--share-with-capture", "--concurrency", "1")
+    client = redis_client(broker_url)
+    ledger = JobLedger(client)
+    ledger.announce_capture(HOST, ttl_s=120, cpus=[min(all_cpus)])
+    free = ",".join(map(str, sorted(all_cpus - {min(all_cpus)})))
+    with EncodingFarmClient(broker_url) as farm:
+        farm.submit(job_for(storage, manifest))
+        [result] = farm.wait(timeout_s=120)  # never ended the capture: no pause
+    assert result.status is Status.SUCCEEDED, result.error
+    assert result.timings.paused_s == 0
+    assert f"is capturing: encoding on CPUs {free}" in worker.output()
+    check_video_against_raw(storage.path(result.output_key), storage.url,
+                            raw_prefix(recording=0, camera="cam0"))

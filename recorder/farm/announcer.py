@@ -5,6 +5,7 @@ of episodes recorded and not encoded yet (`encoder-worker status` shows it per h
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -26,9 +27,13 @@ class RecorderAnnouncer:
     """The record loop and the commit thread only set values: they never wait on Redis.
     A Redis that does not answer pauses nothing (said once per outage)."""
 
-    def __init__(self, ledger: JobLedger, *, host: str | None = None) -> None:
+    def __init__(self, ledger: JobLedger, *, host: str | None = None,
+                 capture_cpus: int = 1) -> None:
+        """capture_cpus: how many of this process's CPUs a capture keeps for itself;
+        workers beside it with --share-with-capture encode on the others."""
         self.ledger = ledger
         self.host = host or socket.gethostname()
+        self.cpus = sorted(os.sched_getaffinity(0))[:capture_cpus]
         self._capturing = False
         self._backlog = 0
         self._wake = threading.Event()
@@ -66,7 +71,8 @@ class RecorderAnnouncer:
             stopping = self._stop
             try:
                 if self._capturing and not stopping:
-                    self.ledger.announce_capture(self.host, ttl_s=3 * ANNOUNCE_S)
+                    self.ledger.announce_capture(self.host, ttl_s=3 * ANNOUNCE_S,
+                                                 cpus=self.cpus)
                     announced = True
                 elif announced:
                     self.ledger.end_capture(self.host)

@@ -93,7 +93,7 @@ class EncodingFarmClient:
 
     def __init__(self, broker: str, *, queue_size: int = 100, queue: str = ENCODE_QUEUE,
                  lost_job_check_s: float = LOST_JOB_CHECK_S,
-                 wait_note_s: float = WAIT_NOTE_S) -> None:
+                 wait_note_s: float = WAIT_NOTE_S, capture_cpus: int = 1) -> None:
         self.broker = broker
         self.queue = queue
         self.queue_size = queue_size
@@ -114,7 +114,7 @@ class EncodingFarmClient:
         self.health_check: Callable[[], None] | None = None
         self.submitted = 0
         self.resent = 0  # jobs sent again because the farm had lost them
-        self._announcer = RecorderAnnouncer(self._ledger)
+        self._announcer = RecorderAnnouncer(self._ledger, capture_cpus=capture_cpus)
         self.submission_wait_s = 0.0
 
     def capturing(self, capturing: bool) -> None:

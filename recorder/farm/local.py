@@ -126,10 +126,12 @@ class RedisServer:
 class LocalFarm:
     """Private Redis plus `workers` encoder-worker processes; a context manager."""
 
-    def __init__(self, *, workers: int, storage: list[str],
+    def __init__(self, *, workers: int, storage: list[str], share_capture_host: bool = False,
                  worker_env: dict[str, str] | None = None) -> None:
-        """storage: the raw and video storage the workers may use (their allow-list)."""
+        """storage: the raw and video storage the workers may use (their allow-list);
+        share_capture_host: encode beside a capture on the CPUs it leaves, not pause."""
         self.workers = workers
+        self.share_capture_host = share_capture_host
         self.storage = storage
         self.worker_env = worker_env or {}
         self._tmp = Path(tempfile.mkdtemp(prefix="encoding-farm-"))
@@ -152,7 +154,8 @@ class LocalFarm:
                  "--concurrency", "1", "--hostname", f"local{index}@%h",
                  "--allow-storage", json.dumps(self.storage),
                  # Encoding must never starve the record loop on the same host.
-                 "--nice", "10", "--idle-priority", "--yield-to-capture"],
+                 "--nice", "10", "--idle-priority",
+                 "--share-with-capture" if self.share_capture_host else "--yield-to-capture"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 # Own session: Ctrl-C reaches only the recorder, which stops us in order.
                 start_new_session=True,

@@ -41,16 +41,18 @@ def farm_for(options: FarmOptions, *, raw_url: str,
         check_farm_storage(options, raw_url=raw_url, output_url=output_url)
         if options.broker is not None:
             check_broker(options.broker)
-            with EncodingFarmClient(options.broker,
-                                    queue_size=options.video_encoding_queue_size) as client:
+            with EncodingFarmClient(options.broker, queue_size=options.video_encoding_queue_size,
+                                    capture_cpus=options.capture_cpus) as client:
                 yield client
             return
         # The local workers' allow-list; folders absolute, as jobs name them.
         storage = [url if url.startswith("s3://") else LocalStorage.from_url(url).url
                    for url in (raw_url, output_url)]
-        with LocalFarm(workers=options.video_encoding_workers, storage=storage) as local, \
+        with LocalFarm(workers=options.video_encoding_workers, storage=storage,
+                       share_capture_host=options.share_capture_host) as local, \
                 EncodingFarmClient(local.broker_url,
-                                   queue_size=options.video_encoding_queue_size) as client:
+                                   queue_size=options.video_encoding_queue_size,
+                                   capture_cpus=options.capture_cpus) as client:
             client.health_check = local.check_workers
             yield client
     except (BrokerUnreachable, FarmStartError, ValueError) as exc:
