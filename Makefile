@@ -35,8 +35,9 @@ lerobot-conformance: $(LEROBOT_VENV)/.installed
 	$(LEROBOT_VENV)/bin/python -m pytest -m lerobot tests/test_lerobot_conformance.py
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check recorder encoder_worker tests
+	$(BIN)/ruff check recorder encoder_worker tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/mypy benchmarks  # the scripts, beside each other (not a package)
 
 clean:
 	rm -rf $(VENV) $(LEROBOT_VENV) recordings benchmark_results .pytest_cache .mypy_cache .ruff_cache

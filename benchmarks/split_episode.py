@@ -139,6 +139,10 @@ def start_workers(broker: str, count: int, cores: list[int], allow: Path
     workers = []
     for index in range(count):
         core = cores[index]
+
+        def pin(core: int = core) -> None:
+            os.sched_setaffinity(0, {core})
+
         log = open(allow / f"worker-{count}-{index}.log", "wb")  # noqa: SIM115
         workers.append(subprocess.Popen(
             [sys.executable, "-m", "encoder_worker.cli", "run", "--broker", broker,
@@ -146,7 +150,7 @@ def start_workers(broker: str, count: int, cores: list[int], allow: Path
             stdout=log, stderr=subprocess.STDOUT, cwd=allow, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(REPO), "FARM_WORKER_ALLOW_STORAGE": str(allow)},
             # Pinned before exec: the worker, its pool's child and the codec's threads.
-            preexec_fn=lambda core=core: os.sched_setaffinity(0, {core})))
+            preexec_fn=pin))
         log.close()
     app = make_app(broker)
     try:

@@ -89,7 +89,7 @@ def main() -> None:
     stages: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="worker-efficiency-") as tmp:
         storage = open_storage(Path(tmp) / "farm")
-        writer = RawEpisodeWriter(DirectSink(storage, "raw/cam0"), recording=0, camera="cam0",
+        writer = RawEpisodeWriter(DirectSink(storage, "raw/cam0"), episode=0, camera="cam0",
                                   width=width, height=height, fps=30, pix_fmt="yuv420p",
                                   input_pix_fmt="rgb24")
         for index, frame in enumerate(rgb):
