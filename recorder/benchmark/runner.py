@@ -19,6 +19,7 @@ from encoder_worker.broker import redact, redis_client
 from encoder_worker.raw_layout import RAW_ROOT
 from recorder.benchmark import environment
 from recorder.benchmark.background import background_load
+from recorder.benchmark.portable import portable_location
 from recorder.benchmark.report import verdicts
 from recorder.benchmark.results import (
     BenchmarkConfig,
@@ -122,8 +123,9 @@ def run_once(settings: BenchmarkSettings, mode: Mode, *, console: Console,
             if farm is not None:
                 answering = len(farm.app.control.ping(timeout=PING_TIMEOUT_S) or [])
             first = cameras[0]
-            config = _config(settings, mode, storage=run_settings.raw_storage_url,
-                             width=first.width, height=first.height)
+            config = _config(settings, mode, width=first.width, height=first.height,
+                             storage=portable_location(run_settings.raw_storage_url,
+                                                       base=settings.output_dir))
             env = environment.collect(codec=settings.codec, broker=settings.broker,
                                       async_encoding=mode == "async",
                                       workers_answering=answering)
@@ -138,7 +140,8 @@ def run_once(settings: BenchmarkSettings, mode: Mode, *, console: Console,
     finally:
         close_cameras(cameras)
     drop = not settings.keep_raw and _videos_verified(report)
-    result = from_session(report, config=config, environment=env, raw_kept=not drop)
+    result = from_session(report, config=config, environment=env, raw_kept=not drop,
+                          output_dir=settings.output_dir)
     if drop:
         _drop_raw(report.raw_storage)
     return result
@@ -159,7 +162,8 @@ def _videos_verified(report: SessionReport) -> bool:
 def _config(settings: BenchmarkSettings, mode: Mode, *, storage: str, width: int,
             height: int) -> BenchmarkConfig:
     return BenchmarkConfig(
-        mode=mode, camera_mode=settings.mode, camera_sources=list(settings.camera),
+        mode=mode, camera_mode=settings.mode,
+        camera_sources=[portable_location(source) for source in settings.camera],
         episodes=settings.episodes, episode_time_s=settings.episode_time,
         reset_time_s=settings.reset_time, fps=settings.fps, cameras=settings.camera_count,
         width=width, height=height, codec=settings.codec, crf=settings.crf, gop=settings.gop,
