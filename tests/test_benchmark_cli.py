@@ -85,6 +85,8 @@ def test_compare_prints_the_report_writes_both_files_and_analyze_charts_them(
         # Where the run went, relative to the results file: no path of this machine.
         assert result.raw_storage == result.output_storage == result.config.storage
         assert (out / result.raw_storage).is_dir() and result.raw_storage.startswith("runs/")
+        assert result.command == ("recorder benchmark --compare " + " ".join(SMALL)
+                                  + " --video-encoding-workers 1 --output-dir results")
     # Sync blocking: committing each episode, then encoding it inline.
     committing = sum(ep.save_s for ep in sync.episodes)
     assert sync.totals.blocking_s == pytest.approx(sync.totals.encoding_s + committing)
@@ -116,6 +118,7 @@ def test_real_mode_records_a_video_file_as_a_camera(tmp_path: Path) -> None:
     result = load(result_file)
     assert result.config.camera_mode == "real"
     assert result.config.camera_sources == ["source.mp4"]  # no path of this machine
+    assert "--camera source.mp4 " in (result.command or "")
     assert (result.config.width, result.config.height) == (176, 144)  # the file's own size
     assert result.totals.frames_in_videos == result.totals.frames_recorded == 10
     assert result.raw_kept and list(out.glob("runs/*/dataset/raw/**/manifest.json"))

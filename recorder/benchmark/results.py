@@ -186,6 +186,9 @@ class BenchmarkResult(BaseModel):
     totals: Totals
     verdicts: list[Verdict] = Field(default_factory=list)
     compared_with: str | None = Field(default=None, description="results file of the other mode")
+    command: str | None = Field(default=None, description="the command line that made it, "
+                                "without paths of the machine (portable_command); None in "
+                                "files made before it was kept")
     raw_storage: str = Field(description="as config.storage: nothing of the machine's folders")
     output_storage: str
     raw_kept: bool = False

@@ -99,11 +99,12 @@ def close_cameras(cameras: Sequence[CameraSource]) -> None:
 
 
 def run_once(settings: BenchmarkSettings, mode: Mode, *, console: Console,
-             workers: int | None = None) -> BenchmarkResult:
+             workers: int | None = None, command: str | None = None) -> BenchmarkResult:
     """Record settings.episodes episodes in one mode, wait for every video; the result.
 
     Args:
         workers: local workers of the zero-config farm; default the settings'.
+        command: the command line to keep in the result.
 
     Raises:
         CameraError: a real source cannot be opened.
@@ -142,6 +143,7 @@ def run_once(settings: BenchmarkSettings, mode: Mode, *, console: Console,
     drop = not settings.keep_raw and _videos_verified(report)
     result = from_session(report, config=config, environment=env, raw_kept=not drop,
                           output_dir=settings.output_dir)
+    result.command = command
     if drop:
         _drop_raw(report.raw_storage)
     return result
@@ -222,8 +224,8 @@ def _drop_raw(url: str) -> None:
         storage.delete(key)
 
 
-def run_benchmark(settings: BenchmarkSettings, *,
-                  console: Console) -> dict[Mode, tuple[Path, BenchmarkResult]]:
+def run_benchmark(settings: BenchmarkSettings, *, console: Console, command: str | None = None
+                  ) -> dict[Mode, tuple[Path, BenchmarkResult]]:
     """Run the settings' modes in turn; mode -> (results file, result).
 
     Each result is saved as soon as its run ends; after a comparison both files are
@@ -231,7 +233,7 @@ def run_benchmark(settings: BenchmarkSettings, *,
     """
     saved: dict[Mode, tuple[Path, BenchmarkResult]] = {}
     for mode in settings.modes():
-        result = run_once(settings, mode, console=console)
+        result = run_once(settings, mode, console=console, command=command)
         result.verdicts = verdicts(result if mode == "sync" else None,
                                    result if mode == "async" else None)
         path = save(result, unique_path(result_path(settings.output_dir, result)))
