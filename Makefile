@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PYTHON312 ?= python3.12
 LEROBOT_VENV ?= .venv-lerobot
 
-.PHONY: demo test test-fast lint benchmark clean lerobot-conformance
+.PHONY: demo test test-fast lint benchmark tables clean lerobot-conformance
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check recorder encoder_worker tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/mypy benchmarks  # the scripts, beside each other (not a package)
+
+# benchmarks/README.md's tables, made again from the results files in benchmarks/results/.
+tables: $(BIN)/.installed
+	$(BIN)/python benchmarks/tables.py
 
 clean:
 	rm -rf $(VENV) $(LEROBOT_VENV) recordings benchmark_results .pytest_cache .mypy_cache .ruff_cache

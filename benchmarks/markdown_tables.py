@@ -56,30 +56,41 @@ def render(table: Table) -> str:
 
 
 def sources_note(table: Table) -> str:
-    """Where the numbers come from: the files (unless shown), and each command once."""
+    """Where the numbers come from: the files (unless the table names them), each command
+    the files hold, and the machines they were measured on."""
     parts = []
     if table.sources and not table.files_shown:
         parts.append("From " + ", ".join(f"`{path.name}`" for path in table.sources) + ".")
-    seen: set[str] = set()
+    commands, machines = [], []
     for path in table.sources:
-        made = describe(path)
-        if made and made not in seen:
-            seen.add(made)
-            parts.append(made)
+        command, machine = describe(path)
+        if command and command not in commands:
+            commands.append(command)
+        if machine not in machines:
+            machines.append(machine)
+    parts += commands
+    if machines:
+        parts.append(f"Measured on {'; '.join(machines)}.")
     return " ".join(parts)
 
 
-def describe(path: Path) -> str:
-    """How a script's results file was made, from what it holds; '' for other files."""
+def describe(path: Path) -> tuple[str, str]:
+    """How a results file was made (a script's: its command, code, date and load;
+    `recorder benchmark`'s: its command, where the file holds it), and on what machine."""
+    text = path.read_text()
     try:
-        result = result_files.ScriptResult.model_validate_json(path.read_text())
+        script = result_files.ScriptResult.model_validate_json(text)
     except ValueError:
-        return ""  # a `recorder benchmark` file: its command is not stored (prose says it)
-    m = result.machine
-    return (f"`{result.command}` (code `{result.code or 'unknown'}`, "
-            f"{result.started_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC, load average "
-            f"{result.load.at_start:.2f} at the start, {m.cpu_model}, {m.cores} cores, "
-            f"Python {m.python}, PyAV {m.pyav}, FFmpeg {m.ffmpeg}).")
+        run = BenchmarkResult.model_validate_json(text)
+        env = run.environment
+        return (f"`{run.command}`." if run.command else "",
+                f"{env.cpu_model}, {env.cpu_count} CPUs, Python {env.python}, "
+                f"PyAV {env.pyav}, FFmpeg {env.ffmpeg}")
+    m = script.machine
+    return (f"`{script.command}` (code `{script.code or 'unknown'}`, "
+            f"{script.started_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC, load average "
+            f"{script.load.at_start:.2f} at the start).",
+            f"{m.cpu_model}, {m.cores} CPUs, Python {m.python}, PyAV {m.pyav}, FFmpeg {m.ffmpeg}")
 
 
 S = TypeVar("S", bound=ScriptResult)
