@@ -150,6 +150,7 @@ def test_async_against_an_existing_farm(broker_url: str, start_worker: Callable[
     # The run went to its own prefix of the farm's storage, named without the folder's path.
     assert result.raw_storage.startswith("async-") and result.raw_storage.endswith("-7w")
     assert result.config.storage == result.raw_storage
+    assert result.config.broker == broker_url  # a host's URL, kept (without a password)
     assert len(list(storage.glob("benchmark/async-*/videos/**/*.mp4"))) == 1
 
 

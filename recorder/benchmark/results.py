@@ -46,7 +46,8 @@ class BenchmarkConfig(BaseModel):
     video_encoding_workers: int = Field(description="local workers started; with --broker only "
                                                     "recorded, the farm's own workers are used")
     video_encoding_queue_size: int
-    broker: str | None = Field(default=None, description="external farm, password removed")
+    broker: str | None = Field(default=None, description="external farm, password removed "
+                                "(a unix socket by its file name)")
     storage: str = Field(description="where this run's raw episodes and videos went: "
                                      "relative to the results file's folder, a local folder "
                                      "elsewhere by its name, or a URL (portable.py)")

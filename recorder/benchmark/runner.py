@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import Progress
 
-from encoder_worker.broker import redact, redis_client
+from encoder_worker.broker import redis_client
 from encoder_worker.raw_layout import RAW_ROOT
 from recorder.benchmark import environment
 from recorder.benchmark.background import background_load
@@ -175,7 +175,8 @@ def _config(settings: BenchmarkSettings, mode: Mode, *, storage: str, width: int
         segment_frames=settings.segment_frames,
         video_encoding_workers=settings.video_encoding_workers,
         video_encoding_queue_size=settings.video_encoding_queue_size,
-        broker=redact(settings.broker), storage=storage,
+        broker=None if settings.broker is None else portable_location(settings.broker),
+        storage=storage,
         background_load=settings.background_load, capture_nice=settings.capture_nice,
     )
 
