@@ -87,10 +87,21 @@ def describe(path: Path) -> tuple[str, str]:
                 f"{env.cpu_model}, {env.cpu_count} CPUs, Python {env.python}, "
                 f"PyAV {env.pyav}, FFmpeg {env.ffmpeg}")
     m = script.machine
+    busy = ""
+    if not quiet(script):
+        busy = (f" **The machine did not get quiet**: after {script.load.waited_s:.0f} s of "
+                f"waiting for a load average below {script.load.quiet_below:g}, it measured "
+                f"at {script.load.at_start:.2f}; rerun it on a quiet machine.")
     return (f"`{script.command}` (code `{script.code or 'unknown'}`, "
             f"{script.started_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC, load average "
-            f"{script.load.at_start:.2f} at the start).",
+            f"{script.load.at_start:.2f} at the start).{busy}",
             f"{m.cpu_model}, {m.cores} CPUs, Python {m.python}, PyAV {m.pyav}, FFmpeg {m.ffmpeg}")
+
+
+def quiet(result: ScriptResult) -> bool:
+    """False when the run waited for a quiet machine in vain (it measured anyway)."""
+    wanted = result.load.quiet_below
+    return wanted is None or result.load.at_start < wanted
 
 
 S = TypeVar("S", bound=ScriptResult)

@@ -30,6 +30,7 @@ from markdown_tables import Results, Table, TableError, rewrite
 from result_files import (
     RESULTS_DIR,
     RawFormatsResult,
+    SplitEpisodeResult,
     StatusLatencyResult,
     WorkerEfficiencyResult,
 )
@@ -64,6 +65,7 @@ from run_tables import (
     goal_late,
     goal_late_loaded,
     goal_raw,
+    goal_split,
     goal_total,
     goal_wait,
     goal_worker,
@@ -94,6 +96,7 @@ SYNTHETIC_LOADED = [A(1795804819), A(1795804994), A(1795805146), A(1795805356), 
                     A(1795808226), A(1795808501), A(1795808788)]  # three more at -10
 RAW_FORMATS = "raw_formats_1796570022"
 WORKER_EFFICIENCY = "worker_efficiency_1796570611"
+SPLIT_EPISODE = "split_episode_1796573266"  # measured on a busy machine: rerun
 STATUS_LATENCY = "status_latency_1796570795"
 
 GOALS = [
@@ -110,6 +113,8 @@ GOALS = [
          "<= 0.25x", "raw frame formats", partial(goal_raw, name=RAW_FORMATS)),
     Goal("worker fps / bare PyAV fps >= 0.95", "worker fps",
          partial(goal_worker, name=WORKER_EFFICIENCY, least=0.95)),
+    Goal("episode end -> video ready <= 1.2 x T1 / K", "split episodes",
+         partial(goal_split, name=SPLIT_EPISODE, most=1.2)),
 ]
 
 # Compare tables: rows of metrics, a column per run.
@@ -174,6 +179,7 @@ def readme_tables(r: Results) -> dict[str, Callable[[], Table]]:
                                     script_tables.worker_efficiency),
         "worker-ratios": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
                                 script_tables.worker_ratios),
+        "split-episode": script(SPLIT_EPISODE, SplitEpisodeResult, script_tables.split_episode),
         "status-latency": script(STATUS_LATENCY, StatusLatencyResult,
                                  script_tables.status_latency),
     }

@@ -14,6 +14,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import result_files
+import run_tables
 import script_tables
 import tables
 from markdown_tables import Results, Table, TableError, render, rewrite
@@ -213,3 +214,19 @@ def test_status_latency_table() -> None:
                           answered_in_s=[0.005, 0.006, 0.007], queue_depth=1000)])
     assert script_tables.status_latency(result).rows == [
         ["1", "1,000", "0.50 (0.40-0.90)", "0.02 (0.01-0.03)", "0.006"]]
+
+
+def test_a_run_that_waited_for_quiet_in_vain_says_so_and_decides_no_goal(tmp_path: Path
+                                                                         ) -> None:
+    result = SplitEpisodeResult(
+        **{**header("split_episode"),
+           "load": Load(at_start=3.5, at_end=8.0, quiet_below=1.0, waited_s=1200.0)},
+        seconds=30, fps=30, width=640, height=480, frames=900, codec="libsvtav1",
+        runs=[SplitRun(workers=1, parts=1, latency_s=30, worker_s=30, join_s=0),
+              SplitRun(workers=2, parts=4, latency_s=16, worker_s=31, join_s=0.2)])
+    path = result_files.save(result, tmp_path)
+    note = render(script_tables.split_episode(result, path))
+    assert "**The machine did not get quiet**: after 1200 s of waiting for a load average " \
+           "below 1, it measured at 3.50" in note
+    _, met, _ = run_tables.goal_split(Results(tmp_path), path.stem, most=1.2)
+    assert met == "not shown: measured at load 3.50, rerun"
