@@ -16,7 +16,7 @@ LEROBOT_RUN := PYTHONPATH=$(CURDIR) $(LEROBOT_VENV)/bin/python
 # pytest's 5 (no tests collected) fails too, said: a marker or a path went wrong.
 pytest = $(1) -m pytest $(2); status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests ($(2))" >&2; fi; exit $$status
 
-.PHONY: demo test test-main test-fast test-lerobot lerobot-conformance lerobot-env lerobot-demo lint clean
+.PHONY: demo test test-main test-fast test-lerobot lerobot-conformance lerobot-env lerobot-demo lint tables clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ lerobot-demo: $(LEROBOT_VENV)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check recorder encoder_worker tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/mypy benchmarks  # the scripts, beside each other (not a package)
+
+# benchmarks/README.md's tables, made again from the results files in benchmarks/results/.
+tables: $(BIN)/.installed
+	$(BIN)/python benchmarks/tables.py
 
 clean:
 	rm -rf $(VENV) recordings benchmark_results .pytest_cache .mypy_cache .ruff_cache

@@ -19,8 +19,9 @@ from matplotlib import cbook
 
 def photo() -> np.ndarray:
     """Grace Hopper's portrait from matplotlib's sample data (512x600 RGB)."""
-    with cbook.get_sample_data("grace_hopper.jpg") as file:
-        frame = next(av.open(file).decode(video=0))
+    path = str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    with av.open(path, "r") as container:
+        frame = next(container.decode(video=0))
     return frame.to_ndarray(format="rgb24")
 
 

@@ -1,7 +1,7 @@
 """Split-episode latency: one long episode, K workers each pinned to its own CPU core.
 
-    .venv/bin/python benchmarks/split_episode.py                      # 60 s, K = 1 and 2
-    .venv/bin/python benchmarks/split_episode.py --workers 1 2 4 --parts 8 --readme ''
+    python benchmarks/split_episode.py --quiet-load 1.0        # 60 s, K = 1 and 2
+    python benchmarks/split_episode.py --workers 1 2 4 --parts 8
 
 Writes one raw episode (synthetic camera, real-looking content), starts a private
 redis-server, then for each K starts K `encoder-worker run` processes, worker i pinned
@@ -9,16 +9,15 @@ to core i (os.sched_setaffinity, inherited by its pool's child), and times each 
 from submission to its video being published (the last part's finished_at, after the
 join). K = 1 encodes the whole episode unsplit: that is the baseline T1; the goal is
 <= 1.2 x T1 / K. Every video is decoded back and checked against the raw frames by
-count and pts (the farm's own verification) before it counts. Prints a markdown table
-and appends it, with the command and the load average, to benchmarks/README.md.
+count and pts (the farm's own verification) before it counts. Writes
+benchmarks/results/split_episode_<unix time>.json (result_files.py) and prints the table
+the README shows of it (tables.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import result_files  # noqa: E402
+import script_tables  # noqa: E402
+from markdown_tables import render  # noqa: E402
 
 from encoder_worker.celery_app import make_app  # noqa: E402
 from encoder_worker.encode import verify_video  # noqa: E402
@@ -44,8 +47,6 @@ from recorder.dataset.jobs import part_count  # noqa: E402
 from recorder.farm.client import EncodingFarmClient  # noqa: E402
 from recorder.farm.local import RedisServer  # noqa: E402
 from recorder.settings import RecorderSettings  # noqa: E402
-
-SECTION = "## Split episodes"
 
 
 @dataclass
@@ -71,14 +72,13 @@ def main(argv: list[str] | None = None) -> int:
                              "of this episode, part_count)")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="where the raw episode goes (default: a temp folder)")
-    parser.add_argument("--readme", default=str(REPO / "benchmarks/README.md"),
-                        help="append the results here ('' to only print them)")
+    result_files.add_arguments(parser)
     args = parser.parse_args(argv)
     cores = sorted(os.sched_getaffinity(0))
     if max(args.workers) > len(cores):
         parser.error(f"K = {max(args.workers)} workers need as many cores; this machine "
                      f"lets this process use {len(cores)}")
-    load_before = os.getloadavg()
+    header = result_files.begin(args, argv)
     with tempfile.TemporaryDirectory(prefix="split-bench-", dir=args.work_dir) as tmp:
         root = Path(tmp)
         frames = round(args.seconds * args.fps)
@@ -91,22 +91,24 @@ def main(argv: list[str] | None = None) -> int:
         redis = RedisServer(root / "redis", port=free_port())
         redis.start()
         try:
-            runs = []
+            runs: list[Run] = []
             for k in args.workers:
                 counts = [p for p in args.parts or [default_parts] if p > 1]
                 for parts in ([1, *counts] if k == 1 else counts):
                     runs.append(measure(job, redis.url, root, workers=k, parts=parts,
                                         cores=cores, frames=frames))
-                    print(row(runs[-1], runs), flush=True)
+                    print(f"K = {k}, {parts} part(s): {runs[-1].latency_s:.1f} s", flush=True)
         finally:
             redis.stop()
-    load_after = os.getloadavg()
-    report = section(runs, args, argv, frames=frames, load=(load_before, load_after))
-    print("\n" + report)
-    if args.readme:
-        with open(args.readme, "a") as readme:
-            readme.write("\n" + report)
-        print(f"appended to {args.readme}")
+    result = result_files.SplitEpisodeResult(
+        **header.model_dump(), seconds=args.seconds, fps=args.fps, width=args.width,
+        height=args.height, frames=frames, codec=runs[0].result.codec,
+        runs=[result_files.SplitRun(workers=run.workers, parts=run.parts,
+                                    latency_s=run.latency_s, worker_s=run.worker_s,
+                                    join_s=run.join_s) for run in runs])
+    path = result_files.save(result, args.output_dir)
+    print("\n" + render(script_tables.split_episode(result, path)))
+    print(f"\nresults: {path}")
     return 0
 
 
@@ -139,6 +141,10 @@ def start_workers(broker: str, count: int, cores: list[int], allow: Path
     workers = []
     for index in range(count):
         core = cores[index]
+
+        def pin(core: int = core) -> None:
+            os.sched_setaffinity(0, {core})
+
         log = open(allow / f"worker-{count}-{index}.log", "wb")  # noqa: SIM115
         workers.append(subprocess.Popen(
             [sys.executable, "-m", "encoder_worker.cli", "run", "--broker", broker,
@@ -146,7 +152,7 @@ def start_workers(broker: str, count: int, cores: list[int], allow: Path
             stdout=log, stderr=subprocess.STDOUT, cwd=allow, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(REPO), "FARM_WORKER_ALLOW_STORAGE": str(allow)},
             # Pinned before exec: the worker, its pool's child and the codec's threads.
-            preexec_fn=lambda core=core: os.sched_setaffinity(0, {core})))
+            preexec_fn=pin))
         log.close()
     app = make_app(broker)
     try:
@@ -193,44 +199,6 @@ def measure(job: EncodeJob, broker: str, root: Path, *, workers: int, parts: int
     verify_video(video, RawEpisodeReader(open_storage(job.raw_storage), job.raw_prefix).manifest)
     return Run(workers=workers, parts=parts, latency_s=result.finished_at - submitted,
                worker_s=result.timings.total_s, join_s=result.timings.join_s, result=result)
-
-
-def row(run: Run, runs: list[Run]) -> str:
-    base = next((r.latency_s for r in runs if r.workers == 1 and r.parts == 1), None)
-    if base is None:
-        goal = ratio = "-"
-    else:
-        goal = f"{1.2 * base / run.workers:.1f}"
-        ratio = f"{run.latency_s / (base / run.workers):.2f}"
-    return (f"| {run.workers} | {run.parts if run.parts > 1 else 'unsplit'} | "
-            f"{run.latency_s:.1f} | {goal} | {ratio} | {run.worker_s:.1f} | {run.join_s:.2f} |")
-
-
-def section(runs: list[Run], args: argparse.Namespace, argv: list[str] | None, *,
-            frames: int, load: tuple[tuple[float, ...], tuple[float, ...]]) -> str:
-    command = " ".join(["benchmarks/split_episode.py",
-                        *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
-    codec = runs[0].result.codec
-    lines = [
-        SECTION, "",
-        f"One {args.seconds:g} s episode ({frames} frames, {args.width}x{args.height}, "
-        f"{args.fps} fps, synthetic camera), encoded by K `encoder-worker` processes, each "
-        f"pinned to its own core; {codec} with the default options. Latency: job "
-        "submission to the joined video published (a part job's finished_at). T1 is "
-        "the K = 1 unsplit run; the goal is <= 1.2 x T1 / K. Measured on "
-        f"{platform.node()} ({len(os.sched_getaffinity(0))} cores, {platform.machine()}), "
-        f"{time.strftime('%Y-%m-%d %H:%M')}:", "",
-        "```", f".venv/bin/python {command}", "```", "",
-        "| K workers | parts | latency s | goal 1.2 x T1/K s | latency / (T1/K) | "
-        "worker time s | join s |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        *[row(run, runs[:index + 1]) for index, run in enumerate(runs)], "",
-        f"Load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load[0])}; "
-        f"after: {', '.join(f'{v:.2f}' for v in load[1])} (the machine is shared: other "
-        "work may have run beside it). Worker time and join s are summed over a video's "
-        "part jobs.", "",
-    ]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

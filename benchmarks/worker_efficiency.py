@@ -13,14 +13,16 @@ as the workers, and any worker not run as root, encode. "bare + verify" adds the
 verification alone (every packet decoded as it comes, verify.PacketVerifier) to it: what
 decoding every frame costs, apart from fetching and publishing.
 
-    python benchmarks/worker_efficiency.py --frames 300 --rounds 3
+    python benchmarks/worker_efficiency.py --frames 300 --rounds 3 --quiet-load 1.0
+
+Writes benchmarks/results/worker_efficiency_<unix time>.json (result_files.py) and prints
+the table the README shows of it (tables.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
+import sys
 import tempfile
 import time
 from fractions import Fraction
@@ -28,6 +30,9 @@ from pathlib import Path
 
 import av
 import numpy as np
+import result_files
+import script_tables
+from markdown_tables import render
 from real_content import frames as real_frames
 
 from encoder_worker.encode import encode_job
@@ -72,31 +77,27 @@ def bare_encode(arrays: list[np.ndarray], pix_fmt: str, path: Path,
     return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    options = EncoderOptions()
-    rgb = list(real_frames(args.frames))
+PATHS = ("bare yuv420p", "bare yuv420p, threads demoted", "bare + verify, threads demoted",
+         "bare rgb24", "worker")
+
+
+def measure(rgb: list[np.ndarray], rounds: int, options: EncoderOptions
+            ) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
+    """Seconds per round of each path, rounds interleaved; the worker's stage timings."""
     height, width, _ = rgb[0].shape
     packer = FramePacker(width=width, height=height, pix_fmt="yuv420p", input_pix_fmt="rgb24")
     yuv = [packer.convert(frame) for frame in rgb]
-    load = os.getloadavg()[0]
-    times: dict[str, list[float]] = {"bare yuv420p": [], "bare yuv420p, threads demoted": [],
-                                     "bare + verify, threads demoted": [],
-                                     "bare rgb24": [], "worker": []}
+    times: dict[str, list[float]] = {name: [] for name in PATHS}
     stages: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="worker-efficiency-") as tmp:
         storage = open_storage(Path(tmp) / "farm")
-        writer = RawEpisodeWriter(DirectSink(storage, "raw/cam0"), recording=0, camera="cam0",
+        writer = RawEpisodeWriter(DirectSink(storage, "raw/cam0"), episode=0, camera="cam0",
                                   width=width, height=height, fps=30, pix_fmt="yuv420p",
                                   input_pix_fmt="rgb24")
         for index, frame in enumerate(rgb):
             writer.write(frame, index / 30)
         writer.close()
-        for round_ in range(args.rounds):
+        for round_ in range(rounds):
             times["bare yuv420p"].append(
                 bare_encode(yuv, "yuv420p", Path(tmp) / f"bare-{round_}.mp4", options))
             times["bare yuv420p, threads demoted"].append(
@@ -112,33 +113,37 @@ def main() -> None:
             started = time.perf_counter()
             result = encode_job(job)
             times["worker"].append(time.perf_counter() - started)
-            assert result.status == Status.SUCCEEDED, result.error
+            if result.status != Status.SUCCEEDED:
+                raise SystemExit(f"the worker's encode failed: {result.error}")
             stages.append(result.timings.model_dump())
             times["bare rgb24"].append(
                 bare_encode(rgb, "rgb24", Path(tmp) / f"bare-rgb-{round_}.mp4", options))
-    fps = {name: [args.frames / t for t in values] for name, values in times.items()}
-    median = {name: statistics.median(values) for name, values in fps.items()}
-    print(f"{args.frames} real-content {width}x{height} frames, {options.codec} "
-          f"{options.codec_options()}, {args.rounds} rounds interleaved; load average "
-          f"{load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
+    return times, stages
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    result_files.add_arguments(parser)
+    args = parser.parse_args(argv)
+    header = result_files.begin(args, argv)
+    options = EncoderOptions()
+    rgb = list(real_frames(args.frames))
+    times, stages = measure(rgb, args.rounds, options)
+    height, width, _ = rgb[0].shape
+    result = result_files.WorkerEfficiencyResult(
+        **header.model_dump(), frames=args.frames, width=width, height=height,
+        rounds=args.rounds, codec=options.codec, codec_options=options.codec_options(),
+        seconds=times, worker_stages=stages)
+    path = result_files.save(result, args.output_dir)
+    print(render(script_tables.worker_efficiency(result, path)))
     print()
-    print("| path | fps per round | median fps |")
-    print("|---|---|---:|")
-    for name, values in fps.items():
-        print(f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {median[name]:.1f} |")
-    print()
-    for path, bare in (("worker", "bare yuv420p"), ("worker", "bare yuv420p, threads demoted"),
-                       ("bare + verify, threads demoted", "bare yuv420p, threads demoted"),
-                       ("worker", "bare + verify, threads demoted")):
-        ratios = [w / b for w, b in zip(fps[path], fps[bare], strict=True)]
-        print(f"{path} fps / {bare} fps (same frames), per round: "
-              f"{', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
-    print(f"worker fps / bare PyAV fps from rgb24: "
-          f"{median['worker'] / median['bare rgb24']:.3f}")
-    print("worker stages, median s: " + ", ".join(
-        f"{key.removesuffix('_s')} {statistics.median(s[key] for s in stages):.2f}"
-        for key in ("fetch_s", "encode_s", "verify_s", "publish_s", "total_s")))
+    print(render(script_tables.worker_ratios(result)))
+    print(f"\nresults: {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

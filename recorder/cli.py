@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return lerobot_record(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    # As typed: `recorder benchmark` keeps its command line in its results files.
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose and not sys.stderr.isatty():

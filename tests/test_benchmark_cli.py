@@ -82,6 +82,11 @@ def test_compare_prints_the_report_writes_both_files_and_analyze_charts_them(
         assert t.frames_recorded == t.frames_in_videos == 15
         assert t.encoding_s > 0 and t.total_recording_s > 0
         assert result.all_ready_at is not None
+        # Where the run went, relative to the results file: no path of this machine.
+        assert result.raw_storage == result.output_storage == result.config.storage
+        assert (out / result.raw_storage).is_dir() and result.raw_storage.startswith("runs/")
+        assert result.command == ("recorder benchmark --compare " + " ".join(SMALL)
+                                  + " --video-encoding-workers 1 --output-dir results")
     # Sync blocking: committing each episode, then encoding it inline.
     committing = sum(ep.save_s for ep in sync.episodes)
     assert sync.totals.blocking_s == pytest.approx(sync.totals.encoding_s + committing)
@@ -112,7 +117,8 @@ def test_real_mode_records_a_video_file_as_a_camera(tmp_path: Path) -> None:
     (result_file,) = out.glob("sync_benchmark_*.json")
     result = load(result_file)
     assert result.config.camera_mode == "real"
-    assert result.config.camera_sources == [str(source)]
+    assert result.config.camera_sources == ["source.mp4"]  # no path of this machine
+    assert "--camera source.mp4 " in (result.command or "")
     assert (result.config.width, result.config.height) == (176, 144)  # the file's own size
     assert result.totals.frames_in_videos == result.totals.frames_recorded == 10
     assert result.raw_kept and list(out.glob("runs/*/dataset/raw/**/manifest.json"))
@@ -141,8 +147,10 @@ def test_async_against_an_existing_farm(broker_url: str, start_worker: Callable[
     assert result.config.video_encoding_workers == 7
     assert len(result.totals.workers_used) == 1
     assert result.totals.frames_in_videos == 15
-    # The run went to its own prefix of the farm's storage.
-    assert result.raw_storage.startswith(f"file://{storage}/benchmark/async-")
+    # The run went to its own prefix of the farm's storage, named without the folder's path.
+    assert result.raw_storage.startswith("async-") and result.raw_storage.endswith("-7w")
+    assert result.config.storage == result.raw_storage
+    assert result.config.broker == broker_url  # a host's URL, kept (without a password)
     assert len(list(storage.glob("benchmark/async-*/videos/**/*.mp4"))) == 1
 
 

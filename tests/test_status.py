@@ -128,7 +128,7 @@ def farm_keys(client) -> dict[bytes, Any]:
 
 
 @pytest.mark.integration
-def test_status_of_1000_queued_jobs_answers_fast_and_changes_nothing(tmp_path, broker_url):
+def test_status_of_1000_queued_jobs_changes_nothing(tmp_path, broker_url):
     storage = open_storage(tmp_path / "data")
     template = job_for(storage, write_episode(storage, frames=5))
     app = make_app(broker_url)
@@ -142,14 +142,9 @@ def test_status_of_1000_queued_jobs_answers_fast_and_changes_nothing(tmp_path, b
     client = redis_client(broker_url)
     before = farm_keys(client)
 
-    started = time.perf_counter()
+    # How fast it answers is measured by benchmarks/status_latency.py, not here.
     done = status_cli(broker_url, "--json")
-    cli_s = time.perf_counter() - started
-    started = time.perf_counter()
     in_process = farm_status(broker_url)
-    api_s = time.perf_counter() - started
-    print(f"\nstatus of 1000 queued jobs: CLI {cli_s:.2f}s (Python start included), "
-          f"farm_status() {api_s:.2f}s, its own answered_in_s {in_process.answered_in_s:.2f}s")
 
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)

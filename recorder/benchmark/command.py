@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
+from recorder.benchmark.portable import portable_command
 from recorder.benchmark.results import BenchmarkResult
 from recorder.benchmark.settings import NOT_FLAGS, BenchmarkSettings
 from recorder.progress import report_console
@@ -46,6 +48,7 @@ def run_benchmark_command(parser: argparse.ArgumentParser, args: argparse.Namesp
     from recorder.interrupts import interrupt_on_sigterm
 
     settings = settings_from_args(parser, BenchmarkSettings, args)
+    command = command_line(args)
     if settings.mode == "real" and not settings.camera:
         parser.error("--mode real needs at least one --camera SOURCE (a V4L2 device, a "
                      "stream URL or a video file)")
@@ -60,9 +63,9 @@ def run_benchmark_command(parser: argparse.ArgumentParser, args: argparse.Namesp
     try:
         with raised_priority(settings.capture_nice):
             if args.action == "demo":
-                results = run_demo(settings, console=console)
+                results = run_demo(settings, console=console, command=command)
             else:
-                saved = runner.run_benchmark(settings, console=console)
+                saved = runner.run_benchmark(settings, console=console, command=command)
                 sync = saved["sync"][1] if "sync" in saved else None
                 async_ = saved["async"][1] if "async" in saved else None
                 _say(console, report.format_report(sync, async_))
@@ -86,7 +89,14 @@ def _say(console: Console, text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def run_demo(settings: BenchmarkSettings, *, console: Console) -> list[BenchmarkResult]:
+def command_line(args: argparse.Namespace) -> str | None:
+    """The command as a results file keeps it (cli.main notes its argv in args.argv)."""
+    argv = getattr(args, "argv", None)
+    return None if argv is None else shlex.join(["recorder", *portable_command(argv)])
+
+
+def run_demo(settings: BenchmarkSettings, *, console: Console,
+             command: str | None = None) -> list[BenchmarkResult]:
     """A short compare, then an async sweep over DEMO_WORKERS workers; table and charts."""
     from recorder.benchmark import analyze, report, runner
     from recorder.benchmark.results import result_path, save
@@ -95,7 +105,7 @@ def run_demo(settings: BenchmarkSettings, *, console: Console) -> list[Benchmark
     if "episode_time" not in settings.model_fields_set:
         update["episode_time"] = DEMO_EPISODE_TIME_S
     settings = settings.model_copy(update=update)
-    saved = runner.run_benchmark(settings, console=console)
+    saved = runner.run_benchmark(settings, console=console, command=command)
     (sync_path, sync), (async_path, async_) = saved["sync"], saved["async"]
     _say(console, report.format_report(sync, async_))
     paths, sweep = [sync_path, async_path], []
@@ -103,7 +113,8 @@ def run_demo(settings: BenchmarkSettings, *, console: Console) -> list[Benchmark
         if workers == async_.config.video_encoding_workers:
             sweep.append(async_)  # measured by the compare already
             continue
-        result = runner.run_once(settings, "async", console=console, workers=workers)
+        result = runner.run_once(settings, "async", console=console, workers=workers,
+                                 command=command)
         result.verdicts = report.verdicts(sync, result)
         result.compared_with = sync_path.name
         paths.append(save(result, runner.unique_path(result_path(settings.output_dir,

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field
 
 from encoder_worker.jobs import EncodeResult
+from recorder.benchmark.portable import portable_location
 from recorder.capture.record_loop import CaptureStats
 from recorder.session import EpisodeReport, SessionReport
 
@@ -25,7 +26,8 @@ class BenchmarkConfig(BaseModel):
 
     mode: Mode
     camera_mode: Literal["synthetic", "real"] = "synthetic"
-    camera_sources: list[str] = Field(default_factory=list, description="real mode only")
+    camera_sources: list[str] = Field(default_factory=list, description="real mode only; "
+                                      "a file by its name, devices and URLs as given")
     episodes: int
     episode_time_s: float
     reset_time_s: float = 0.0
@@ -44,8 +46,11 @@ class BenchmarkConfig(BaseModel):
     video_encoding_workers: int = Field(description="local workers started; with --broker only "
                                                     "recorded, the farm's own workers are used")
     video_encoding_queue_size: int
-    broker: str | None = Field(default=None, description="external farm, password removed")
-    storage: str = Field(description="where this run's raw episodes and videos went")
+    broker: str | None = Field(default=None, description="external farm, password removed "
+                                "(a unix socket by its file name)")
+    storage: str = Field(description="where this run's raw episodes and videos went: "
+                                     "relative to the results file's folder, a local folder "
+                                     "elsewhere by its name, or a URL (portable.py)")
     background_load: int = Field(default=0, description="--background-load processes")
     capture_nice: int = Field(default=0, description="--capture-nice: the recorder's nice value")
 
@@ -182,7 +187,10 @@ class BenchmarkResult(BaseModel):
     totals: Totals
     verdicts: list[Verdict] = Field(default_factory=list)
     compared_with: str | None = Field(default=None, description="results file of the other mode")
-    raw_storage: str
+    command: str | None = Field(default=None, description="the command line that made it, "
+                                "without paths of the machine (portable_command); None in "
+                                "files made before it was kept")
+    raw_storage: str = Field(description="as config.storage: nothing of the machine's folders")
     output_storage: str
     raw_kept: bool = False
 
@@ -254,8 +262,14 @@ def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[Tas
 
 
 def from_session(report: SessionReport, *, config: BenchmarkConfig,
-                 environment: EnvironmentInfo, raw_kept: bool = False) -> BenchmarkResult:
-    """A BenchmarkResult from a finished recording session."""
+                 environment: EnvironmentInfo, raw_kept: bool = False,
+                 output_dir: Path | None = None) -> BenchmarkResult:
+    """A BenchmarkResult from a finished recording session.
+
+    Args:
+        output_dir: where the results file goes: the run's storage is kept relative to it
+            (portable_location), never as this machine's absolute path.
+    """
     episodes = [episode_timing(ep) for ep in report.episodes]
     tasks = sorted((task_timing(r) for r in report.results), key=lambda t: t.started_at)
     totals = summarize(report.mode, episodes, tasks, cameras=config.cameras,
@@ -264,8 +278,10 @@ def from_session(report: SessionReport, *, config: BenchmarkConfig,
     return BenchmarkResult(
         mode=report.mode, config=config, environment=environment, started_at=report.started_at,
         recording_done_at=report.recording_done_at, all_ready_at=report.all_ready_at,
-        episodes=episodes, tasks=tasks, totals=totals, raw_storage=report.raw_storage,
-        output_storage=report.output_storage, raw_kept=raw_kept,
+        episodes=episodes, tasks=tasks, totals=totals,
+        raw_storage=portable_location(report.raw_storage, base=output_dir),
+        output_storage=portable_location(report.output_storage, base=output_dir),
+        raw_kept=raw_kept,
     )
 
 

@@ -14,10 +14,11 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import Progress
 
-from encoder_worker.broker import redact, redis_client
+from encoder_worker.broker import redis_client
 from encoder_worker.storage import open_storage
 from recorder.benchmark import environment
 from recorder.benchmark.background import background_load
+from recorder.benchmark.portable import portable_location
 from recorder.benchmark.report import verdicts
 from recorder.benchmark.results import (
     BenchmarkConfig,
@@ -98,11 +99,12 @@ def close_cameras(cameras: Sequence[CameraSource]) -> None:
 
 
 def run_once(settings: BenchmarkSettings, mode: Mode, *, console: Console,
-             workers: int | None = None) -> BenchmarkResult:
+             workers: int | None = None, command: str | None = None) -> BenchmarkResult:
     """Record settings.episodes episodes in one mode, wait for every video; the result.
 
     Args:
         workers: local workers of the zero-config farm; default the settings'.
+        command: the command line to keep in the result.
 
     Raises:
         CameraError: a real source cannot be opened.
@@ -122,8 +124,9 @@ def run_once(settings: BenchmarkSettings, mode: Mode, *, console: Console,
             if farm is not None:
                 answering = len(farm.app.control.ping(timeout=PING_TIMEOUT_S) or [])
             first = cameras[0]
-            config = _config(settings, mode, storage=run_settings.raw_storage_url,
-                             width=first.width, height=first.height)
+            config = _config(settings, mode, width=first.width, height=first.height,
+                             storage=portable_location(run_settings.raw_storage_url,
+                                                       base=settings.output_dir))
             env = environment.collect(codec=settings.codec, broker=settings.broker,
                                       async_encoding=mode == "async",
                                       workers_answering=answering)
@@ -138,14 +141,17 @@ def run_once(settings: BenchmarkSettings, mode: Mode, *, console: Console,
     finally:
         close_cameras(cameras)
     # Completion deleted the raw frames of every episode it counted (unless --keep-raw).
-    return from_session(report, config=config, environment=env,
-                        raw_kept=bool(recordings_with_raw(open_storage(report.raw_storage))))
+    result = from_session(report, config=config, environment=env, output_dir=settings.output_dir,
+                          raw_kept=bool(recordings_with_raw(open_storage(report.raw_storage))))
+    result.command = command
+    return result
 
 
 def _config(settings: BenchmarkSettings, mode: Mode, *, storage: str, width: int,
             height: int) -> BenchmarkConfig:
     return BenchmarkConfig(
-        mode=mode, camera_mode=settings.mode, camera_sources=list(settings.camera),
+        mode=mode, camera_mode=settings.mode,
+        camera_sources=[portable_location(source) for source in settings.camera],
         episodes=settings.episodes, episode_time_s=settings.episode_time,
         reset_time_s=settings.reset_time, fps=settings.fps, cameras=settings.camera_count,
         width=width, height=height, codec=settings.codec, crf=settings.crf, gop=settings.gop,
@@ -155,7 +161,8 @@ def _config(settings: BenchmarkSettings, mode: Mode, *, storage: str, width: int
         segment_frames=settings.segment_frames,
         video_encoding_workers=settings.video_encoding_workers,
         video_encoding_queue_size=settings.video_encoding_queue_size,
-        broker=redact(settings.broker), storage=storage,
+        broker=None if settings.broker is None else portable_location(settings.broker),
+        storage=storage,
         background_load=settings.background_load, capture_nice=settings.capture_nice,
     )
 
@@ -191,8 +198,8 @@ def _outstanding_display(progress: Progress, farm: EncodingFarmClient | None) ->
         progress.remove_task(task)
 
 
-def run_benchmark(settings: BenchmarkSettings, *,
-                  console: Console) -> dict[Mode, tuple[Path, BenchmarkResult]]:
+def run_benchmark(settings: BenchmarkSettings, *, console: Console, command: str | None = None
+                  ) -> dict[Mode, tuple[Path, BenchmarkResult]]:
     """Run the settings' modes in turn; mode -> (results file, result).
 
     Each result is saved as soon as its run ends; after a comparison both files are
@@ -200,7 +207,7 @@ def run_benchmark(settings: BenchmarkSettings, *,
     """
     saved: dict[Mode, tuple[Path, BenchmarkResult]] = {}
     for mode in settings.modes():
-        result = run_once(settings, mode, console=console)
+        result = run_once(settings, mode, console=console, command=command)
         result.verdicts = verdicts(result if mode == "sync" else None,
                                    result if mode == "async" else None)
         path = save(result, unique_path(result_path(settings.output_dir, result)))

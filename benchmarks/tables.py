@@ -1,0 +1,220 @@
+"""benchmarks/README.md's tables, made from the results files in benchmarks/results/.
+
+    python benchmarks/tables.py            # rewrite every table of the README
+    python benchmarks/tables.py --check    # exit 1 with a diff if the README is not what
+                                           # the files give (tests/test_benchmark_tables.py)
+
+No number in a README table is typed by hand. A table is the region between
+`<!-- table:NAME -->` and `<!-- /table:NAME -->`, and readme_tables() says what NAME is
+made of. A table for a new scenario is one entry there: its results files and the
+metrics to show (run_tables.py), e.g.
+
+    "continuous": lambda: by_run(r, [A(1796000000), A(1796000400)], [FILE, LOAD, LATE]),
+
+and, for a measure no metric shows yet, a Metric: a label and a function of a Run (one
+results file). A new script's results get a model in result_files.py and a table function
+in script_tables.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import script_tables
+from markdown_tables import Results, Table, TableError, rewrite
+from result_files import (
+    RESULTS_DIR,
+    RawFormatsResult,
+    SplitEpisodeResult,
+    StatusLatencyResult,
+    WorkerEfficiencyResult,
+)
+from run_tables import (
+    BACKGROUND,
+    BLOCKED,
+    BUSY,
+    COMMIT,
+    COMMITTING,
+    CPU,
+    ENCODE_STAGE,
+    ENCODING,
+    FILE,
+    FRAMES,
+    INLINE_OR_SENT,
+    LATE,
+    LATE_WHICH,
+    LOAD,
+    NICE,
+    RAW,
+    READY,
+    RECORDING,
+    REDUCTION,
+    SPEEDUP,
+    TIME,
+    TOTAL_CAPTURE,
+    WAIT,
+    WORKERS,
+    Goal,
+    by_metric,
+    by_run,
+    goal_late,
+    goal_late_loaded,
+    goal_raw,
+    goal_split,
+    goal_total,
+    goal_wait,
+    goal_worker,
+    goals_table,
+    late_summary,
+)
+
+README = Path(__file__).resolve().parent / "README.md"
+
+
+# -- the README's tables ----------------------------------------------------------------------
+
+def S(started: int) -> str:
+    """A sync run's results file, by the unix time it started."""
+    return f"sync_benchmark_{started}"
+
+
+def A(started: int) -> str:
+    """An async run's results file, by the unix time it started."""
+    return f"async_benchmark_{started}"
+
+
+# The runs the goals table reads (sections "second night" and "night").
+SYNTHETIC_QUIET = [A(1795814507)]
+REPLAYED_QUIET = [A(1795812004), A(1795812181), A(1795812393), A(1795812768)]
+REPLAYED_LOADED = [A(1795816993), A(1795817134), A(1795817282), A(1795817453)]
+SYNTHETIC_LOADED = [A(1795804819), A(1795804994), A(1795805146), A(1795805356),  # alternated
+                    A(1795808226), A(1795808501), A(1795808788)]  # three more at -10
+RAW_FORMATS = "raw_formats_1796570022"
+WORKER_EFFICIENCY = "worker_efficiency_1796570611"
+SPLIT_EPISODE = "split_episode_1796573266"  # measured on a busy machine: rerun
+STATUS_LATENCY = "status_latency_1796570795"
+
+GOALS = [
+    Goal("0 late capture slots, async, 4 cameras, 2 local workers (2 x 10 s at 30 fps)",
+         "second night", partial(goal_late, synthetic=SYNTHETIC_QUIET, replayed=REPLAYED_QUIET)),
+    Goal("the same beside other programs' CPU work and writes (`--background-load 2`)",
+         "night, second night",
+         partial(goal_late_loaded, synthetic=SYNTHETIC_LOADED, replayed=REPLAYED_LOADED)),
+    Goal("async total recording time / capture time <= 1.02", "second night",
+         partial(goal_total, synthetic=SYNTHETIC_QUIET, replayed=REPLAYED_QUIET, most=1.02)),
+    Goal("robot wait at an episode end <= 20 ms", "second night",
+         partial(goal_wait, synthetic=SYNTHETIC_QUIET, replayed=REPLAYED_QUIET, most_s=0.020)),
+    Goal("raw bytes <= 0.50x rgb24 at <= 1 ms more robot CPU per frame; a lossless option "
+         "<= 0.25x", "raw frame formats", partial(goal_raw, name=RAW_FORMATS)),
+    Goal("worker fps / bare PyAV fps >= 0.95", "worker fps",
+         partial(goal_worker, name=WORKER_EFFICIENCY, least=0.95)),
+    Goal("episode end -> video ready <= 1.2 x T1 / K", "split episodes",
+         partial(goal_split, name=SPLIT_EPISODE, most=1.2)),
+]
+
+# Compare tables: rows of metrics, a column per run.
+COMPARE = [FILE, LOAD, RECORDING, ENCODING, BLOCKED, READY, LATE, FRAMES, ENCODE_STAGE,
+           WORKERS, SPEEDUP, REDUCTION, BACKGROUND]
+SESSION = [FILE, LOAD, LATE, LATE_WHICH, WAIT, TOTAL_CAPTURE, READY, RAW, CPU, BUSY, FRAMES]
+OLD_NEW = [FILE, LOAD, WAIT, COMMIT, TOTAL_CAPTURE, LATE, BUSY, FRAMES]
+
+
+def readme_tables(r: Results) -> dict[str, Callable[[], Table]]:
+    """Region name -> how its table is made."""
+    def script(name: str, model: type, make: Callable[..., Table]) -> Callable[[], Table]:
+        return lambda: make(r.script(name, model), r.path(name))
+
+    return {
+        "goals": lambda: goals_table(r, GOALS),
+        "compare-1-2-cameras": lambda: by_metric(r, [
+            ("1 cam sync", S(1795482875)), ("1 cam async", A(1795482905)),
+            ("2 cams sync", S(1795482935)), ("2 cams async", A(1795482971)),
+        ], COMPARE),
+        "compare-v3-output": lambda: by_metric(r, [
+            ("2 cams sync", S(1795771696)), ("2 cams async", A(1795771748)),
+        ], [FILE, LOAD, RECORDING, BLOCKED, COMMITTING, INLINE_OR_SENT, LATE, FRAMES, SPEEDUP,
+            REDUCTION]),
+        "episode-end-3x10": lambda: by_metric(r, [
+            ("old", A(1795782828)), ("new", A(1795782915)),
+            ("old, background load", A(1795783109)), ("new, background load", A(1795783440)),
+        ], OLD_NEW),
+        "episode-end-2x10": lambda: by_metric(r, [
+            ("old (`63c97d4`)", A(1795784398)),
+            ("new", A(1795784475)),
+            ("new, `--background-load 2`", A(1795784555)),
+        ], OLD_NEW),
+        "evening": lambda: by_metric(r, [
+            ("1 cam sync", S(1795795520)), ("1 cam async", A(1795795557)),
+            ("2 cams sync", S(1795795652)), ("2 cams async", A(1795795700)),
+            ("4 cams sync", S(1795796191)), ("4 cams async", A(1795796260)),
+            ("4 real cams sync", S(1795796374)),
+            ("4 real cams async", A(1795796431)),
+        ], SESSION),
+        "night": lambda: by_metric(r, [
+            ("1 cam sync", S(1795804126)), ("1 cam async", A(1795804156)),
+            ("2 cams sync", S(1795804239)), ("2 cams async", A(1795804276)),
+            ("4 cams sync", S(1795804409)), ("4 cams async", A(1795804460)),
+            ("4 real cams sync", S(1795804640)),
+            ("4 real cams async", A(1795804679)),
+        ], SESSION),
+        "night-background": lambda: by_run(r, SYNTHETIC_LOADED,
+                                           [NICE, FILE, TIME, LOAD, LATE, TOTAL_CAPTURE, BUSY]),
+        "night-background-summary": lambda: late_summary(r, SYNTHETIC_LOADED, "4 synthetic"),
+        "second-night": lambda: by_run(r, [
+            S(1795811957), A(1795812004), A(1795812181),
+            S(1795812346), A(1795812393), S(1795812722),
+            A(1795812768)], [FILE, TIME, LOAD, LATE, LATE_WHICH, TOTAL_CAPTURE, BUSY, CPU, FRAMES]),
+        "second-night-synthetic": lambda: by_run(
+            r, [S(1795814454), *SYNTHETIC_QUIET],
+            [FILE, TIME, LOAD, LATE, WAIT, TOTAL_CAPTURE, RAW, FRAMES]),
+        "replay-background": lambda: by_run(r, REPLAYED_LOADED,
+                                            [NICE, FILE, TIME, LOAD, LATE, TOTAL_CAPTURE, BUSY]),
+        "raw-formats": script(RAW_FORMATS, RawFormatsResult, script_tables.raw_formats),
+        "worker-efficiency": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
+                                    script_tables.worker_efficiency),
+        "worker-ratios": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
+                                script_tables.worker_ratios),
+        "split-episode": script(SPLIT_EPISODE, SplitEpisodeResult, script_tables.split_episode),
+        "status-latency": script(STATUS_LATENCY, StatusLatencyResult,
+                                 script_tables.status_latency),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 if the README's tables are not what "
+                             "the results files give")
+    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR,
+                        help="the results files' folder (default: benchmarks/results)")
+    args = parser.parse_args(argv)
+    text = args.readme.read_text()
+    try:
+        made = rewrite(text, readme_tables(Results(args.results)))
+    except TableError as exc:
+        print(f"tables.py: {exc}", file=sys.stderr)
+        return 2
+    if made == text:
+        print(f"{args.readme.name}: every table is what the results files give")
+        return 0
+    if args.check:
+        diff = difflib.unified_diff(text.splitlines(keepends=True), made.splitlines(keepends=True),
+                                    f"{args.readme.name} (committed)",
+                                    f"{args.readme.name} (from the results files)", n=1)
+        sys.stdout.writelines(diff)
+        print(f"\n{args.readme.name}'s tables differ from what the results files give: run "
+              "python benchmarks/tables.py (a table is never edited by hand)")
+        return 1
+    args.readme.write_text(made)
+    print(f"{args.readme.name}: tables rewritten from {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
