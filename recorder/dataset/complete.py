@@ -26,6 +26,7 @@ from recorder.dataset import metadata
 from recorder.dataset.layout import INFO_KEY, Layout
 from recorder.dataset.staging import StagedEpisode, load_rows, load_staged, staged_recordings
 from recorder.dataset.videos import local_video, probe_video
+from recorder.failpoints import failpoint
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +94,13 @@ def complete_dataset(dataset: Storage, raw: Storage) -> Completion:
             frames += episode.length
         result.staged_left = len(staged) - len(new_rows)
         if new_rows:
+            failpoint("complete:data-written")
             rows += new_rows
             metadata.write_tasks(dataset, fmt, tasks)
             metadata.write_episode_rows(dataset, fmt, rows)
+            failpoint("complete:rows-written")
             metadata.write_stats(dataset, rows, fmt)
+            failpoint("complete:before-info")
             info.update(total_episodes=len(rows), total_frames=frames, total_tasks=len(tasks),
                         splits={"train": f"0:{len(rows)}"})
             if fmt == "v2.1":
