@@ -188,6 +188,7 @@ class SentinelFarm:
         self.primary = self._server("primary")
         self.replica = self._server("replica", replica_of=self.primary.port)
         self.sentinels = [self._sentinel(index) for index in range(3)]
+        self._held = False
 
     @property
     def url(self) -> str:
@@ -244,9 +245,22 @@ class SentinelFarm:
                 return False
         return True
 
+    def hold_replication(self) -> None:
+        """Cut the replica off its primary: what the primary is told from now on never
+        reaches it, as when a primary dies before its asynchronous replication caught up.
+        (A stopped replica would still read what its socket had received.)"""
+        self.replica.client.config_set("masterauth", "not-the-password")
+        self.replica.client.client_kill_filter(_type="master")
+        wait_for(lambda: self.replica.client.info("replication").get("master_link_status")
+                 == "down", timeout_s=START_TIMEOUT_S, what="the replica to lose its primary")
+        self._held = True
+
     def fail_over(self) -> None:
         """Kill the primary (no goodbye) and wait until the sentinels promote the replica."""
         self.primary.stop(signal.SIGKILL)
+        if self._held:  # its primary is gone: nothing more to catch up on
+            self.replica.client.config_set("masterauth", self.password)
+            self._held = False
         wait_for(lambda: all(self._names_replica(s) for s in self.sentinels),
                  timeout_s=FAILOVER_TIMEOUT_S, what="the sentinels to promote the replica")
         wait_for(lambda: self.replica.client.info("replication").get("role") == "master",
