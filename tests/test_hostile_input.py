@@ -9,6 +9,7 @@ import signal
 import urllib.request
 
 import pytest
+from celery import Celery
 from conftest import free_port, wait_for
 from episodes import job_for, slow_job, write_episode
 from faulty_s3 import FaultyS3
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 
 from encoder_worker import tasks
 from encoder_worker.broker import redis_client
+from encoder_worker.celery_app import ENCODE_TASK, make_app
 from encoder_worker.encode import encode_job
 from encoder_worker.jobs import ENCODE_QUEUE, EncodeJob, EncoderOptions, Status
 from encoder_worker.ledger import ATTEMPTS_PREFIX, PROGRESS_KEY, REJECTED_KEY, TIME_LIMITS_PREFIX
@@ -137,6 +139,49 @@ def test_items_that_are_not_messages_are_set_aside_and_no_worker_exits(
     assert result.status is Status.SUCCEEDED, result.error
     assert worker.process.poll() is None
     assert "rejected an item on queue" in worker.output()
+
+
+@pytest.mark.integration
+def test_what_a_worker_cannot_use_comes_back_as_a_failed_result_with_the_reason(
+        tmp_path, broker_url, start_worker):
+    storage = open_storage(tmp_path / "data")
+    job = job_for(storage, write_episode(storage, frames=3),
+                  options=EncoderOptions(codec="libx264")).model_dump(mode="json")
+    key = manifest_key(raw_prefix(recording=0, camera="cam0"))
+    storage.put_bytes(key, storage.get_bytes(key).replace(b'"rgb24"', b'"yuv444p"'))
+    sent = {  # task id -> payload, as anyone who can write to the queue may send it
+        "number": 5, "text": "not a job", "none": None, "list": [1, 2],
+        "recording-abc": {"job_id": "j", "recording": "abc", "camera": "cam0"},
+        "schema-99": {**job, "schema_version": 99},
+        "pixel-format": job,
+    }
+    worker = start_worker(broker_url)
+    app = make_app(broker_url)
+    try:
+        for task_id, payload in sent.items():
+            app.send_task(ENCODE_TASK, args=[payload], task_id=task_id, queue=ENCODE_QUEUE)
+        for task_id in sent:
+            wait_for(lambda t=task_id: app.AsyncResult(t).ready(), timeout_s=60,
+                     what=f"the result of {task_id}")
+        errors = {task_id: failure_of(app, task_id) for task_id in sent}
+    finally:
+        app.close()
+    for task_id in ("number", "text", "none", "list", "recording-abc"):
+        assert "invalid EncodeJob payload" in errors[task_id], errors[task_id]
+    assert "schema_version 99; this worker reads 2" in errors["schema-99"]
+    assert "raw pixel format 'yuv444p' is not one of" in errors["pixel-format"]
+    assert worker.process.poll() is None, worker.output()
+
+
+def failure_of(app: Celery, task_id: str) -> str:
+    """The reason a finished task failed: a failed EncodeResult's error, or the exception
+    of a task in Celery's FAILURE state."""
+    handle = app.AsyncResult(task_id)
+    if handle.state == "SUCCESS":
+        assert handle.result["status"] == "failed", handle.result
+        return str(handle.result["error"])
+    assert handle.state == "FAILURE", handle.state
+    return str(handle.result)
 
 
 @pytest.mark.parametrize("key", ["../../etc/passwd", "/etc/passwd", "videos/../../x.mp4"])
