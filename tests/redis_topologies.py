@@ -2,6 +2,7 @@
 
     tls_files(folder)            a CA, a server certificate for 127.0.0.1 and a client one
     TlsRedis(workdir, files)     redis-server speaking only TLS, wanting client certificates
+    redis_server_speaks_tls()    whether this host's redis-server was built with TLS
     SentinelFarm(workdir)        a primary, a replica and three sentinels; fail_over()
 """
 
@@ -111,6 +112,14 @@ class RedisProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisProcess:
+        if not self.launch():
+            assert self.process is not None
+            pytest.fail(f"{self.name} exited ({self.process.returncode}):\n"
+                        f"{self.log.read_text()}")
+        return self
+
+    def launch(self) -> bool:
+        """Start the process: True once it answers, False when it exited first."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
@@ -123,9 +132,7 @@ class RedisProcess:
         except BaseException:
             self.stop(signal.SIGKILL)
             raise
-        if process.poll() is not None:
-            pytest.fail(f"{self.name} exited ({process.returncode}):\n{self.log.read_text()}")
-        return self
+        return process.poll() is None
 
     def _answers(self) -> bool:
         try:
@@ -172,6 +179,22 @@ class TlsRedis:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.server.stop()
+
+
+_speaks_tls: dict[str, bool] = {}
+
+
+def redis_server_speaks_tls(workdir: Path) -> bool:
+    """Whether this host's redis-server was built with TLS (Debian's is, a plain `make` of
+    Redis is not): it answers a ping on a TLS-only port. Asked once per binary."""
+    binary = find_redis_server()
+    if binary not in _speaks_tls:
+        probe = TlsRedis(workdir, tls_files(workdir / "certs"), password="tls-probe")
+        try:
+            _speaks_tls[binary] = probe.server.launch()
+        finally:
+            probe.server.stop()
+    return _speaks_tls[binary]
 
 
 class SentinelFarm:

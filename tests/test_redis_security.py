@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 import redis
+from conftest import require
 from dataset_checks import check_v3_dataset
 from recordings import CAMERAS, features, record_episodes
-from redis_topologies import MASTER_NAME, SentinelFarm, TlsRedis, tls_files
+from redis_topologies import (
+    MASTER_NAME,
+    SentinelFarm,
+    TlsRedis,
+    redis_server_speaks_tls,
+    tls_files,
+)
 
 from encoder_worker.broker import RIDE_OUT_S, parse_redis_url, redact, redis_client
 from encoder_worker.celery_app import make_app
@@ -125,8 +132,14 @@ def test_a_url_that_cannot_work_is_refused_with_what_to_write(url, message):
 
 # --- TLS ----------------------------------------------------------------------------------
 
+def needs_tls(tmp_path: Path) -> None:
+    require(redis_server_speaks_tls(tmp_path / "tls-probe"),
+            "this redis-server was built without TLS (Debian's redis-server has it)")
+
+
 @pytest.mark.integration
 def test_a_recording_goes_through_a_tls_only_redis(tmp_path, start_worker):
+    needs_tls(tmp_path)
     files = tls_files(tmp_path / "certs")
     with TlsRedis(tmp_path / "redis", files, password=SECRET) as server:
         worker = start_worker(server.url())
@@ -143,6 +156,7 @@ def test_a_recording_goes_through_a_tls_only_redis(tmp_path, start_worker):
 
 @pytest.mark.integration
 def test_a_certificate_problem_is_named_with_the_parameter_that_fixes_it(tmp_path):
+    needs_tls(tmp_path)
     files = tls_files(tmp_path / "certs")
     stranger = tls_files(tmp_path / "other", name="other")
     with TlsRedis(tmp_path / "redis", files, password=SECRET) as server:
