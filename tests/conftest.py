@@ -57,6 +57,14 @@ def require(condition: object, reason: str) -> None:
     pytest.skip(reason)
 
 
+def needs_integration_marker(request: pytest.FixtureRequest, what: str) -> None:
+    """`make test-fast` (-m "not integration") runs no server, worker or encode: a test
+    that starts one must say so."""
+    if request.node.get_closest_marker("integration") is None:
+        pytest.fail(f"{request.node.nodeid} starts {what}: mark it integration",
+                    pytrace=False)
+
+
 @pytest.fixture(autouse=True)
 def _work_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Relative defaults (recordings/, benchmark_results/) land in the test's folder,
@@ -65,8 +73,9 @@ def _work_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+def redis_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     """A redis-server owned by this test (TCP, free port, append-only file on)."""
+    needs_integration_marker(request, "a redis-server")
     server = RedisServer(tmp_path / "redis", port=free_port(), appendonly=True)
     server.start()
     yield server
@@ -119,8 +128,10 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def start_worker(tmp_path: Path,
+                 request: pytest.FixtureRequest) -> Iterator[Callable[..., WorkerProcess]]:
     """Factory: start `encoder-worker run` as a subprocess and wait until it answers pings."""
+    needs_integration_marker(request, "workers")
     workers: list[WorkerProcess] = []
 
     def start(broker: str, *args: str, cwd: Path | None = None,

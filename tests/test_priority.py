@@ -114,6 +114,7 @@ def test_raised_priority_covers_new_threads_and_the_autogroup_and_is_put_back():
                                        "after": 0, "group_after": 0}
 
 
+@pytest.mark.integration
 @pytest.mark.usefixtures("root_and_autogroup")
 def test_record_runs_at_its_capture_nice_and_gives_the_session_its_priority_back(tmp_path):
     recorder = (f"{sys.executable} -m recorder.cli -v record --capture-nice -5 --episodes 1 "
