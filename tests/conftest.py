@@ -88,7 +88,7 @@ def broker_url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Callable[[Path, str], Path]]:
+def tmpfs() -> Iterator[Callable[[Path, str], Path]]:
     """Factory: mount a tmpfs of a size ("8m", "64k") at a folder, unmounted after the test:
     a disk that really fills up (root only)."""
     mounted: list[Path] = []

@@ -8,10 +8,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, wait_for
+from conftest import REPO, WorkerProcess, wait_for
 from episodes import job_for, write_episode
 from video_checks import check_video_against_raw
 
@@ -105,7 +107,7 @@ def test_a_recorder_that_died_mid_capture_stops_pausing_within_seconds(broker_ur
 
 
 def test_a_worker_paused_for_a_recorder_that_is_killed_goes_on_within_seconds(
-        tmp_path, broker_url, start_worker):
+        tmp_path: Path, broker_url: str, start_worker: Callable[..., WorkerProcess]) -> None:
     storage = open_storage(tmp_path / "data")
     manifest = write_episode(storage, frames=90, width=320, height=240)
     start_worker(broker_url, "--yield-to-capture")

@@ -13,13 +13,15 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import pandas as pd
 import pytest
-from conftest import REPO, wait_for
+from conftest import REPO, WorkerProcess, wait_for
 from dataset_checks import check_v3_dataset, check_with_lerobot, lerobot_installed
 from recordings import CAMERAS, features, record_episodes
 
@@ -30,13 +32,13 @@ from recorder.farm.client import EncodingFarmClient
 
 pytestmark = pytest.mark.integration
 
-FAST = {"codec": "libx264"}
+FAST: dict[str, Any] = {"codec": "libx264"}
 ROWS = "meta/episodes/chunk-000/file-000.parquet"
 
 
-def create(root: Path, **settings: object) -> FarmDataset:
+def create(root: Path, **settings: Any) -> FarmDataset:
     return FarmDataset.create("test/dataset", fps=30, features=features(), robot_type="sim",
-                              root=str(root), **FAST, **settings)  # type: ignore[arg-type]
+                              root=str(root), **FAST, **settings)
 
 
 def run_recorder(*args: str, failpoint: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -179,7 +181,7 @@ def shorten_by_one_frame(video: Path) -> None:
 
 
 def test_a_video_a_frame_short_is_refused_with_the_reason_and_the_dataset_is_unchanged(
-        tmp_path: Path, broker_url: str, start_worker) -> None:
+        tmp_path: Path, broker_url: str, start_worker: Callable[..., WorkerProcess]) -> None:
     root = tmp_path / "ds"
     first = create(root)
     record_episodes(first, episodes=1, frames=10)

@@ -1,15 +1,17 @@
 """End to end on one machine: our own redis-server, real worker subprocesses, real encodes."""
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import WorkerProcess, wait_for
 from episodes import job_for, slow_job, write_episode
 from video_checks import check_video_against_raw
 
@@ -262,7 +264,7 @@ def test_revoked_job_comes_back_as_failed(tmp_path, broker_url, start_worker):
 
 
 def test_a_job_that_keeps_killing_its_workers_fails_and_the_others_are_encoded(
-        tmp_path, broker_url, start_worker):
+        tmp_path: Path, broker_url: str, start_worker: Callable[..., WorkerProcess]) -> None:
     storage = open_storage(tmp_path / "data")
     # Slow enough to be seen encoding (as an out-of-memory encode would be) before its kill.
     poison = slow_job(storage, frames=240, job_id="poison")
@@ -275,6 +277,9 @@ def test_a_job_that_keeps_killing_its_workers_fails_and_the_others_are_encoded(
     def snapshot() -> LedgerSnapshot:
         return ledger.snapshot(queue=ENCODE_QUEUE, now=time.time())
 
+    def encodes_poison(worker: WorkerProcess) -> bool:
+        return bool(snapshot().progress.get("poison", {}).get("worker") == worker.name)
+
     killed = []
     with EncodingFarmClient(broker_url) as farm:
         for job in (poison, *others):
@@ -282,8 +287,8 @@ def test_a_job_that_keeps_killing_its_workers_fails_and_the_others_are_encoded(
         # A supervisor restarts the worker each time; the job kills it each time it starts.
         for _ in range(MAX_ENCODE_ATTEMPTS):
             worker = start_worker(broker_url, env=env)
-            wait_for(lambda w=worker: snapshot().progress.get("poison", {}).get("worker")
-                     == w.name, timeout_s=120, what=f"{worker.name} to start encoding poison")
+            wait_for(functools.partial(encodes_poison, worker), timeout_s=120,
+                     what=f"{worker.name} to start encoding poison")
             worker.kill(signal.SIGKILL)
             killed.append(worker)
         survivor = start_worker(broker_url, env=env)

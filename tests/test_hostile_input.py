@@ -1,20 +1,25 @@
 """What a worker receives never crashes it: bad payloads and manifests become failed
-results with the reason; transient storage errors are not counted as worker deaths."""
+results with the reason; transient storage errors are retried, not counted as worker
+deaths; an encode over its time limit is stopped, and killed if it cannot stop."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from celery import Celery
-from conftest import free_port, wait_for
+from conftest import WorkerProcess, free_port, wait_for
 from episodes import job_for, slow_job, write_episode
 from faulty_s3 import FaultyS3
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
+from s3_fixtures import MotoServer
 
 from encoder_worker import tasks
 from encoder_worker.broker import redis_client
@@ -69,7 +74,8 @@ def test_a_manifest_with_an_unknown_pixel_format_fails_the_job_with_the_reason(s
 
 @pytest.mark.integration
 def test_transient_storage_errors_are_retried_and_not_counted_as_worker_deaths(
-        tmp_path, s3_url, moto_server, broker_url, start_worker):
+        tmp_path: Path, s3_url: str, moto_server: MotoServer, broker_url: str,
+        start_worker: Callable[..., WorkerProcess]) -> None:
     # S3 throttles the worker's reads of the raw frames: more failed runs than a job may
     # kill its worker (MAX_ENCODE_ATTEMPTS), so counted as deaths it would fail.
     local, storage = open_storage(tmp_path / "recorded"), open_storage(s3_url)
@@ -143,7 +149,7 @@ def test_items_that_are_not_messages_are_set_aside_and_no_worker_exits(
 
 @pytest.mark.integration
 def test_what_a_worker_cannot_use_comes_back_as_a_failed_result_with_the_reason(
-        tmp_path, broker_url, start_worker):
+        tmp_path: Path, broker_url: str, start_worker: Callable[..., WorkerProcess]) -> None:
     storage = open_storage(tmp_path / "data")
     job = job_for(storage, write_episode(storage, frames=3),
                   options=EncoderOptions(codec="libx264")).model_dump(mode="json")
@@ -157,11 +163,15 @@ def test_what_a_worker_cannot_use_comes_back_as_a_failed_result_with_the_reason(
     }
     worker = start_worker(broker_url)
     app = make_app(broker_url)
+
+    def finished(task_id: str) -> bool:
+        return bool(app.AsyncResult(task_id).ready())
+
     try:
         for task_id, payload in sent.items():
             app.send_task(ENCODE_TASK, args=[payload], task_id=task_id, queue=ENCODE_QUEUE)
         for task_id in sent:
-            wait_for(lambda t=task_id: app.AsyncResult(t).ready(), timeout_s=60,
+            wait_for(functools.partial(finished, task_id), timeout_s=60,
                      what=f"the result of {task_id}")
         errors = {task_id: failure_of(app, task_id) for task_id in sent}
     finally:
@@ -286,7 +296,8 @@ def test_an_encode_over_its_time_limit_is_stopped_retried_and_reported(
 
 @pytest.mark.integration
 def test_an_encode_that_cannot_stop_at_its_soft_limit_is_killed_at_the_hard_limit(
-        tmp_path, broker_url, start_worker, monkeypatch):
+        tmp_path: Path, broker_url: str, start_worker: Callable[..., WorkerProcess],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # The recorder sends each job's hard limit 60 s after its soft one; seconds here.
     assert farm_client.HARD_TIME_LIMIT_MARGIN_S == 60
     monkeypatch.setattr(farm_client, "HARD_TIME_LIMIT_MARGIN_S", 3.0)
@@ -298,9 +309,9 @@ def test_an_encode_that_cannot_stop_at_its_soft_limit_is_killed_at_the_hard_limi
     client = redis_client(broker_url)
     with EncodingFarmClient(broker_url) as farm:
         farm.submit(job)
-        progress = wait_for(lambda: client.hget(PROGRESS_KEY, "hung"), timeout_s=60,
-                            what="the encode to start")
-        encoding = json.loads(progress)["pid"]
+        wait_for(lambda: client.hexists(PROGRESS_KEY, "hung"), timeout_s=60,
+                 what="the encode to start")
+        encoding = json.loads(client.hget(PROGRESS_KEY, "hung"))["pid"]
         # Stopped: it gets no CPU, so it cannot act on its soft limit (SIGUSR1) either.
         os.kill(encoding, signal.SIGSTOP)
         [result] = farm.wait(timeout_s=60)

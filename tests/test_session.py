@@ -1,6 +1,9 @@
 """Session logic that needs no farm: episode numbering, committing every camera, a
 camera failing mid-episode."""
 
+from collections.abc import Callable
+from pathlib import Path
+
 import av
 import numpy as np
 import pytest
@@ -66,7 +69,9 @@ def test_one_failing_camera_does_not_lose_the_others(tmp_path):
 
 
 @pytest.mark.integration
-def test_one_camera_on_a_full_disk_does_not_lose_the_others(tmp_path, tmpfs, caplog):
+def test_one_camera_on_a_full_disk_does_not_lose_the_others(
+        tmp_path: Path, tmpfs: Callable[[Path, str], Path],
+        caplog: pytest.LogCaptureFixture) -> None:
     storage = open_storage(tmp_path / "dataset")
     # cam0's folder is a disk with room for one segment of 4 frames at 64x64 (48 KiB).
     cam0 = tmpfs(tmp_path / "dataset" / raw_prefix(recording=0, camera="cam0"), "64k")
