@@ -69,7 +69,7 @@ def check_all_videos(settings: RecorderSettings, report) -> None:
         recorded = next(e for e in report.episodes if e.recording == result.recording)
         assert result.frames == recorded.frames_recorded[result.camera] == 30
         check_video_against_raw(storage.path(result.output_key), settings.raw_storage_url,
-                                raw_prefix(recording=result.episode, camera=result.camera))
+                                raw_prefix(recording=result.recording, camera=result.camera))
 
 
 def test_inline_session_encodes_every_episode(tmp_path):

@@ -29,7 +29,7 @@ def check_results(storage, results, count):
     for result in results:
         assert result.ok, result.error
         check_video_against_raw(storage.path(result.output_key), storage.url,
-                                raw_prefix(recording=result.episode, camera="cam0"))
+                                raw_prefix(recording=result.recording, camera="cam0"))
 
 
 def test_jobs_submitted_while_redis_is_down_are_sent_when_it_is_back(
