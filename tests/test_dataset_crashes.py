@@ -2,8 +2,9 @@
 its episode: LeRobot sees the old dataset or the new one, never half of one, and the next
 run finishes the job.
 
-The kills are SIGKILLs at named points (recorder/failpoints.py: FARM_FAILPOINT), so each
-test stops a real `recorder pack` or `recorder encode-pending` exactly where it means to.
+The kills are SIGKILLs at named points (recorder/dataset/failpoints.py, FARM_FAILPOINT), so
+each test stops a real `recorder pack` or `recorder encode-pending` exactly where it means
+to.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from dataset_checks import check_v3_dataset, check_with_lerobot, lerobot_install
 from recordings import CAMERAS, features, record_episodes
 
 from recorder.dataset import FarmDataset
+from recorder.dataset.failpoints import ENV_VAR
 from recorder.dataset.layout import Layout
-from recorder.failpoints import ENV_VAR
 from recorder.farm.client import EncodingFarmClient
 
 pytestmark = pytest.mark.integration

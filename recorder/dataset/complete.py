@@ -23,10 +23,10 @@ import pyarrow as pa
 
 from encoder_worker.storage import Storage
 from recorder.dataset import metadata
+from recorder.dataset.failpoints import failpoint
 from recorder.dataset.layout import INFO_KEY, Layout
 from recorder.dataset.staging import StagedEpisode, load_rows, load_staged, staged_recordings
 from recorder.dataset.videos import local_video, probe_video
-from recorder.failpoints import failpoint
 
 logger = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ import av
 
 from encoder_worker.storage import Storage
 from recorder.dataset import metadata
+from recorder.dataset.failpoints import failpoint
 from recorder.dataset.layout import CHUNK_SIZE, VIDEO_FILE_SIZE_MB, Layout
 from recorder.dataset.staging import load_staged, staged_recordings
 from recorder.dataset.videos import local_video, probe_video
-from recorder.failpoints import failpoint
 
 logger = logging.getLogger(__name__)
 
