@@ -199,7 +199,7 @@ def print_failures(failures: dict[str, dict], *, as_json: bool) -> None:
     for job_id, entry in sorted(failures.items(), key=lambda item: item[1]["failed_at"]):
         result = entry["result"]
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["failed_at"]))
-        where = f"episode {result.get('episode', '?')} camera {result.get('camera', '?')}"
+        where = f"recording {result.get('recording', '?')} camera {result.get('camera', '?')}"
         print(f"{at}  {job_id}  {where}: {result.get('error')}")
 
 

@@ -404,7 +404,7 @@ def test_failed_jobs_are_listed_and_requeued(tmp_path, broker_url, start_worker)
 
     listed = worker_cli("failed")
     assert listed.returncode == 0, listed.stderr
-    assert "broken  episode 0 camera cam0: RawEpisodeError: segment" in listed.stdout
+    assert "broken  recording 0 camera cam0: RawEpisodeError: segment" in listed.stdout
     assert "is corrupt" in listed.stdout
     as_json = json.loads(worker_cli("failed", "--json").stdout)
     assert as_json["broken"]["payload"]["job_id"] == "broken"

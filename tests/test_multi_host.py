@@ -136,5 +136,5 @@ def test_two_worker_hosts_share_the_work(lab: NetnsLab, tmp_path: Path,
     assert hosts == {"farm-w1", "farm-w2"}, f"both worker hosts take jobs: {hosts}"
     assert len({(r["worker_host"], r["worker_pid"]) for r in results}) >= 2
     for r in results:
-        recorded = report["frames"][f"{r['episode']}/{r['camera']}"]
+        recorded = report["frames"][f"{r['recording']}/{r['camera']}"]
         assert report["counts"][r["job_id"]] == recorded == r["frames"] > 0

@@ -78,5 +78,5 @@ def test_a_long_wait_says_what_it_waits_for(tmp_path, redis_server, caplog):
             farm.wait(timeout_s=1.0)  # no worker: nothing finishes
     notes = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
     assert notes, caplog.text
-    assert "0 of 2 videos done; 2 jobs queued at the farm; waiting for episode 0 cam0, " \
-           "episode 1 cam0" in notes[-1]
+    assert "0 of 2 videos done; 2 jobs queued at the farm; waiting for recording 0 cam0, " \
+           "recording 1 cam0" in notes[-1]
