@@ -8,7 +8,7 @@ settings (the farm's defaults, LeRobot's), rounds interleaved in one process:
 Both are given frames in the raw format the recorder stores by default (yuv420p); bare
 from rgb24 (what an inline encoder is given) is shown too. Run as root, SVT-AV1 gives its
 threads real-time priority, which the farm's workers take back (a robot host's loop
-must come first; encode.demote_realtime_threads): "bare, threads demoted" is bare PyAV
+must come first; priority.demote_realtime_threads): "bare, threads demoted" is bare PyAV
 as the workers, and any worker not run as root, encode. "bare + verify" adds the worker's
 verification alone (every packet decoded as it comes, verify.PacketVerifier) to it: what
 decoding every frame costs, apart from fetching and publishing.
@@ -30,8 +30,9 @@ import av
 import numpy as np
 from real_content import frames as real_frames
 
-from encoder_worker.encode import demote_realtime_threads, encode_job
+from encoder_worker.encode import encode_job
 from encoder_worker.jobs import EncodeJob, EncoderOptions, Status
+from encoder_worker.priority import demote_realtime_threads
 from encoder_worker.raw_episode import DirectSink, RawEpisodeWriter
 from encoder_worker.raw_frames import FramePacker
 from encoder_worker.storage import open_storage

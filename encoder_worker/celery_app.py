@@ -35,7 +35,9 @@ def make_app(broker: str, *, settings: WorkerSettings | None = None) -> Celery:
     settings = settings or WorkerSettings.model_construct(broker=broker)
     redis_url = parse_redis_url(broker)
     url = redis_url.celery_url()
-    app = Celery("encoder_worker", broker=url, backend=url, include=["encoder_worker.tasks"])
+    # A worker loads the task and the farm_worker command that status broadcasts.
+    app = Celery("encoder_worker", broker=url, backend=url,
+                 include=["encoder_worker.tasks", "encoder_worker.control"])
     if redis_url.scheme in TRANSPORTS:
         # Items on the queue that are not messages are set aside, never fatal.
         app.conf.broker_transport = TRANSPORTS[redis_url.scheme]
@@ -75,6 +77,12 @@ def make_app(broker: str, *, settings: WorkerSettings | None = None) -> Celery:
                         result_backend_max_sleep_between_retries_ms=RESULT_RETRY_MAX_MS,
                         result_backend_max_retries=RESULT_RETRIES)
     return app
+
+
+def worker_settings(app: Celery) -> WorkerSettings:
+    """The settings a worker's app was made with (encoder-worker run, worker_app.py)."""
+    stored = app.conf.get("farm_worker_settings")
+    return WorkerSettings.model_validate(stored) if stored else WorkerSettings()
 
 
 def sentinel_options(redis_url: RedisUrl) -> dict[str, Any]:

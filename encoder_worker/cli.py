@@ -14,6 +14,7 @@ from typing import Any
 
 from encoder_worker.broker import BrokerUnreachable, check_broker, redis_client
 from encoder_worker.cli_settings import add_settings_arguments, settings_from_args
+from encoder_worker.jobs import FailureReason
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import StorageError, open_storage
 
@@ -199,8 +200,11 @@ def print_failures(failures: dict[str, dict], *, as_json: bool) -> None:
     for job_id, entry in sorted(failures.items(), key=lambda item: item[1]["failed_at"]):
         result = entry["result"]
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["failed_at"]))
-        where = f"recording {result.get('recording', '?')} camera {result.get('camera', '?')}"
-        print(f"{at}  {job_id}  {where}: {result.get('error')}")
+        # Older workers kept no reason, and called the recording "episode".
+        reason = result.get("reason") or FailureReason.OTHER
+        recording = result.get("recording", result.get("episode", "?"))
+        where = f"recording {recording} camera {result.get('camera', '?')}"
+        print(f"{at}  {reason}  {job_id}  {where}: {result.get('error')}")
 
 
 def run_worker(settings: WorkerSettings, *, hostname: str | None, pool: str) -> int:

@@ -4,7 +4,7 @@ flag and its FARM_NAME_WITH_DASHES environment variable always carry the same na
 from __future__ import annotations
 
 import argparse
-from typing import Any, TypeVar, get_args
+from typing import Any, TypeVar, get_args, get_origin
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
@@ -33,6 +33,8 @@ def add_settings_arguments(
     for name, info in model.model_fields.items():
         if fields is not None and name not in fields:
             continue
+        if get_origin(info.annotation) is dict:
+            continue  # no flag for a mapping (EncoderOptions.extra): environment only
         env = f"{env_prefix}{name}".upper()
         default = info.get_default(call_default_factory=False)
         help_text = f"{info.description or ''} [env {env}; default {default}]".strip()

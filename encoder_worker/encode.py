@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import TypeVar
@@ -24,7 +25,8 @@ os.environ.setdefault("SVT_LOG", "1")
 import av
 from av.video.reformatter import VideoReformatter
 
-from encoder_worker.jobs import EncodeJob, EncodeResult, Status
+from encoder_worker.jobs import EncodeJob, EncodeResult, FailureReason, Status
+from encoder_worker.priority import demote_realtime_threads
 from encoder_worker.raw_episode import Manifest, RawEpisodeError, RawEpisodeReader
 from encoder_worker.storage import KeyNotFound, Storage, open_storage
 from encoder_worker.verify import PacketVerifier, VerifyError, check_file
@@ -33,7 +35,22 @@ logger = logging.getLogger(__name__)
 
 
 class EncodeError(Exception):
-    """The encoder failed or its output did not verify; the message says how."""
+    """The encoder failed or its output did not verify; the message says how, reason
+    which (ENCODE, VERIFY, OUTPUT_TAKEN)."""
+
+    def __init__(self, message: str, *, reason: FailureReason = FailureReason.ENCODE) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What encode_frames measured and verified."""
+
+    fetch_s: float
+    encode_s: float
+    verify_s: float
+    duration_s: float  # the written video's, as its readers get it
 
 
 # MP4 metadata tag naming the raw episode a video was made from (its manifest's digest).
@@ -79,22 +96,35 @@ def encode_job(job: EncodeJob, *, scratch_dir: Path | None = None,
 @contextlib.contextmanager
 def timed_result(job: EncodeJob) -> Iterator[EncodeResult]:
     """The result of running job in the block, timed. Data and codec failures in it make
-    it FAILED with the reason (an exception's notes say the stage); others propagate."""
+    it FAILED with their reason (an exception's notes say the stage); others propagate."""
     started = time.time()
-    result = EncodeResult.failed(job, "", worker_host=socket.gethostname(),
-                                 worker_pid=os.getpid(), started_at=started)
-    result.error = None
+    result = EncodeResult(job_id=job.job_id, recording=job.recording, camera=job.camera,
+                          status=Status.SUCCEEDED, output_storage=job.output_storage,
+                          output_key=job.output_key, codec=job.options.codec,
+                          worker_host=socket.gethostname(), worker_pid=os.getpid(),
+                          started_at=started)
     result.timings.queue_wait_s = max(0.0, started - job.submitted_at)
     try:
         yield result
-    except (RawEpisodeError, EncodeError, av.FFmpegError) as exc:
-        result.status = Status.FAILED
-        stage = "".join(f"{note}: " for note in getattr(exc, "__notes__", []))
-        result.error = f"{type(exc).__name__}: {stage}{exc}"
-        logger.error("job %s (episode %d, camera %s) failed: %s",
-                     job.job_id, job.recording, job.camera, result.error)
+    except RawEpisodeError as exc:
+        _failed(result, job, exc, FailureReason.RAW_EPISODE)
+    except EncodeError as exc:
+        _failed(result, job, exc, exc.reason)
+    except av.FFmpegError as exc:
+        _failed(result, job, exc, FailureReason.ENCODE)
     result.finished_at = time.time()
     result.timings.total_s = result.finished_at - started
+
+
+def _failed(result: EncodeResult, job: EncodeJob, exc: Exception,
+            reason: FailureReason) -> None:
+    result.status = Status.FAILED
+    result.reason = reason
+    result.duration_s = None
+    stage = "".join(f"{note}: " for note in getattr(exc, "__notes__", []))
+    result.error = f"{type(exc).__name__}: {stage}{exc}"
+    logger.error("job %s (episode %d, camera %s) failed: %s",
+                 job.job_id, job.recording, job.camera, result.error)
 
 
 def _encode_into(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | None,
@@ -135,8 +165,8 @@ def published_copy(storage: Storage, key: str, source: str, local: Path, *,
     """A local copy of the video at key when it is there and tagged source, else None.
 
     Raises:
-        EncodeError: key holds a video of other raw frames (unless replace_other: then
-            None, and it is encoded again over it).
+        EncodeError: key holds a video of other raw frames (OUTPUT_TAKEN), unless
+            replace_other: then None, and it is encoded again over it.
     """
     try:
         storage.download_file(key, local)
@@ -147,7 +177,8 @@ def published_copy(storage: Storage, key: str, source: str, local: Path, *,
         return local
     if not replace_other:
         raise EncodeError(f"{storage.url}/{key} already holds a video of other raw frames; "
-                          "it is not overwritten: move it away, or record into a new dataset")
+                          "it is not overwritten: move it away, or record into a new dataset",
+                          reason=FailureReason.OUTPUT_TAKEN)
     logger.warning("%s/%s is a video of other raw frames (%s); encoding it again",
                    storage.url, key, found)
     return None
@@ -158,11 +189,14 @@ def encode_and_publish(result: EncodeResult, reader: RawEpisodeReader, job: Enco
                        progress: ProgressCallback | None, pause: PauseCallback | None,
                        before_publish: Callable[[], None] | None, first_frame: int = 0,
                        frame_count: int | None = None) -> None:
-    """encode_frames into video, then publish it under key; result gets the timings."""
+    """encode_frames into video, then publish it under key; result gets the timings and
+    the verified duration."""
     timings = result.timings
-    timings.fetch_s, timings.encode_s, timings.verify_s = encode_frames(
-        reader, video, job, source=source, progress=progress, pause=pause,
-        first_frame=first_frame, frame_count=frame_count)
+    encoded = encode_frames(reader, video, job, source=source, progress=progress,
+                            pause=pause, first_frame=first_frame, frame_count=frame_count)
+    timings.fetch_s, timings.encode_s = encoded.fetch_s, encoded.encode_s
+    timings.verify_s = encoded.verify_s
+    result.duration_s = encoded.duration_s
     result.bytes = video.stat().st_size
     if before_publish is not None:
         before_publish()
@@ -175,9 +209,9 @@ def encode_and_publish(result: EncodeResult, reader: RawEpisodeReader, job: Enco
 def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
                   source: str = "", progress: ProgressCallback | None = None,
                   first_frame: int = 0, frame_count: int | None = None,
-                  pause: PauseCallback | None = None) -> tuple[float, float, float]:
-    """Encode frames of reader into video and verify it; returns (fetch_s, encode_s,
-    verify_s).
+                  pause: PauseCallback | None = None) -> Encoded:
+    """Encode frames of reader into video and verify it; returns the stage times and the
+    verified video's duration.
 
     Frames are read, unpacked and converted READ_AHEAD_FRAMES ahead in another thread:
     fetch_s is the time the encoder waited for them. Every packet the encoder gives is
@@ -186,7 +220,7 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
     is the time both took after the last frame was encoded.
 
     Raises:
-        EncodeError: the encoder failed, or its output did not verify.
+        EncodeError: the encoder failed (ENCODE), or its output did not verify (VERIFY).
 
     Args:
         source: written to the video's metadata, to recognise it later.
@@ -257,8 +291,8 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
         encode_s += time.perf_counter() - t0
         t0 = time.perf_counter()
         verifier.check(total)
-        check_file(video, frames=total, fps=manifest.fps,
-                   size=(manifest.width, manifest.height))
+        duration_s = check_file(video, frames=total, fps=manifest.fps,
+                                size=(manifest.width, manifest.height))
         verify_s = time.perf_counter() - t0
     except (av.FFmpegError, av.codec.codec.UnknownCodecError) as exc:
         raise EncodeError(
@@ -266,8 +300,9 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
             f"{options.pix_fmt}: {exc}"
         ) from exc
     except VerifyError as exc:
-        raise EncodeError(f"the encoded video does not verify: {exc}") from exc
-    return fetch_s, encode_s, verify_s
+        raise EncodeError(f"the encoded video does not verify: {exc}",
+                          reason=FailureReason.VERIFY) from exc
+    return Encoded(fetch_s, encode_s, verify_s, duration_s)
 
 
 @contextlib.contextmanager
@@ -314,31 +349,6 @@ def read_ahead(items: Iterator[T], depth: int) -> Iterator[Iterator[T]]:
         thread.join()
 
 
-def demote_realtime_threads() -> int:
-    """Put this process's real-time threads back to the calling thread's scheduling
-    class (normal, or SCHED_IDLE for an --idle-priority encode); returns how many.
-
-    SVT-AV1 gives its threads SCHED_FIFO priority 99 when it may (as root): on a robot
-    host they would then preempt the record loop, whatever the worker's nice value.
-    """
-    if not hasattr(os, "sched_getscheduler"):
-        return 0
-    own = os.sched_getscheduler(0)
-    target = os.SCHED_OTHER if own in (os.SCHED_FIFO, os.SCHED_RR) else own
-    demoted = 0
-    for task in Path("/proc/self/task").iterdir():
-        tid = int(task.name)
-        try:
-            if os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):
-                os.sched_setscheduler(tid, target, os.sched_param(0))
-                demoted += 1
-        except (ProcessLookupError, PermissionError):
-            continue  # the thread ended, or it is not ours to change
-    if demoted:
-        logger.debug("moved %d real-time encoder threads to normal scheduling", demoted)
-    return demoted
-
-
 def verify_video(video: Path, manifest: Manifest, *, frame_count: int | None = None) -> None:
     """Decode every frame of the video back: their count must be frame_count (default:
     the manifest's), their size the raw frames', their pts 0, 1/fps, 2/fps, ...
@@ -355,18 +365,22 @@ def verify_video(video: Path, manifest: Manifest, *, frame_count: int | None = N
             stream.thread_type = "AUTO"
             if (stream.width, stream.height) != (manifest.width, manifest.height):
                 raise EncodeError(f"video is {stream.width}x{stream.height}, "
-                                  f"raw is {manifest.width}x{manifest.height}")
+                                  f"raw is {manifest.width}x{manifest.height}",
+                                  reason=FailureReason.VERIFY)
             assert stream.time_base is not None
             step = 1 / (Fraction(manifest.fps).limit_denominator(1001) * stream.time_base)
             for frame in container.decode(stream):
                 if frame.pts is None or frame.pts != count * step:
                     raise EncodeError(f"frame {count} has pts {frame.pts}, expected "
-                                      f"{count * step} (one frame every 1/{manifest.fps:g} s)")
+                                      f"{count * step} (one frame every 1/{manifest.fps:g} s)",
+                                      reason=FailureReason.VERIFY)
                 count += 1
     except av.FFmpegError as exc:
-        raise EncodeError(f"the encoded video does not decode: {exc}") from exc
+        raise EncodeError(f"the encoded video does not decode: {exc}",
+                          reason=FailureReason.VERIFY) from exc
     if count != expected:
-        raise EncodeError(f"video has {count} frames, the raw episode {expected}")
+        raise EncodeError(f"video has {count} frames, the raw episode {expected}",
+                          reason=FailureReason.VERIFY)
 
 
 def video_source(video: Path) -> str | None:

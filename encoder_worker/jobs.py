@@ -7,7 +7,7 @@ import time
 from enum import StrEnum
 from typing import Any, Self
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 # 2: `episode` became `recording` (the recording number, not LeRobot's episode index).
 SCHEMA_VERSION = 2
@@ -22,16 +22,37 @@ class Status(StrEnum):
     FAILED = "failed"
 
 
+class FailureReason(StrEnum):
+    """Why a job failed, decided where it failed: a fixed set (metric labels, status,
+    `encoder-worker failed`); the error message says the rest."""
+
+    INVALID_PAYLOAD = "invalid_payload"  # not an EncodeJob this worker reads
+    STORAGE_NOT_ALLOWED = "storage_not_allowed"  # outside the worker's allow-list
+    STORAGE_MISMATCH = "storage_mismatch"  # the worker's mount is another folder
+    RAW_EPISODE = "raw_episode"  # raw frames missing, corrupt, interrupted, invalid
+    ENCODE = "encode"  # the codec failed
+    VERIFY = "verify"  # the encoded video (or the joined parts) did not verify
+    OUTPUT_TAKEN = "output_taken"  # the output key holds another recording's video
+    STORAGE = "storage"  # a permanent storage error (missing bucket, refused, disk full)
+    TRANSIENT_RETRIES = "transient_retries"  # transient errors outlasted the retries
+    WORKER_DEATHS = "worker_deaths"  # its encodes killed their worker too often
+    TIME_LIMIT = "time_limit"  # its encodes ran over the time limit too often
+    REVOKED = "revoked"  # cancelled (Flower, `celery control revoke`)
+    EXCEPTION = "exception"  # an unexpected error in the worker: see its log
+    OTHER = "other"  # a failed result without a known reason (an older worker's)
+
+
 class EncoderOptions(BaseModel):
     """Codec settings; the defaults equal LeRobot's (libsvtav1, crf 30, g 2, preset 12)."""
 
-    codec: str = "libsvtav1"
-    crf: int | None = Field(default=30, ge=0, le=63)
+    codec: str = Field(default="libsvtav1",
+                       description="libsvtav1, libx264, libx265, h264_nvenc, av1_nvenc...")
+    crf: int | None = Field(default=30, ge=0, le=63, description="constant rate factor")
     gop: int | None = Field(default=2, ge=1, description="keyframe interval (ffmpeg's -g)")
-    pix_fmt: str = "yuv420p"
-    preset: str | None = "12"
-    # Extra ffmpeg codec options, passed through as strings.
-    extra: dict[str, str] = Field(default_factory=dict)
+    pix_fmt: str = Field(default="yuv420p", description="pixel format of the video")
+    preset: str | None = Field(default="12", description="encoder preset")
+    extra: dict[str, str] = Field(default_factory=dict,
+                                  description="more ffmpeg codec options, as strings")
 
     def codec_options(self) -> dict[str, str]:
         """The ffmpeg options for this codec, as PyAV takes them."""
@@ -174,9 +195,14 @@ class EncodeResult(BaseModel):
     camera: str
     status: Status
     error: str | None = None
+    # Set on every failed result (older workers sent none: read as OTHER).
+    reason: FailureReason | None = None
     output_storage: str
     output_key: str
-    frames: int = 0
+    frames: int = 0  # succeeded: the verified video's frame count
+    # Succeeded: the verified video's duration (its stream's, as LeRobot reads it); None
+    # when not verified by this job (already_done, older workers).
+    duration_s: float | None = None
     bytes: int = 0
     codec: str = ""
     timings: Timings = Field(default_factory=Timings)
@@ -187,21 +213,108 @@ class EncodeResult(BaseModel):
     # A part job's result: True when this job joined the parts and published the video.
     joined: bool = False
 
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _known_reason(cls, reason: Any) -> Any:
+        # A newer worker's reason that this release does not know is still a failure.
+        if isinstance(reason, str):
+            try:
+                return FailureReason(reason)
+            except ValueError:
+                return FailureReason.OTHER
+        return reason
+
+    @model_validator(mode="after")
+    def _failed_has_reason(self) -> Self:
+        if self.status is Status.FAILED and self.reason is None:
+            self.reason = FailureReason.OTHER
+        return self
+
     @property
     def ok(self) -> bool:
         return self.status in (Status.SUCCEEDED, Status.ALREADY_DONE)
 
     @classmethod
-    def failed(cls, job: EncodeJob, error: str, **fields: Any) -> EncodeResult:
+    def failed(cls, job: EncodeJob, error: str, *, reason: FailureReason,
+               **fields: Any) -> EncodeResult:
         """A FAILED result for job, with the reason."""
         return cls(job_id=job.job_id, recording=job.recording, camera=job.camera,
-                   status=Status.FAILED, error=error, output_storage=job.output_storage,
-                   output_key=job.output_key, codec=job.options.codec, **fields)
+                   status=Status.FAILED, error=error, reason=reason,
+                   output_storage=job.output_storage, output_key=job.output_key,
+                   codec=job.options.codec, **fields)
+
+    @classmethod
+    def failed_payload(cls, payload: Any, error: str, *, reason: FailureReason,
+                       **fields: Any) -> EncodeResult:
+        """A FAILED result for a payload that may not be an EncodeJob: what it names."""
+        values = payload if isinstance(payload, dict) else {}
+        recording = values.get("recording")
+        return cls(job_id=str(values.get("job_id", "?")),
+                   recording=recording if isinstance(recording, int)
+                   and not isinstance(recording, bool) else -1,
+                   camera=str(values.get("camera", "?")), status=Status.FAILED, error=error,
+                   reason=reason, output_storage=str(values.get("output_storage", "")),
+                   output_key=str(values.get("output_key", "")), **fields)
+
+
+class JobFailed(Exception):
+    """Raised by the encode task with a failed job's result, so that Celery records the
+    task as FAILURE (Flower, `celery events`, AsyncResult.state) and acknowledges it.
+
+    Celery's JSON result backend keeps an exception as its type name, module and args:
+    args are (summary, the EncodeResult as JSON data), so a client rebuilds the whole
+    result (failed_result), whether or not it imported this module (Celery makes a
+    stand-in class of the same name when it did not).
+    """
+
+    def __init__(self, summary: str, result: dict[str, Any]) -> None:
+        super().__init__(summary, result)
+        self.summary = summary
+        self.result = result
+
+    @classmethod
+    def of(cls, result: EncodeResult) -> JobFailed:
+        return cls(f"{result.reason}: {result.error}", result.model_dump(mode="json"))
+
+    def __str__(self) -> str:
+        return self.summary
+
+    def __repr__(self) -> str:  # Celery's task-failed event carries this
+        return f"{type(self).__name__}({self.summary!r})"
+
+
+def failed_result(exc: BaseException) -> EncodeResult | None:
+    """The result a JobFailed carries (the class itself or Celery's stand-in for it);
+    None for any other exception."""
+    args = exc.args
+    if type(exc).__name__ != JobFailed.__name__ or len(args) != 2 \
+            or not isinstance(args[1], dict):
+        return None
+    try:
+        return EncodeResult.model_validate(args[1])
+    except ValidationError:
+        return None
+
+
+def task_outcome(state: str, value: Any) -> EncodeResult | None:
+    """The EncodeResult a run of the encode task ended with, from Celery's state and what
+    the task returned (SUCCESS: the result as JSON data) or raised (FAILURE: JobFailed);
+    None for a run that did not end its job (RETRY) or an exception without a result.
+
+    Raises:
+        ValidationError: a SUCCESS whose value is not an EncodeResult.
+    """
+    if state == "SUCCESS":
+        return EncodeResult.model_validate(value)
+    if state == "FAILURE" and isinstance(value, BaseException):
+        return failed_result(value)
+    return None
 
 
 def merge_part_results(parent_id: str, parts: list[EncodeResult]) -> EncodeResult:
-    """The one result of a video encoded as parts: failed if any part failed; frames,
-    bytes and stage times summed (worker time), started_at..finished_at spanning them."""
+    """The one result of a video encoded as parts: failed if any part failed (the first
+    failed part's reason); frames, bytes, verified durations and stage times summed
+    (worker time), started_at..finished_at spanning them."""
     if not parts:
         raise ValueError("merge_part_results needs at least one part's result")
     failed = [r for r in parts if not r.ok]
@@ -209,15 +322,21 @@ def merge_part_results(parent_id: str, parts: list[EncodeResult]) -> EncodeResul
     timings = Timings(**{
         name: sum(getattr(r.timings, name) for r in parts) for name in Timings.model_fields})
     timings.queue_wait_s = min(r.timings.queue_wait_s for r in parts)
+    reason = None
     if failed:
         status, error = Status.FAILED, "; ".join(r.error or "failed" for r in failed)
+        reason = failed[0].reason
     elif any(r.status is Status.SUCCEEDED for r in parts):
         status, error = Status.SUCCEEDED, None
     else:
         status, error = Status.ALREADY_DONE, None
+    durations = [r.duration_s for r in parts]
+    # The join shifts each part by its real duration: the video's is their sum (up to
+    # the floats' rounding).
+    duration = None if failed or None in durations else sum(d or 0.0 for d in durations)
     return last.model_copy(update={
-        "job_id": parent_id, "status": status, "error": error,
+        "job_id": parent_id, "status": status, "error": error, "reason": reason,
         "frames": sum(r.frames for r in parts), "bytes": sum(r.bytes for r in parts),
-        "timings": timings, "joined": any(r.joined for r in parts),
+        "duration_s": duration, "timings": timings, "joined": any(r.joined for r in parts),
         "started_at": min(r.started_at for r in parts),
         "finished_at": max(r.finished_at for r in parts)})

@@ -53,7 +53,7 @@ from encoder_worker.encode import (
     timed_result,
     video_source,
 )
-from encoder_worker.jobs import EncodeJob, EncodeResult, PartSpec, Status
+from encoder_worker.jobs import EncodeJob, EncodeResult, FailureReason, PartSpec, Status
 from encoder_worker.ledger import JobLease
 from encoder_worker.raw_episode import Manifest, RawEpisodeError, RawEpisodeReader
 from encoder_worker.storage import KeyNotFound, Storage, open_storage
@@ -62,6 +62,8 @@ logger = logging.getLogger(__name__)
 
 # Parts wait here, in the output storage, for their join; a dotted folder is no dataset's.
 PARTS_ROOT = ".farm-parts"
+# Parts that do not join into one verified video fail the job with this reason.
+JOIN = FailureReason.VERIFY
 _RANGE = re.compile(r" frames=(\d+)\+(\d+)$")
 
 
@@ -227,7 +229,7 @@ def join_videos(parts: list[Path], video: Path, *, manifest: Manifest, digest: s
             first, count = _part_range(path, digest, index)
             if first != expected_first:
                 raise EncodeError(f"part {index + 1} starts at frame {first}, expected "
-                                  f"{expected_first}")
+                                  f"{expected_first}", reason=JOIN)
             expected_first = first + count
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
@@ -240,11 +242,13 @@ def join_videos(parts: list[Path], video: Path, *, manifest: Manifest, digest: s
                     first_params = params
                 elif params != first_params:
                     raise EncodeError(f"part {index + 1} was encoded with other codec "
-                                      "parameters than part 1; it cannot be stream-copied")
+                                      "parameters than part 1; it cannot be stream-copied",
+                                      reason=JOIN)
                 packets = [p for p in container.demux(stream) if p.dts is not None]
                 if len(packets) != count or not packets[0].is_keyframe:
                     raise EncodeError(f"part {index + 1} has {len(packets)} packets for "
-                                      f"{count} frames, or does not start on a keyframe")
+                                      f"{count} frames, or does not start on a keyframe",
+                                      reason=JOIN)
                 start = min(p.pts for p in packets if p.pts is not None)
                 end = max((p.pts or 0) + (p.duration or ticks) for p in packets)
                 starts.append(first)
@@ -256,14 +260,14 @@ def join_videos(parts: list[Path], video: Path, *, manifest: Manifest, digest: s
                         raise EncodeError(
                             f"part {index + 1}: dts {packet.dts} would not increase after "
                             f"{last_dts} (a codec that reorders frames differently in each "
-                            "part?); the parts are not joined")
+                            "part?); the parts are not joined", reason=JOIN)
                     last_dts = packet.dts
                     packet.stream = target
                     out.mux(packet)
                 offset += end - start
     if expected_first != manifest.frame_count:
         raise EncodeError(f"the parts hold {expected_first} frames, the raw episode "
-                          f"{manifest.frame_count}")
+                          f"{manifest.frame_count}", reason=JOIN)
     return starts
 
 
@@ -271,7 +275,8 @@ def _part_range(path: Path, digest: str, index: int) -> tuple[int, int]:
     source = video_source(path) or ""
     match = _RANGE.search(source)
     if not source.startswith(SOURCE_PREFIX + digest + " ") or match is None:
-        raise EncodeError(f"part {index + 1} is not a part of this raw episode ({source!r})")
+        raise EncodeError(f"part {index + 1} is not a part of this raw episode ({source!r})",
+                          reason=JOIN)
     return int(match.group(1)), int(match.group(2))
 
 
@@ -286,11 +291,12 @@ def verify_joined(video: Path, manifest: Manifest, starts: list[int]) -> None:
                          if p.dts is not None and p.pts is not None)
             if len(pts) != manifest.frame_count:
                 raise EncodeError(f"the joined video has {len(pts)} frames, the raw episode "
-                                  f"{manifest.frame_count}")
+                                  f"{manifest.frame_count}", reason=JOIN)
             if pts != [pts[0] + i * ticks for i in range(len(pts))]:
                 wrong = next(i for i in range(1, len(pts)) if pts[i] - pts[i - 1] != ticks)
                 raise EncodeError(f"joined frames {wrong - 1} and {wrong} are "
-                                  f"{pts[wrong] - pts[wrong - 1]} ticks apart, not {ticks}")
+                                  f"{pts[wrong] - pts[wrong - 1]} ticks apart, not {ticks}",
+                                  reason=JOIN)
             for first in starts:
                 want = pts[0] + first * ticks
                 container.seek(want, stream=stream, backward=True, any_frame=False)
@@ -298,9 +304,10 @@ def verify_joined(video: Path, manifest: Manifest, starts: list[int]) -> None:
                 if frame is None or frame.pts != want:
                     raise EncodeError(f"the joined video does not decode from the part that "
                                       f"starts at frame {first} (pts {want}: got "
-                                      f"{None if frame is None else frame.pts})")
+                                      f"{None if frame is None else frame.pts})",
+                                      reason=JOIN)
     except av.FFmpegError as exc:
-        raise EncodeError(f"the joined video does not decode: {exc}") from exc
+        raise EncodeError(f"the joined video does not decode: {exc}", reason=JOIN) from exc
 
 
 def remove_parts(storage: Storage, job: EncodeJob) -> None:
@@ -311,5 +318,6 @@ def remove_parts(storage: Storage, job: EncodeJob) -> None:
     folder = storage.local_path(prefix)
     if folder is not None:
         # Only the video's own folder: the ones above may be getting another's parts now.
+        # A local folder's own tidying, not a storage call: one not empty stays.
         with contextlib.suppress(OSError):
             folder.rmdir()

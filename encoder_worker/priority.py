@@ -35,6 +35,31 @@ def lower_priority(nice: int) -> None:
             logger.warning("could not lower the autogroup's priority: %s", exc)
 
 
+def demote_realtime_threads() -> int:
+    """Put this process's real-time threads back to the calling thread's scheduling
+    class (normal, or SCHED_IDLE for an --idle-priority encode); returns how many.
+
+    SVT-AV1 gives its threads SCHED_FIFO priority 99 when it may (as root): on a robot
+    host they would then preempt the record loop, whatever the worker's nice value.
+    """
+    if not hasattr(os, "sched_getscheduler"):
+        return 0
+    own = os.sched_getscheduler(0)
+    target = os.SCHED_OTHER if own in (os.SCHED_FIFO, os.SCHED_RR) else own
+    demoted = 0
+    for task in Path("/proc/self/task").iterdir():
+        tid = int(task.name)
+        try:
+            if os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):
+                os.sched_setscheduler(tid, target, os.sched_param(0))
+                demoted += 1
+        except (ProcessLookupError, PermissionError):
+            continue  # the thread ended, or it is not ours to change
+    if demoted:
+        logger.debug("moved %d real-time encoder threads to normal scheduling", demoted)
+    return demoted
+
+
 @contextlib.contextmanager
 def idle_scheduling(enabled: bool) -> Iterator[None]:
     """Run the block in Linux's SCHED_IDLE class: CPU only when nothing else wants it.

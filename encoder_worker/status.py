@@ -2,7 +2,7 @@
 
 Two sources: the ledger's keys in Redis (queue, claims and leases, jobs in a countdown,
 progress, the last hour's finished jobs) in two pipelined round trips, then one Celery
-broadcast of the `farm_worker` inspect command (metrics.py) that every worker answers with
+broadcast of the `farm_worker` inspect command (control.py) that every worker answers with
 its host, concurrency and running jobs. The broadcast ends once every worker node bound to
 Celery's control exchange answered, else at its timeout (a worker stopped a moment ago
 keeps its binding until kombu expires it): that sets the answer time.

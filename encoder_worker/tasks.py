@@ -1,4 +1,10 @@
-"""The Celery glue: validate the payload, hold the job's lease, call encode_job."""
+"""The Celery glue: validate the payload, hold the job's lease, call encode_job.
+
+A job that failed ends its task in Celery's FAILURE state, raising JobFailed with its
+result, so that Flower, `celery events` and AsyncResult count it as failed; Celery
+acknowledges it (acks_late acks a FAILURE; only a lost worker requeues) and never retries
+it. JobFailed is in the task's `throws`: Celery logs it without a traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +14,26 @@ import socket
 import time
 from typing import Any
 
-from celery import Celery, Task, shared_task
+from celery import Task, shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.signals import worker_ready, worker_shutdown
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from encoder_worker.broker import redis_client
-from encoder_worker.celery_app import ENCODE_TASK
+from encoder_worker.celery_app import ENCODE_TASK, worker_settings
 from encoder_worker.encode import ProgressCallback, encode_job
-from encoder_worker.jobs import EncodeJob, EncodeResult, Status
-from encoder_worker.ledger import JobLease, JobLedger, LeaseLost, LeaseReaper
-from encoder_worker.metrics import count_retry, count_takeover, job_progress
+from encoder_worker.jobs import EncodeJob, EncodeResult, FailureReason, JobFailed, Status
+from encoder_worker.ledger import JobLease, JobLedger, LeaseLost
+from encoder_worker.metrics import count_retry, count_takeover
+from encoder_worker.mounts import localize, storage_mismatch, storage_not_allowed
 from encoder_worker.parts import encode_part_and_join, video_id
 from encoder_worker.priority import CAPTURE_YIELD_MAX_S, CaptureYield, idle_scheduling
+from encoder_worker.progress import job_progress
 from encoder_worker.raw_layout import manifest_key
+from encoder_worker.reaper import LeaseReaper
 from encoder_worker.settings import WorkerSettings
-from encoder_worker.storage import StorageError, local_storage_id, open_storage, within
+from encoder_worker.storage import StorageError, open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -36,72 +45,6 @@ MANIFEST_POLL_MAX_S = 10.0
 MAX_ENCODE_ATTEMPTS = 3
 # A job whose encodes ran over its time limit this often fails.
 MAX_TIME_LIMIT_RUNS = 2
-
-
-def worker_settings(app: Celery) -> WorkerSettings:
-    stored = app.conf.get("farm_worker_settings")
-    return WorkerSettings.model_validate(stored) if stored else WorkerSettings()
-
-
-def localize(job: EncodeJob, settings: WorkerSettings) -> EncodeJob:
-    """Read local folders named in a job where this worker has them mounted.
-
-    A worker's --storage stands for the job's raw folder, and for its video folder too
-    when the job names the same one; --output-storage stands for a separate video folder.
-    S3 URLs are used as sent.
-    """
-    updates = {}
-    if settings.storage and is_local_url(job.raw_storage):
-        updates["raw_storage"] = settings.storage
-    output_mount = settings.output_storage or (
-        settings.storage if job.output_storage == job.raw_storage else None)
-    if output_mount and is_local_url(job.output_storage):
-        updates["output_storage"] = output_mount
-    return job.model_copy(update=updates)
-
-
-def storage_not_allowed(job: EncodeJob, settings: WorkerSettings) -> str | None:
-    """Why this worker may not use the job's storage (None: it may).
-
-    Anyone who can write to the queue can send a job: without this, a job could make a
-    worker read any folder, or write a video anywhere it may write.
-    """
-    roots = settings.storage_roots()
-    for what, url in (("raw", job.raw_storage), ("video", job.output_storage)):
-        if not any(within(url, root) for root in roots):
-            allowed = ", ".join(roots) or "none"
-            return (f"the job's {what} storage {url} is not one this worker may use "
-                    f"(allowed: {allowed}); if it should, start the worker with "
-                    "--allow-storage naming it, or --storage for a mount of it")
-    return None
-
-
-def storage_mismatch(sent: EncodeJob, local: EncodeJob) -> str | None:
-    """Why this worker's folders are not the recorder's (None: they are, or unknown).
-
-    A worker that maps a job's folder to its own --storage would otherwise look for raw
-    frames that are not there for as long as --manifest-wait-s, and the recorder wait.
-    """
-    for what, url, mapped, expected in (
-            ("raw", sent.raw_storage, local.raw_storage, sent.raw_storage_id),
-            ("video", sent.output_storage, local.output_storage, sent.output_storage_id)):
-        if expected is None or not is_local_url(mapped):
-            continue
-        try:
-            found = local_storage_id(open_storage(mapped))
-        except (StorageError, OSError, ValueError):
-            found = None
-        if found != expected:
-            return (f"this worker reads the job's {what} folder {url} at {mapped}, which is "
-                    "not the recorder's folder (its .farm-storage-id differs or is missing): "
-                    "record into the folder the workers mount (recorder --storage PATH, "
-                    "with the worker's --storage naming its own mount of it) or use "
-                    "s3:// storage")
-    return None
-
-
-def is_local_url(url: str) -> bool:
-    return not url.startswith("s3://")
 
 
 def manifest_pending(job: EncodeJob, settings: WorkerSettings) -> bool:
@@ -120,46 +63,57 @@ def manifest_pending(job: EncodeJob, settings: WorkerSettings) -> bool:
         return True
 
 
-@shared_task(name=ENCODE_TASK, bind=True, max_retries=None)
+@shared_task(name=ENCODE_TASK, bind=True, max_retries=None, throws=(JobFailed,))
 def encode(self: Task, payload: dict[str, Any], transient_failures: int = 0) -> dict[str, Any]:
-    """Run one job; a failed one is also kept in the ledger for `encoder-worker failed`."""
+    """Run one job: its result (succeeded, already_done), or JobFailed with it; a failed
+    one is also kept in the ledger for `encoder-worker failed`."""
     try:
         result = _encode_task(self, payload, transient_failures)
     except Retry:
         raise
-    except Exception as exc:  # the task fails with it (transient retries used up)
-        _keep_failure(self, payload, {"status": "failed", "error": f"{type(exc).__name__}: "
-                                                                   f"{exc}"})
-        raise
-    if result.get("status") == "failed":
-        _keep_failure(self, payload, result)
-    return result
+    except Exception as exc:  # not the job's data but a bug: the traceback to the log
+        logger.exception("job %s: the task failed unexpectedly", _job_id(payload))
+        result = EncodeResult.failed_payload(
+            payload, f"{type(exc).__name__}: {exc}", reason=FailureReason.EXCEPTION,
+            **_this_worker())
+    if result.ok:
+        return result.model_dump(mode="json")
+    _keep_failure(self, payload, result)
+    raise JobFailed.of(result)
 
 
-def _keep_failure(task: Task, payload: Any, result: dict[str, Any]) -> None:
+def _job_id(payload: Any) -> str:
+    return str(payload.get("job_id", "?")) if isinstance(payload, dict) else "?"
+
+
+def _this_worker() -> dict[str, Any]:
+    return {"worker_host": socket.gethostname(), "worker_pid": os.getpid()}
+
+
+def _keep_failure(task: Task, payload: Any, result: EncodeResult) -> None:
     settings = worker_settings(task.app)
-    job_id = str(payload.get("job_id", "?")) if isinstance(payload, dict) else "?"
+    job_id = _job_id(payload)
     try:
         JobLedger(redis_client(settings.broker)).record_failure(
-            job_id, task_id=task.request.id, payload=payload, result=result,
-            keep_s=settings.failed_keep_s)
+            job_id, task_id=task.request.id, payload=payload,
+            result=result.model_dump(mode="json"), keep_s=settings.failed_keep_s)
     except RedisError as exc:  # the result still reaches the recorder
         logger.warning("job %s: could not keep its failure for `encoder-worker failed`: %s",
                        job_id, exc)
 
 
-def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -> dict[str, Any]:
+def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -> EncodeResult:
     try:
         job = EncodeJob.model_validate(payload)
     except ValidationError as exc:
-        return _invalid_payload(payload, exc).model_dump(mode="json")
+        return _invalid_payload(payload, exc)
     settings = worker_settings(self.app)
     sent = job
     job = localize(job, settings)
-    if problem := storage_not_allowed(job, settings) or storage_mismatch(sent, job):
-        logger.error("job %s: %s", job.job_id, problem)
-        return EncodeResult.failed(job, problem, worker_host=socket.gethostname(),
-                                   worker_pid=os.getpid()).model_dump(mode="json")
+    if problem := storage_not_allowed(job, settings):
+        return _refused(job, problem, FailureReason.STORAGE_NOT_ALLOWED)
+    if problem := storage_mismatch(sent, job):  # only storage it may use is looked at
+        return _refused(job, problem, FailureReason.STORAGE_MISMATCH)
     ledger = JobLedger(redis_client(settings.broker), keep_s=settings.result_expires_s)
     ledger.stop_waiting(job.job_id)  # this run is the one that waited, if any
     lease = ledger.lease(job.job_id, ttl_s=settings.lease_ttl_s)
@@ -170,7 +124,7 @@ def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -
                            countdown=settings.lease_ttl_s / 2, reason="lease_held")
     try:
         if (done := _done_before(ledger, job)) is not None:
-            return done.model_dump(mode="json")
+            return done
         try:
             ledger.claim(job.job_id, task_id=self.request.id, payload=payload)
             if manifest_pending(job, settings):
@@ -194,24 +148,43 @@ def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -
         logger.warning("job %s: lease lapsed mid-encode; not publishing", job.job_id)
         raise _retry_later(self, ledger, payload, settings,
                            countdown=settings.lease_ttl_s / 2, reason="lease_lost") from None
-    except (StorageError, OSError) as exc:
-        if isinstance(exc, StorageError) and exc.permanent:
+    except StorageError as exc:
+        if exc.permanent:
             # A missing bucket or refused credentials: no retry fixes it; say so now.
             logger.error("job %s: %s", job.job_id, exc)
-            return EncodeResult.failed(job, f"StorageError: {exc}",
-                                       worker_host=socket.gethostname(),
-                                       worker_pid=os.getpid()).model_dump(mode="json")
-        # Counted apart from Celery's retries, which waits for a lease or a manifest add to.
-        if transient_failures >= MAX_TRANSIENT_RETRIES:
-            raise
-        logger.warning("job %s: %s; retry %d", job.job_id, exc, transient_failures + 1)
-        raise _retry_later(self, ledger, payload, settings,
-                           countdown=min(60, 2**transient_failures), exc=exc,
-                           transient_failures=transient_failures + 1,
-                           reason="transient_error") from exc
+            return EncodeResult.failed(job, f"StorageError: {exc}", reason=FailureReason.STORAGE,
+                                       **_this_worker())
+        return _transient(self, ledger, payload, settings, job, exc, transient_failures)
+    except OSError as exc:
+        # The worker's own scratch files (its temp folders), not a storage call: another
+        # run, or another worker, may have the room.
+        return _transient(self, ledger, payload, settings, job, exc, transient_failures)
     finally:
         lease.release()
-    return result.model_dump(mode="json")
+    return result
+
+
+def _refused(job: EncodeJob, problem: str, reason: FailureReason) -> EncodeResult:
+    logger.error("job %s: %s", job.job_id, problem)
+    return EncodeResult.failed(job, problem, reason=reason, **_this_worker())
+
+
+def _transient(task: Task, ledger: JobLedger, payload: dict[str, Any],
+               settings: WorkerSettings, job: EncodeJob, exc: Exception,
+               transient_failures: int) -> EncodeResult:
+    """Celery's retry after a backoff; a failed result once MAX_TRANSIENT_RETRIES ran out.
+    Counted apart from Celery's retries, which waiting for a lease or a manifest adds to."""
+    if transient_failures >= MAX_TRANSIENT_RETRIES:
+        logger.error("job %s: %s; still failing after %d retries", job.job_id, exc,
+                     transient_failures)
+        return EncodeResult.failed(
+            job, f"{type(exc).__name__}: {exc} (still failing after {transient_failures} "
+                 "retries)", reason=FailureReason.TRANSIENT_RETRIES, **_this_worker())
+    logger.warning("job %s: %s; retry %d", job.job_id, exc, transient_failures + 1)
+    raise _retry_later(task, ledger, payload, settings,
+                       countdown=min(60, 2**transient_failures), exc=exc,
+                       transient_failures=transient_failures + 1,
+                       reason="transient_error") from exc
 
 
 def _record_done(ledger: JobLedger, result: EncodeResult, settings: WorkerSettings) -> None:
@@ -245,8 +218,7 @@ def _done_before(ledger: JobLedger, job: EncodeJob) -> EncodeResult | None:
     return EncodeResult(job_id=job.job_id, recording=job.recording, camera=job.camera,
                         status=Status.ALREADY_DONE, output_storage=job.output_storage,
                         output_key=job.output_key, codec=job.options.codec,
-                        worker_host=socket.gethostname(), worker_pid=os.getpid(),
-                        started_at=now, finished_at=now)
+                        started_at=now, finished_at=now, **_this_worker())
 
 
 def _retry_later(task: Task, ledger: JobLedger, payload: dict[str, Any],
@@ -276,7 +248,7 @@ def _encode_counted(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
         return EncodeResult.failed(
             job, f"the encode was started {MAX_ENCODE_ATTEMPTS} times and its worker died "
                  "each time (out of memory? a codec crash?); see the workers' logs",
-            worker_host=socket.gethostname(), worker_pid=os.getpid())
+            reason=FailureReason.WORKER_DEATHS, **_this_worker())
     pause = capture_yield(ledger, job, settings, progress)
     try:
         with idle_scheduling(settings.idle_priority):
@@ -292,9 +264,10 @@ def _encode_counted(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
                                     pause=pause)
         if pause is not None:
             result.timings.paused_s = pause.paused_s
-    except (StorageError, OSError, LeaseLost, SoftTimeLimitExceeded):
-        # The worker lived: this start is not a worker death. Transient errors have their
-        # own count (Celery's retries); without this, 3 of them failed the job for good.
+    except Exception:
+        # The worker lived: this start is not a worker death (only a killed worker skips
+        # this). Transient errors have their own count (Celery's retries); without this,
+        # 3 of them failed the job for good.
         ledger.take_back_attempt(job.job_id)
         raise
     ledger.clear_attempts(job.job_id)
@@ -312,7 +285,7 @@ def capture_yield(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
     return CaptureYield(ledger, budget_s=budget, on_pause=on_pause)
 
 
-def _over_time_limit(task: Task, ledger: JobLedger, job: EncodeJob) -> dict[str, Any]:
+def _over_time_limit(task: Task, ledger: JobLedger, job: EncodeJob) -> EncodeResult:
     """A hung or starved encode was stopped: retried (another worker may take it) up to
     MAX_TIME_LIMIT_RUNS times, then a failed result that says so."""
     if ledger.count_time_limit(job.job_id) < MAX_TIME_LIMIT_RUNS:
@@ -325,23 +298,14 @@ def _over_time_limit(task: Task, ledger: JobLedger, job: EncodeJob) -> dict[str,
         job, f"the encode ran over its time limit of {job.time_limit_s:.0f}s "
              f"{MAX_TIME_LIMIT_RUNS} times and was stopped each time (a hung encoder, or a "
              "worker far slower than the limit assumes); see the workers' logs",
-        worker_host=socket.gethostname(), worker_pid=os.getpid()).model_dump(mode="json")
+        reason=FailureReason.TIME_LIMIT, **_this_worker())
 
 
 def _invalid_payload(payload: Any, exc: ValidationError) -> EncodeResult:
-    fields = payload if isinstance(payload, dict) else {}
-    recording = fields.get("recording")
-    return EncodeResult(
-        job_id=str(fields.get("job_id", "?")),
-        recording=recording if isinstance(recording, int) and not isinstance(recording, bool)
-        else -1,
-        camera=str(fields.get("camera", "?")), status=Status.FAILED,
-        error=f"invalid EncodeJob payload: {exc}",
-        output_storage=str(fields.get("output_storage", "")),
-        output_key=str(fields.get("output_key", "")),
-        worker_host=socket.gethostname(), worker_pid=os.getpid(),
-        started_at=time.time(), finished_at=time.time(),
-    )
+    now = time.time()
+    return EncodeResult.failed_payload(payload, f"invalid EncodeJob payload: {exc}",
+                                       reason=FailureReason.INVALID_PAYLOAD,
+                                       started_at=now, finished_at=now, **_this_worker())
 
 
 _reapers: list[LeaseReaper] = []

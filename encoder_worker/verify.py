@@ -94,9 +94,10 @@ class PacketVerifier:
             self.frames += 1
 
 
-def check_file(video: Path, *, frames: int, fps: float, size: tuple[int, int]) -> None:
+def check_file(video: Path, *, frames: int, fps: float, size: tuple[int, int]) -> float:
     """Read the written file's packets back (no decode): one per frame, frame i shown at
-    i / fps exactly, the right size. Raises VerifyError."""
+    i / fps exactly, the right size. Returns the video's duration in seconds, as a reader
+    of the file gets it (the stream's duration; LeRobot reads that). Raises VerifyError."""
     try:
         with av.open(str(video)) as container:
             stream = container.streams.video[0]
@@ -105,6 +106,8 @@ def check_file(video: Path, *, frames: int, fps: float, size: tuple[int, int]) -
                                   f"not {size[0]}x{size[1]}")
             assert stream.time_base is not None
             step = 1 / (Fraction(fps).limit_denominator(1001) * stream.time_base)
+            duration = (float(stream.duration * stream.time_base)
+                        if stream.duration is not None else frames / fps)
             pts = sorted(p.pts for p in container.demux(stream)
                          if p.pts is not None and p.size)
     except av.FFmpegError as exc:
@@ -115,3 +118,4 @@ def check_file(video: Path, *, frames: int, fps: float, size: tuple[int, int]) -
         if value != pts[0] + index * step or pts[0] != 0:
             raise VerifyError(f"frame {index} is at pts {value} in the file, expected "
                               f"{index * step} (one frame every 1/{fps:g} s)")
+    return duration

@@ -25,10 +25,10 @@ from recorder.capture.record_loop import CaptureStats
 from recorder.dataset import DatasetError
 from recorder.dataset.complete import Completion
 from recorder.dataset.pack import PackError, pack_dataset
-from recorder.dataset.pending import encode_pending
 from recorder.farm.setup import RecorderError
 from recorder.farm.upload_spool import SpoolBusy
 from recorder.interrupts import interrupt_on_sigterm
+from recorder.pending import encode_pending
 from recorder.progress import report_console
 from recorder.session import SessionReport, pending_uploads_note, record
 from recorder.settings import RecorderSettings
@@ -80,10 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(pack, RecorderSettings, fields=DATASET_FIELDS)
     pack.add_argument("--max-file-mb", type=int, default=200, metavar="MB",
                       help="largest packed video file (LeRobot's default: 200)")
+    commands.add_parser(  # parsed by recorder/lerobot/command.py: LeRobot's flags pass on
+        "lerobot-record", add_help=False,
+        help="LeRobot's lerobot-record (robots, teleoperators, keyboard, --resume) with the "
+             "farm as its encoder: put `recorder` in front of a lerobot-record command line")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lerobot-record"]:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+        from recorder.lerobot.command import main as lerobot_record
+
+        return lerobot_record(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -166,14 +177,15 @@ def print_videos(results: Sequence[EncodeResult], *, console: Console) -> None:
         videos.add_column(column, justify="right")
     for r in sorted(results, key=lambda r: (r.recording, r.camera)):
         t = r.timings
-        status = "ok" if r.ok else "[red]FAILED[/red]"
+        status = "ok" if r.ok else f"[red]FAILED ({r.reason})[/red]"
         videos.add_row(str(r.recording), r.camera, status, str(r.frames), str(r.worker_pid),
                        *(f"{v:.2f}" for v in (t.queue_wait_s, t.fetch_s, t.encode_s,
                                                t.verify_s, t.publish_s, t.total_s)))
     console.print(videos)
     for r in results:
         if not r.ok:
-            console.print(f"[red]recording {r.recording} camera {r.camera} failed: {r.error}[/red]")
+            console.print(f"[red]recording {r.recording} camera {r.camera} failed "
+                          f"({r.reason}): {r.error}[/red]")
 
 
 def refuse_broker_without_farm(parser: argparse.ArgumentParser, args: argparse.Namespace,

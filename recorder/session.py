@@ -24,10 +24,11 @@ from recorder.capture.record_loop import record_episode
 from recorder.capture.robot import SyntheticRobot
 from recorder.dataset.complete import Completion
 from recorder.dataset.layout import camera_key
-from recorder.dataset.writer import EpisodeReport, FarmDataset, spool_folder_for
+from recorder.dataset.report import EpisodeReport
+from recorder.dataset.writer import FarmDataset
 from recorder.farm.client import EncodingFarmClient
 from recorder.farm.setup import farm_for
-from recorder.farm.upload_spool import spooled_files
+from recorder.farm.upload_spool import spool_folder, spooled_files
 from recorder.progress import progress_display
 from recorder.settings import RecorderSettings
 
@@ -95,9 +96,11 @@ class RecordingSession:
             DatasetError: the dataset there is of another version, fps or features.
         """
         settings = self.settings
-        dataset = FarmDataset(settings, features=camera_features(self.cameras)
-                              | self.robot.features(), robot_type=settings.robot_type,
-                              farm=self.farm, progress=self.progress)
+        dataset = FarmDataset(
+            fps=settings.fps, features=camera_features(self.cameras) | self.robot.features(),
+            robot_type=settings.robot_type, options=settings.dataset_options(),
+            encoder=settings.encoder_options(), farm_options=settings.farm_options(),
+            farm=self.farm, progress=self.progress)
         try:
             started_at = time.time()
             cpu_started = time.process_time()
@@ -173,7 +176,9 @@ def record(settings: RecorderSettings, *, console: Console,
         cameras = synthetic_cameras(settings.cameras, width=settings.width,
                                     height=settings.height, fps=settings.fps,
                                     seed=settings.seed)
-    with farm_for(settings) as farm, progress_display(console) as progress:
+    with farm_for(settings, raw_url=settings.raw_storage_url,
+                  output_url=settings.output_storage_url) as farm, \
+            progress_display(console) as progress:
         session = RecordingSession(settings, cameras, farm=farm, progress=progress)
         return session.run()
 
@@ -186,7 +191,7 @@ def pending_uploads_note(settings: RecorderSettings) -> str | None:
         return None
     if storage.local_path(RAW_ROOT) is not None:
         return None
-    folder = spool_folder_for(settings, storage.url)
+    folder = spool_folder(settings.spool_root, storage.url)
     files = spooled_files(folder)
     if not files:
         return None

@@ -25,7 +25,6 @@ from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage import open_storage
 from recorder.dataset.writer import FarmDataset
 from recorder.farm.client import EncodingFarmClient
-from recorder.settings import RecorderSettings
 
 HOST = socket.gethostname()
 
@@ -85,10 +84,10 @@ def test_the_dataset_says_while_an_episode_is_captured(tmp_path, broker_url):
     ledger = JobLedger(redis_client(broker_url))
     features = {"observation.images.cam0": {"dtype": "video", "shape": [48, 64, 3],
                                             "names": ["height", "width", "channels"]}}
-    settings = RecorderSettings(output_dir=tmp_path, async_encoding=True, broker=broker_url,
-                                wait=False)
     with EncodingFarmClient(broker_url) as farm:
-        dataset = FarmDataset(settings, features=features, farm=farm)
+        dataset = FarmDataset.create("local/robot_dataset", fps=30, features=features,
+                                     farm=farm, output_dir=tmp_path, async_encoding=True,
+                                     broker=broker_url, wait=False)
         dataset.add_frame({"observation.images.cam0": np.zeros((48, 64, 3), np.uint8),
                            "task": "wait"})
         wait_for(lambda: ledger.capturing(HOST), timeout_s=10, what="capture announced")

@@ -306,8 +306,8 @@ def test_async_commit_runs_behind_the_next_episode_and_its_failure_is_raised(
     with EncodingFarmClient(broker_url) as farm:
         dataset = create(root, async_encoding=True, wait=False, farm=farm,
                          segment_frames=4, **FAST)
-        sink = dataset._sink
-        monkeypatch.setattr(dataset, "_sink", lambda prefix: _FailingSegments(
+        sink = dataset.committer.sink
+        monkeypatch.setattr(dataset.committer, "sink", lambda prefix: _FailingSegments(
             dataset.raw_storage, prefix) if prefix.endswith("episode_000001/cam0") else
             sink(prefix))
         record_episodes(dataset, episodes=2, frames=10)
@@ -335,13 +335,13 @@ def test_uploads_are_finished_only_after_the_last_commit(moto_server, s3_url, br
         dataset = FarmDataset.create("test/dataset", fps=30, features=features(160, 120),
                                      root=s3_url, spool_dir=tmp_path / "spool",
                                      async_encoding=True, wait=False, farm=farm, **FAST)
-        commit = dataset._commit
+        commit = dataset.committer._commit
 
         def slow_commit(*args):  # a loaded robot host: the flush takes a while
             time.sleep(1.0)
             return commit(*args)
 
-        monkeypatch.setattr(dataset, "_commit", slow_commit)
+        monkeypatch.setattr(dataset.committer, "_commit", slow_commit)
         record_episodes(dataset, episodes=1, frames=10)
         dataset.finish_uploads()
         for camera in CAMERAS:

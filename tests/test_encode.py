@@ -10,12 +10,13 @@ from episodes import job_for, write_episode
 from video_checks import check_video_against_raw
 
 from encoder_worker.encode import EncodeError, encode_job, read_ahead, verify_video
-from encoder_worker.jobs import EncoderOptions, Status
+from encoder_worker.jobs import EncoderOptions, FailureReason, Status
 from encoder_worker.ledger import LeaseLost
 from encoder_worker.raw_episode import RawEpisodeError
 from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage import open_storage
 from encoder_worker.verify import PacketVerifier, VerifyError, check_file
+from recorder.dataset.videos import probe_video
 
 
 @pytest.fixture
@@ -37,6 +38,10 @@ def test_encodes_verifies_and_publishes(storage, codec):
     assert result.bytes == video.stat().st_size > 0
     assert result.timings.encode_s > 0 and result.timings.verify_s > 0
     assert result.timings.total_s >= result.timings.encode_s
+    # The verified frame count and duration: what reading the published file gives.
+    probe = probe_video(video)
+    assert (result.frames, result.duration_s) == (probe.frames, probe.duration_s)
+    assert result.duration_s == pytest.approx(1.0, abs=0.05) and result.reason is None
     check_video_against_raw(video, storage.url, raw_prefix(recording=0, camera="cam0"))
     # Nothing but the video is left beside it (temp files were renamed or removed).
     assert [p.name for p in video.parent.iterdir()] == [video.name]
@@ -60,6 +65,7 @@ def test_corrupt_segment_fails_with_reason_and_publishes_nothing(storage):
     result = encode_job(job)
     assert result.status is Status.FAILED
     assert "segment_00001.raw is corrupt" in (result.error or "")
+    assert result.reason is FailureReason.RAW_EPISODE and result.duration_s is None
     assert not storage.exists(job.output_key)
     # The recorded frames are still there.
     assert storage.exists(raw_prefix(recording=0, camera="cam0") + "/segment_00001.raw")
@@ -71,6 +77,7 @@ def test_missing_raw_episode_fails_with_reason(storage):
     result = encode_job(job)
     assert result.status is Status.FAILED
     assert "never committed" in (result.error or "")
+    assert result.reason is FailureReason.RAW_EPISODE
 
 
 @pytest.mark.integration
@@ -82,6 +89,8 @@ def test_second_copy_of_a_job_finds_it_done(storage):
     assert first.status is Status.SUCCEEDED
     assert second.status is Status.ALREADY_DONE
     assert second.frames == 10 and second.bytes == first.bytes
+    # Not verified by this copy: completion probes the video itself.
+    assert first.duration_s is not None and second.duration_s is None
 
 
 def test_interrupted_episode_is_kept_but_not_encoded(storage):
@@ -89,6 +98,7 @@ def test_interrupted_episode_is_kept_but_not_encoded(storage):
     result = encode_job(job_for(storage, manifest))
     assert result.status is Status.FAILED
     assert "interrupted" in (result.error or "")
+    assert result.reason is FailureReason.RAW_EPISODE
 
 
 def test_unknown_codec_fails_with_reason(storage):
@@ -96,6 +106,7 @@ def test_unknown_codec_fails_with_reason(storage):
     result = encode_job(job_for(storage, manifest, options=EncoderOptions(codec="nosuchcodec")))
     assert result.status is Status.FAILED
     assert "nosuchcodec" in (result.error or "")
+    assert result.reason is FailureReason.ENCODE
 
 
 @pytest.mark.integration
@@ -111,6 +122,7 @@ def test_a_video_of_other_frames_is_never_overwritten(storage):
                                 options=EncoderOptions(codec="libx264")))
     assert result.status is Status.FAILED
     assert "already holds a video of other raw frames" in (result.error or "")
+    assert result.reason is FailureReason.OUTPUT_TAKEN
     assert video.read_bytes() == before
 
 

@@ -17,7 +17,7 @@ from video_checks import check_video_against_raw
 
 from encoder_worker.broker import redis_client
 from encoder_worker.celery_app import ENCODE_TASK, make_app
-from encoder_worker.jobs import ENCODE_QUEUE, EncoderOptions, Status
+from encoder_worker.jobs import ENCODE_QUEUE, EncoderOptions, FailureReason, Status
 from encoder_worker.ledger import (
     CLAIMS_KEY,
     KOMBU_UNACKED_KEY,
@@ -25,11 +25,11 @@ from encoder_worker.ledger import (
     WAITING_KEY,
     JobLease,
     JobLedger,
-    LeaseReaper,
     LedgerSnapshot,
 )
 from encoder_worker.raw_episode import Manifest
 from encoder_worker.raw_layout import raw_prefix
+from encoder_worker.reaper import LeaseReaper
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import open_storage
 from encoder_worker.tasks import MAX_ENCODE_ATTEMPTS
@@ -126,6 +126,7 @@ def test_corrupt_segment_gives_a_failed_result_with_reason(tmp_path, broker_url,
         [result] = farm.wait(timeout_s=120)
     assert result.status is Status.FAILED
     assert "segment_00000.raw is corrupt" in (result.error or "")
+    assert result.reason is FailureReason.RAW_EPISODE
     assert segment.exists()
 
 
@@ -260,6 +261,7 @@ def test_revoked_job_comes_back_as_failed(tmp_path, broker_url, start_worker):
         [result] = farm.wait(timeout_s=120)
     assert result.status is Status.FAILED
     assert "REVOKED" in (result.error or "")
+    assert result.reason is FailureReason.REVOKED
     assert not storage.exists(job.output_key)
 
 
@@ -294,6 +296,7 @@ def test_a_job_that_keeps_killing_its_workers_fails_and_the_others_are_encoded(
         survivor = start_worker(broker_url, env=env)
         results = {result.job_id: result for result in farm.wait(timeout_s=240)}
     assert results["poison"].status is Status.FAILED
+    assert results["poison"].reason is FailureReason.WORKER_DEATHS
     assert f"the encode was started {MAX_ENCODE_ATTEMPTS} times and its worker died each " \
            "time" in (results["poison"].error or "")
     assert results["poison"].worker_pid != killed[-1].process.pid
@@ -404,7 +407,8 @@ def test_failed_jobs_are_listed_and_requeued(tmp_path, broker_url, start_worker)
 
     listed = worker_cli("failed")
     assert listed.returncode == 0, listed.stderr
-    assert "broken  recording 0 camera cam0: RawEpisodeError: segment" in listed.stdout
+    assert "raw_episode  broken  recording 0 camera cam0: RawEpisodeError: segment" in \
+        listed.stdout
     assert "is corrupt" in listed.stdout
     as_json = json.loads(worker_cli("failed", "--json").stdout)
     assert as_json["broken"]["payload"]["job_id"] == "broken"

@@ -21,12 +21,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from s3_fixtures import MotoServer
 
-from encoder_worker import tasks
+from encoder_worker import mounts, tasks
 from encoder_worker.broker import redis_client
 from encoder_worker.celery_app import ENCODE_TASK, make_app
 from encoder_worker.encode import encode_job
-from encoder_worker.jobs import ENCODE_QUEUE, EncodeJob, EncoderOptions, Status
-from encoder_worker.ledger import ATTEMPTS_PREFIX, PROGRESS_KEY, REJECTED_KEY, TIME_LIMITS_PREFIX
+from encoder_worker.jobs import ENCODE_QUEUE, EncodeJob, EncoderOptions, FailureReason, Status
+from encoder_worker.ledger import (
+    ATTEMPTS_PREFIX,
+    PROGRESS_KEY,
+    REJECTED_KEY,
+    TIME_LIMITS_PREFIX,
+)
 from encoder_worker.raw_layout import manifest_key, raw_prefix
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import local_storage_id, open_storage
@@ -54,6 +59,7 @@ def test_invalid_payloads_become_failed_results(payload):
     assert result.status is Status.FAILED
     assert result.error is not None and result.error.startswith("invalid EncodeJob payload")
     assert result.recording == -1
+    assert result.reason is FailureReason.INVALID_PAYLOAD
 
 
 def test_a_job_of_another_schema_version_is_refused_with_the_reason(storage):
@@ -70,6 +76,7 @@ def test_a_manifest_with_an_unknown_pixel_format_fails_the_job_with_the_reason(s
     result = encode_job(job_for(storage, manifest))
     assert result.status is Status.FAILED
     assert "raw pixel format 'yuv444p' is not one of" in (result.error or "")
+    assert result.reason is FailureReason.RAW_EPISODE
 
 
 @pytest.mark.integration
@@ -205,21 +212,21 @@ def test_job_keys_that_climb_out_of_their_storage_are_invalid(storage, key):
 def test_only_allowed_storage_is_accepted(tmp_path, storage):
     job = job_for(storage, write_episode(storage, frames=2))
     allowed = WorkerSettings(allow_storage=f"{tmp_path / 'dataset'},s3://farm/robots")
-    assert tasks.storage_not_allowed(job, allowed) is None
+    assert mounts.storage_not_allowed(job, allowed) is None
     (tmp_path / "link").symlink_to("/")
     for update in ({"output_storage": str(tmp_path / "elsewhere")}, {"raw_storage": "/"},
                    {"raw_storage": str(tmp_path / "dataset" / ".." / "other")},
                    {"output_storage": str(tmp_path / "link" / "tmp")},
                    {"output_storage": "s3://farm/robots-other"},
                    {"output_storage": "s3://other-bucket/robots"}):
-        problem = tasks.storage_not_allowed(job.model_copy(update=update), allowed)
+        problem = mounts.storage_not_allowed(job.model_copy(update=update), allowed)
         assert problem is not None and "is not one this worker may use" in problem, update
         assert "--allow-storage" in problem
     inside = job.model_copy(update={"output_storage": "s3://farm/robots/team-a"})
-    assert tasks.storage_not_allowed(inside, allowed) is None
+    assert mounts.storage_not_allowed(inside, allowed) is None
     # --storage is allowed by itself: the job's local folders are read at that mount.
     mounted = WorkerSettings(storage=str(tmp_path / "dataset"))
-    assert tasks.storage_not_allowed(tasks.localize(job, mounted), mounted) is None
+    assert mounts.storage_not_allowed(mounts.localize(job, mounted), mounted) is None
 
 
 @pytest.mark.integration
@@ -252,6 +259,7 @@ def test_a_job_naming_storage_outside_the_allow_list_fails_at_once(
     for result in results:
         assert result.status is Status.FAILED
         assert "is not one this worker may use" in (result.error or "")
+        assert result.reason is FailureReason.STORAGE_NOT_ALLOWED
     assert not elsewhere.exists()
 
 
@@ -274,6 +282,7 @@ def test_a_worker_whose_mount_is_another_folder_fails_the_job_at_once(
     assert result.status is Status.FAILED
     assert "not the recorder's folder" in (result.error or "")
     assert "recorder --storage PATH" in (result.error or "")
+    assert result.reason is FailureReason.STORAGE_MISMATCH
 
 
 @pytest.mark.integration
@@ -289,6 +298,7 @@ def test_an_encode_over_its_time_limit_is_stopped_retried_and_reported(
         [result] = farm.wait(timeout_s=240)
     assert result.status is Status.FAILED
     assert "ran over its time limit of 1s 2 times" in (result.error or "")
+    assert result.reason is FailureReason.TIME_LIMIT
     assert "ran over its time limit" in worker.output()
     assert not storage.exists(job.output_key), "nothing is published"
     assert redis_client(broker_url).get(TIME_LIMITS_PREFIX + "slow") is None

@@ -18,9 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from encoder_worker.broker import redis_client
 from encoder_worker.celery_app import ENCODE_TASK, make_app
 from encoder_worker.jobs import EncoderOptions, Status
-from encoder_worker.ledger import CLAIMS_KEY, LeaseReaper
+from encoder_worker.ledger import CLAIMS_KEY
 from encoder_worker.metrics import FAILURE_REASONS, RETRY_REASONS
 from encoder_worker.raw_layout import raw_prefix
+from encoder_worker.reaper import LeaseReaper
 from encoder_worker.storage import open_storage
 from recorder.farm.client import EncodingFarmClient
 

@@ -1,14 +1,27 @@
 """`recorder encode-pending`: what is recorded and has no video gets encoded, nothing else."""
 
+import io
+import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 from dataset_checks import check_v3_dataset
 from recordings import CAMERAS, features, record_episodes
+from rich.console import Console
 
+from encoder_worker.jobs import Status
+from encoder_worker.storage import Storage, open_storage
+from recorder import pending
 from recorder.dataset import FarmDataset
-from recorder.dataset.pending import scan_pending
+from recorder.dataset.complete import complete_dataset, verified_videos
+from recorder.dataset.layout import INFO_KEY
+from recorder.dataset.metadata import DatasetError, read_episode_rows
+from recorder.dataset.videos import VideoProbe
+from recorder.pending import encode_pending, scan_pending
+from recorder.settings import RecorderSettings
 
 LOST = "videos/observation.images.cam1/chunk-000/file-001.mp4"
 
@@ -82,3 +95,81 @@ def test_missing_videos_are_encoded(dataset, mode):
     assert first.stat().st_mtime_ns == before  # the existing video was not touched
     again = run_pending(dataset, "--dry-run")
     assert "0 videos to encode, 4 already there" in again.stdout
+
+
+class CountingStorage:
+    """A storage that notes each key it reads: on S3, each GET."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.read: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.storage, name)
+
+    def get_bytes(self, key: str) -> bytes:
+        self.read.append(key)
+        return self.storage.get_bytes(key)
+
+    def open_read(self, key: str) -> BinaryIO:
+        self.read.append(key)
+        return self.storage.open_read(key)
+
+    def download_file(self, key: str, path: Path) -> None:
+        self.read.append(key)
+        self.storage.download_file(key, path)
+
+    def videos_read(self) -> list[str]:
+        return sorted(key for key in self.read if key.endswith(".mp4"))
+
+
+def video_rows(url: str) -> list[dict[str, Any]]:
+    """Each episode row's video file and timestamps."""
+    rows = read_episode_rows(open_storage(url), "v3.0", 2)
+    return [{k: v for k, v in row.items() if k.startswith("videos/")} for row in rows]
+
+
+@pytest.mark.integration
+def test_completion_reads_no_video_that_its_encodes_verified(s3_url, broker_url, tmp_path,
+                                                              monkeypatch):
+    # Recorded into S3 and sent to a farm without workers, not waited for (--no-wait):
+    # raw frames and episode records, no video, no episode in the dataset.
+    recording = FarmDataset.create("test/s3", fps=30, features=features(160, 120),
+                                   root=s3_url, codec="libx264", async_encoding=True,
+                                   broker=broker_url, wait=False, spool_dir=tmp_path / "spool")
+    record_episodes(recording, episodes=2, frames=10)
+    assert recording.finalize().added == []
+    before = open_storage(s3_url).get_bytes(INFO_KEY)
+    opened: list[CountingStorage] = []
+
+    def counted(url: str) -> CountingStorage:
+        opened.append(CountingStorage(open_storage(url)))
+        return opened[-1]
+
+    monkeypatch.setattr(pending, "open_storage", counted)
+    results, completion = encode_pending(RecorderSettings(storage=s3_url, codec="libx264"),
+                                         console=Console(file=io.StringIO()))
+    assert [r.status for r in results] == [Status.SUCCEEDED] * 4
+    assert completion is not None and completion.added == [0, 1]
+    raw, dataset = opened
+    # The 4 videos the encodes had just verified were not downloaded to count frames.
+    assert raw.videos_read() == dataset.videos_read() == []
+    verified_rows = video_rows(s3_url)
+
+    # The same completion without the results (as after a crash before its info.json)
+    # downloads each video, and writes the same timestamps.
+    dataset = CountingStorage(open_storage(s3_url))
+    dataset.put_bytes(INFO_KEY, before)
+    assert complete_dataset(dataset, open_storage(s3_url)).added == [0, 1]
+    assert dataset.videos_read() == sorted(r.output_key for r in results)
+    assert video_rows(s3_url) == verified_rows
+
+    # A result one frame short refuses completion, as a video one frame short does.
+    dataset.put_bytes(INFO_KEY, before)
+    short = verified_videos(results)
+    key = results[0].output_key
+    short[key] = VideoProbe(frames=9, duration_s=short[key].duration_s)
+    with pytest.raises(DatasetError, match=rf"{key} has 9 frames, recording \d has 10 data "
+                                           "rows; the episode is not added"):
+        complete_dataset(dataset, open_storage(s3_url), verified=short)
+    assert json.loads(dataset.get_bytes(INFO_KEY))["total_episodes"] == 0

@@ -65,7 +65,7 @@ def test_an_idle_encode_and_its_threads_leave_earlier_threads_alone():
 
 def test_real_time_codec_threads_are_demoted_to_the_encodes_class():
     require(os.geteuid() == 0, "SCHED_FIFO needs root, as SVT-AV1 found it")
-    from encoder_worker.encode import demote_realtime_threads
+    from encoder_worker.priority import demote_realtime_threads
 
     ready, done = threading.Event(), threading.Event()
     tid: list[int] = []

@@ -113,8 +113,8 @@ def test_same_frames_give_the_same_video_from_either_raw_format(tmp_path):
 
 
 def test_recorder_settings_choose_the_raw_format():
-    assert RecorderSettings().raw_pix_fmt == "yuv420p"  # the default video is yuv420p
-    assert RecorderSettings(pix_fmt="yuv444p").raw_pix_fmt == "rgb24"
-    assert RecorderSettings().raw_pix_fmt_for(641, 480) == "rgb24"
+    assert RecorderSettings().raw_pix_fmt("yuv420p") == "yuv420p"  # the default video
+    assert RecorderSettings(pix_fmt="yuv444p").raw_pix_fmt("yuv444p") == "rgb24"
+    assert RecorderSettings().raw_pix_fmt_for(641, 480, "yuv420p") == "rgb24"
     with pytest.raises(ValueError, match="ffv1 stores yuv420p"):
         RecorderSettings(raw_format="rgb24", raw_compression="ffv1")

@@ -31,6 +31,7 @@ from recorder.capture.cameras.synthetic import synthetic_cameras
 from recorder.dataset import writer
 from recorder.farm import setup as farm_setup
 from recorder.farm.storage_check import broker_is_local, check_farm_storage
+from recorder.farm.upload_spool import spool_folder
 from recorder.settings import RecorderSettings
 
 SMALL = ["--width", "160", "--height", "120", "--fps", "15", "--codec", "libx264",
@@ -87,6 +88,11 @@ def test_broker_is_local() -> None:
     assert not broker_is_local("redis://10.77.0.1:6379/0")
 
 
+def check_storage_of(settings: RecorderSettings) -> None:
+    check_farm_storage(settings, raw_url=settings.raw_storage_url,
+                       output_url=settings.output_storage_url)
+
+
 def test_local_folder_with_remote_farm_is_refused(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     remote = "redis://farm-host:6379/0"
@@ -98,16 +104,16 @@ def test_local_folder_with_remote_farm_is_refused(tmp_path: Path,
         RecorderSettings(storage=str(tmp_path), output_storage="s3://b/p"),  # inline
     ]
     for settings in ok:
-        check_farm_storage(settings)
+        check_storage_of(settings)
     with pytest.raises(ValueError, match=r"--storage .* folder on this machine"):
-        check_farm_storage(RecorderSettings(storage=str(tmp_path), async_encoding=True,
+        check_storage_of(RecorderSettings(storage=str(tmp_path), async_encoding=True,
                                             broker=remote))
     with pytest.raises(ValueError, match="--output-storage"):
-        check_farm_storage(RecorderSettings(storage="s3://b/p", output_storage=str(tmp_path),
+        check_storage_of(RecorderSettings(storage="s3://b/p", output_storage=str(tmp_path),
                                             async_encoding=True, broker=remote))
 
     # A folder every worker mounts is the user's call to make.
-    check_farm_storage(RecorderSettings(storage=str(tmp_path), async_encoding=True,
+    check_storage_of(RecorderSettings(storage=str(tmp_path), async_encoding=True,
                                         broker=remote, shared_folder=True))
 
     # The recorder refuses before it contacts the broker.
@@ -117,7 +123,8 @@ def test_local_folder_with_remote_farm_is_refused(tmp_path: Path,
     monkeypatch.setattr(farm_setup, "check_broker", no_broker)
     settings = RecorderSettings(storage=str(tmp_path), async_encoding=True, broker=remote)
     with pytest.raises(farm_setup.RecorderError, match="s3://bucket/prefix"), \
-            farm_setup.farm_for(settings):
+            farm_setup.farm_for(settings, raw_url=settings.raw_storage_url,
+                                output_url=settings.output_storage_url):
         pass
 
 
@@ -137,7 +144,7 @@ def test_manifest_pending_until_uploaded(tmp_path: Path) -> None:
 def test_exit_message_names_the_pending_files(tmp_path: Path) -> None:
     settings = RecorderSettings(storage="s3://bucket/datasets/x", spool_dir=tmp_path)
     assert session.pending_uploads_note(settings) is None
-    folder = session.spool_folder_for(settings, "s3://bucket/datasets/x")
+    folder = spool_folder(settings.spool_root, "s3://bucket/datasets/x")
     segment = folder / "keys/raw/episode_000000/cam0/segment_00000.raw"
     segment.parent.mkdir(parents=True)
     segment.write_bytes(b"x" * 10)

@@ -19,7 +19,7 @@ from video_checks import check_video_against_raw, decode_rgb
 from encoder_worker import parts
 from encoder_worker.broker import redis_client
 from encoder_worker.encode import SOURCE_PREFIX, video_source
-from encoder_worker.jobs import EncodeJob, EncoderOptions, Status, split_job
+from encoder_worker.jobs import EncodeJob, EncoderOptions, Status, merge_part_results, split_job
 from encoder_worker.ledger import CLAIMS_KEY, JOIN_PREFIX, JobLedger
 from encoder_worker.parts import (
     PARTS_ROOT,
@@ -33,6 +33,7 @@ from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage.local import LocalStorage
 from recorder.dataset import FarmDataset
 from recorder.dataset.jobs import part_count
+from recorder.dataset.videos import probe_video
 from recorder.farm.client import EncodingFarmClient
 from recorder.settings import RecorderSettings
 
@@ -103,6 +104,12 @@ def test_parts_join_to_exactly_the_frames_of_the_episode(tmp_path, redis_server,
                 for frame in decode_rgb(storage.path(part_key(job, index)))[0]]
     assert len(joined) == len(in_parts) == 95
     assert all(np.array_equal(a, b) for a, b in zip(joined, in_parts, strict=True))
+    # The video's verified frames and duration: its parts' together, as read from it
+    # (the sum of floats: up to their rounding).
+    merged = merge_part_results("split", results)
+    probe = probe_video(storage.path(jobs[0].output_key))
+    assert merged.frames == probe.frames
+    assert merged.duration_s == pytest.approx(probe.duration_s, rel=0, abs=1e-9)
     keep_parts(storage, jobs[0])
     check_whole(storage, jobs[0])
 
@@ -217,7 +224,7 @@ def test_async_recording_splits_a_long_episode(tmp_path, broker_url, start_worke
     storage = LocalStorage(root)
     for episode, camera in ((0, "cam0"), (0, "cam1")):
         job = job_for(storage, RawEpisodeReader(storage, raw_prefix(
-            episode=episode, camera=camera)).manifest)
+            recording=episode, camera=camera)).manifest)
         assert job.output_key == video_key(episode, camera)
         check_whole(storage, job)
 

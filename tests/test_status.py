@@ -19,7 +19,7 @@ from rich.console import Console
 
 from encoder_worker.broker import redis_client
 from encoder_worker.celery_app import ENCODE_TASK, make_app
-from encoder_worker.jobs import EncoderOptions
+from encoder_worker.jobs import EncodeResult, EncoderOptions, FailureReason
 from encoder_worker.ledger import (
     FINISHED_KEY,
     FINISHED_WINDOW_S,
@@ -27,7 +27,7 @@ from encoder_worker.ledger import (
     JobLedger,
     LedgerSnapshot,
 )
-from encoder_worker.metrics import failure_reason
+from encoder_worker.metrics import FAILURE_REASONS
 from encoder_worker.raw_layout import manifest_key, raw_prefix
 from encoder_worker.status import build_status, farm_status
 from encoder_worker.status_view import duration, render
@@ -240,16 +240,16 @@ def test_tables_never_cut_values_outside_a_terminal():
 
 
 def test_failure_reasons_are_a_fixed_set():
-    assert failure_reason("invalid EncodeJob payload: 1 validation error") == "invalid_payload"
-    assert failure_reason("RawEpisodeError: segment_00000.raw is corrupt") == "raw_episode"
-    assert failure_reason("EncodeError: video has 9 frames") == "encode"
-    assert failure_reason("StorageError: NoSuchBucket") == "storage"
-    assert failure_reason("the encode was started 3 times and its worker died") == \
-        "worker_deaths"
-    assert failure_reason("the encode ran over its time limit of 301s 2 times") == "time_limit"
-    assert failure_reason("this worker reads the job's raw folder /a at /b") == \
-        "storage_mismatch"
-    assert failure_reason("something new") == "other" and failure_reason(None) == "other"
+    # The labels are the results' reason codes; no message text is read.
+    assert tuple(reason.value for reason in FailureReason) == FAILURE_REASONS
+    old = {"job_id": "j", "recording": 0, "camera": "cam0", "status": "failed",
+           "error": "EncodeError: video has 9 frames", "output_storage": "/d", "output_key": "v"}
+    # A result of an older worker (no reason), or of a newer one (a reason unknown here).
+    assert EncodeResult.model_validate(old).reason is FailureReason.OTHER
+    assert EncodeResult.model_validate(old | {"reason": "something new"}).reason is \
+        FailureReason.OTHER
+    assert EncodeResult.model_validate(old | {"reason": "verify"}).reason is \
+        FailureReason.VERIFY
     assert duration(5.25) == "5.2s" and duration(125) == "2m05s" and duration(7300) == "2h01m"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -10,10 +11,10 @@ class StorageError(Exception):
     """A storage operation failed; the message says which key and why.
 
     Classified where it happens, by the backend, so that callers never dig into a
-    client library's exceptions:
+    client library's exceptions (or catch OSError):
 
     Attributes:
-        code: the backend's error code ("NoSuchBucket", "SlowDown", "ENOENT"), if any.
+        code: the backend's error code ("NoSuchBucket", "SlowDown", "ENOSPC"), if any.
         permanent: True when retrying cannot fix it (a missing bucket, refused
             credentials, a file that is gone); False for outages and throttling.
         hint: what the user can do about it ("" when retrying is the answer).
@@ -28,7 +29,65 @@ class StorageError(Exception):
 
 
 class KeyNotFound(StorageError):
-    pass
+    """The key holds nothing; permanent (callers that expect it handle it)."""
+
+    def __init__(self, message: str, *, code: str | None = "NotFound") -> None:
+        super().__init__(message, code=code, permanent=True)
+
+
+class InvalidKey(StorageError, ValueError):
+    """A key that points outside its storage: a caller's mistake, never retried."""
+
+    def __init__(self, message: str) -> None:
+        hint = PERMANENT_HINTS["InvalidKey"]
+        super().__init__(f"{message}; {hint}", code="InvalidKey", permanent=True, hint=hint)
+
+
+_CREDENTIALS = "check the AWS credentials this process sees"
+_PERMISSIONS = "this user may not use it: fix the folder's permissions"
+_FILE_IN_THE_WAY = "a part of the path is a file, not a folder: fix the storage path"
+_CHECKSUMS = "an S3-compatible server may need FARM_S3_CHECKSUM=when_required"
+# Error codes that no retry fixes, and what to do about them: every backend's, in one
+# table (local folders' by errno name, S3's by its error code).
+PERMANENT_HINTS = {
+    "ENOSPC": "the disk is full: free space there, or use another folder",
+    "EDQUOT": "the disk quota is used up: free space there, or use another folder",
+    "EACCES": _PERMISSIONS,
+    "EPERM": _PERMISSIONS,
+    "EROFS": "the folder is on a read-only file system",
+    "ENOENT": "a file is missing (removed while in use?)",
+    "ENOTDIR": _FILE_IN_THE_WAY,
+    "EEXIST": _FILE_IN_THE_WAY,
+    "EISDIR": "the key names a folder, not a file",
+    "InvalidKey": "keys are relative to the storage root and have no '..' parts",
+    "NoSuchBucket": "create the bucket or fix the storage URL",
+    "InvalidBucketName": "fix the storage URL",
+    "AccessDenied": "check the AWS credentials and bucket policy this process sees",
+    "InvalidAccessKeyId": _CREDENTIALS,
+    "SignatureDoesNotMatch": _CREDENTIALS,
+    "AuthorizationHeaderMalformed": "check the region (FARM_S3_REGION) and credentials",
+    "PermanentRedirect": "the bucket is in another region: set FARM_S3_REGION",
+    "NoCredentials": "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, "
+                     "~/.aws/credentials, an instance role) for this process",
+    # Refused requests that a setting fixes; retrying as is does not.
+    "InvalidRequest": _CHECKSUMS,
+    "BadDigest": _CHECKSUMS,
+    "XAmzContentSHA256Mismatch": _CHECKSUMS,
+}
+
+
+def storage_error(message: str, *, code: str | None) -> StorageError:
+    """The StorageError of code: permanent, its hint appended, when PERMANENT_HINTS has
+    one; transient (an outage, throttling) otherwise."""
+    hint = PERMANENT_HINTS.get(code or "", "")
+    return StorageError(message + (f"; {hint}" if hint else ""), code=code,
+                        permanent=bool(hint), hint=hint)
+
+
+def os_error(what: str, exc: OSError) -> StorageError:
+    """The classified StorageError of an OSError while doing what (its errno decides)."""
+    code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    return storage_error(f"{what}: {exc.strerror or exc}", code=code)
 
 
 @runtime_checkable

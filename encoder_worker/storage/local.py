@@ -3,39 +3,29 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import unquote, urlparse
 
-from encoder_worker.storage import KeyNotFound, StorageError
-
-# OS errors that no retry fixes, and what the user has to do about them.
-PERMANENT_ERRNOS = {
-    errno.ENOSPC: "the disk is full: free space there, or use another folder",
-    errno.EDQUOT: "the disk quota is used up: free space, or use another folder",
-    errno.EACCES: "this user may not write there: fix the folder's permissions",
-    errno.EPERM: "this user may not write there: fix the folder's permissions",
-    errno.EROFS: "the folder is on a read-only file system",
-    errno.ENOENT: "a file is missing (removed while in use?)",
-}
+from encoder_worker.storage import InvalidKey, KeyNotFound, StorageError, os_error, storage_error
 
 
 @contextlib.contextmanager
-def classified(action: str, where: str) -> Iterator[None]:
-    """OSErrors of a local write, raised as StorageError with code, permanence and hint."""
+def classified(action: str, where: str, *, reading: bool = False) -> Iterator[None]:
+    """OSErrors of a local operation, raised as StorageError with code, permanence and
+    hint; reading: a missing file is KeyNotFound."""
     try:
         yield
+    except StorageError:
+        raise
     except OSError as exc:
-        hint = PERMANENT_ERRNOS.get(exc.errno or 0, "")
-        code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-        raise StorageError(f"{action} {where}: {exc.strerror or exc}"
-                           + (f"; {hint}" if hint else ""),
-                           code=code, permanent=bool(hint), hint=hint) from exc
+        if reading and isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+            raise KeyNotFound(f"{where} does not exist", code="ENOENT") from exc
+        raise os_error(f"{action} {where}", exc) from exc
 
 
 def _umask() -> int:
@@ -50,6 +40,8 @@ FILE_MODE = 0o666 & ~_umask()
 
 
 class LocalStorage:
+    """Every operation raises StorageError (KeyNotFound for a missing key), never OSError."""
+
     shared_across_hosts = False
 
     def __init__(self, root: Path) -> None:
@@ -63,13 +55,17 @@ class LocalStorage:
         return cls(Path(url).expanduser())
 
     def path(self, key: str) -> Path:
+        """The file or folder of key; InvalidKey for one outside the root."""
         path = (self.root / key).resolve()
         if not path.is_relative_to(self.root):
-            raise ValueError(f"key {key!r} points outside the storage root {self.root}")
+            raise InvalidKey(f"key {key!r} points outside the storage root {self.root}")
         return path
 
+    def _where(self, key: str) -> str:
+        return f"{self.url}/{key}"
+
     def put_bytes(self, key: str, data: bytes) -> None:
-        with classified("writing", f"{self.url}/{key}"):
+        with classified("writing", self._where(key)):
             self._put_bytes(key, data)
 
     def _put_bytes(self, key: str, data: bytes) -> None:
@@ -88,38 +84,35 @@ class LocalStorage:
             raise
 
     def get_bytes(self, key: str) -> bytes:
-        try:
+        with classified("reading", self._where(key), reading=True):
             return self.path(key).read_bytes()
-        except FileNotFoundError as exc:
-            raise KeyNotFound(f"{self.url}/{key} does not exist") from exc
 
     def open_read(self, key: str) -> BinaryIO:
-        try:
-            return open(self.path(key), "rb")
-        except FileNotFoundError as exc:
-            raise KeyNotFound(f"{self.url}/{key} does not exist") from exc
+        with classified("reading", self._where(key), reading=True):
+            return cast(BinaryIO, _ClassifiedReader(open(self.path(key), "rb"),
+                                                    self._where(key)))
 
     def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
+        with classified("looking up", self._where(key)):
+            return self.path(key).is_file()
 
     def size(self, key: str) -> int:
-        try:
+        with classified("looking up", self._where(key), reading=True):
             return self.path(key).stat().st_size
-        except FileNotFoundError as exc:
-            raise KeyNotFound(f"{self.url}/{key} does not exist") from exc
 
     def list_keys(self, prefix: str) -> list[str]:
-        base = self.path(prefix) if prefix else self.root
-        if not base.is_dir():
-            return []
-        return sorted(
-            p.relative_to(self.root).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
-        )
+        with classified("listing", self._where(prefix)):
+            base = self.path(prefix) if prefix else self.root
+            if not base.is_dir():
+                return []
+            return sorted(
+                p.relative_to(self.root).as_posix()
+                for p in base.rglob("*")
+                if p.is_file() and not p.name.startswith(".")
+            )
 
     def publish_file(self, key: str, path: Path) -> None:
-        with classified("publishing", f"{self.url}/{key}"):
+        with classified("publishing", self._where(key)):
             self._publish_file(key, path)
 
     def _publish_file(self, key: str, path: Path) -> None:
@@ -138,13 +131,14 @@ class LocalStorage:
             raise
 
     def download_file(self, key: str, path: Path) -> None:
-        try:
-            shutil.copyfile(self.path(key), path)
-        except FileNotFoundError as exc:
-            raise KeyNotFound(f"{self.url}/{key} does not exist") from exc
+        with self.open_read(key) as source, \
+                classified("downloading", f"{self._where(key)} to {path}"), \
+                open(path, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
 
     def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+        with classified("deleting", self._where(key)):
+            self.path(key).unlink(missing_ok=True)
 
     def local_path(self, key: str) -> Path | None:
         return self.path(key)
@@ -153,6 +147,30 @@ class LocalStorage:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot create the storage folder {self.root}: {exc}") from exc
+            raise os_error(f"cannot create the storage folder {self.root}", exc) from exc
         if not os.access(self.root, os.W_OK | os.X_OK):
-            raise StorageError(f"the storage folder {self.root} is not writable by this user")
+            raise storage_error(f"the storage folder {self.root} is not writable by this user",
+                                code="EACCES")
+
+
+class _ClassifiedReader:
+    """An open file whose read errors are StorageErrors, as S3's streamed bodies are."""
+
+    def __init__(self, file: BinaryIO, where: str) -> None:
+        self._file = file
+        self._where = where
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._file.read(size)
+        except OSError as exc:
+            raise os_error(f"reading {self._where}", exc) from exc
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> _ClassifiedReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

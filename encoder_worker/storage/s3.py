@@ -6,7 +6,9 @@ endpoint, region and checksum behaviour come from S3Settings (FARM_S3_* variable
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Literal, cast
@@ -18,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from encoder_worker.storage import KeyNotFound, StorageError
+from encoder_worker.storage import KeyNotFound, StorageError, os_error, storage_error
 
 logger = logging.getLogger(__name__)
 
@@ -51,38 +53,16 @@ class S3Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
 
 
-# S3 error codes that retrying cannot fix, and what the user has to do about them.
-PERMANENT_ERRORS = {
-    "NoSuchBucket": "create the bucket or fix the storage URL",
-    "InvalidBucketName": "fix the storage URL",
-    "AccessDenied": "check the AWS credentials and bucket policy this process sees",
-    "InvalidAccessKeyId": "check the AWS credentials this process sees",
-    "SignatureDoesNotMatch": "check the AWS credentials this process sees",
-    "AuthorizationHeaderMalformed": "check the region (FARM_S3_REGION) and credentials",
-    "PermanentRedirect": "the bucket is in another region: set FARM_S3_REGION",
-}
-# Refused requests that a setting fixes; retrying as is does not.
-_CHECKSUM_ERRORS = ("InvalidRequest", "BadDigest", "XAmzContentSHA256Mismatch")
-_NO_CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, "
-                        "~/.aws/credentials, an instance role) for this process")
-
-
 def s3_error(what: str, exc: BaseException, *, endpoint: str) -> StorageError:
     """The classified StorageError of a boto3/botocore failure while doing what."""
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         if code in _NOT_FOUND:
-            return KeyNotFound(f"{what}: does not exist", code=code, permanent=True)
-        hint = PERMANENT_ERRORS.get(code, "")
-        if code in _CHECKSUM_ERRORS:
-            hint = "an S3-compatible server may need FARM_S3_CHECKSUM=when_required"
-        return StorageError(f"{what}: {code} {error.get('Message', '')}"
-                            + (f"; {hint}" if hint else ""),
-                            code=code, permanent=bool(hint), hint=hint)
+            return KeyNotFound(f"{what}: does not exist", code=code)
+        return storage_error(f"{what}: {code} {error.get('Message', '')}".rstrip(), code=code)
     if isinstance(exc, NoCredentialsError):
-        return StorageError(f"{what} via {endpoint}: {exc}; {_NO_CREDENTIALS_HINT}",
-                            code="NoCredentials", permanent=True, hint=_NO_CREDENTIALS_HINT)
+        return storage_error(f"{what} via {endpoint}: {exc}", code="NoCredentials")
     # Connection errors, timeouts and the like: an outage, retried.
     return StorageError(f"{what} via {endpoint}: {exc}", code=type(exc).__name__)
 
@@ -113,6 +93,14 @@ def _client(settings: S3Settings) -> Any:
         "s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config)
 
 
+_CLIENT_LIBRARIES = ("boto3", "botocore", "s3transfer", "urllib3")
+
+
+def _from_client_library(exc: BaseException) -> bool:
+    """Whether exc comes from boto3 or the libraries beneath it."""
+    return type(exc).__module__.partition(".")[0] in _CLIENT_LIBRARIES
+
+
 class _Body:
     """A get_object body as a binary stream whose network errors are StorageErrors."""
 
@@ -124,9 +112,14 @@ class _Body:
         try:
             return cast(bytes, self._body.read(None if size < 0 else size))
         except (BotoCoreError, OSError) as exc:
-            raise StorageError(f"reading {self._where} failed: {exc}") from exc
-        except Exception as exc:  # urllib3's ProtocolError and kin, mid-stream
-            raise StorageError(f"reading {self._where} failed: {exc!r}") from exc
+            raise StorageError(f"reading {self._where} failed: {exc}",
+                               code=type(exc).__name__) from exc
+        except Exception as exc:
+            if not _from_client_library(exc):
+                raise
+            # urllib3's ProtocolError and kin, mid-stream: an outage
+            raise StorageError(f"reading {self._where} failed: {exc!r}",
+                               code=type(exc).__name__) from exc
 
     def close(self) -> None:
         self._body.close()
@@ -140,6 +133,9 @@ class _Body:
 
 
 class S3Storage:
+    """Every operation raises StorageError (KeyNotFound for a missing key): botocore's
+    and s3transfer's exceptions are read here and nowhere else."""
+
     shared_across_hosts = True
 
     def __init__(self, bucket: str, prefix: str = "", *,
@@ -159,33 +155,51 @@ class S3Storage:
         key = key.strip("/")
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _error(self, action: str, key: str, exc: Exception) -> StorageError:
+    @contextlib.contextmanager
+    def _classified(self, action: str, key: str, *, local: Path | None = None
+                    ) -> Iterator[None]:
+        """Whatever a boto3 call raises, as a classified StorageError; local: the file
+        on this host that the call reads or writes (its OSErrors are its own)."""
+        what = f"{action} {self.url}/{key}"
         endpoint = self.settings.endpoint_url or "AWS S3"
-        return s3_error(f"{action} {self.url}/{key}", exc, endpoint=endpoint)
+        try:
+            yield
+        except StorageError:
+            raise
+        except (BotoCoreError, ClientError) as exc:
+            raise s3_error(what, exc, endpoint=endpoint) from exc
+        except OSError as exc:
+            raise os_error(f"{what} ({local})" if local else what, exc) from exc
+        except Exception as exc:
+            # s3transfer wraps failures in exceptions of its own; the S3 error behind one
+            # (re-raised without `from`) carries code and hint.
+            behind = exc.__cause__ or exc.__context__
+            if isinstance(behind, (BotoCoreError, ClientError)):
+                raise s3_error(what, behind, endpoint=endpoint) from exc
+            if isinstance(behind, OSError):
+                raise os_error(f"{what} ({local})" if local else what, behind) from exc
+            if not _from_client_library(exc):
+                raise  # not the storage's: a signal's exception (a time limit), a bug
+            raise StorageError(f"{what} via {endpoint}: {exc!r}",
+                               code=type(exc).__name__) from exc
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        try:
+        with self._classified("putting", key):
             self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data)
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("putting", key, exc) from exc
 
     def get_bytes(self, key: str) -> bytes:
         with self.open_read(key) as stream:
             return stream.read()
 
     def open_read(self, key: str) -> BinaryIO:
-        try:
+        with self._classified("reading", key):
             response = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("reading", key, exc) from exc
         return cast(BinaryIO, _Body(response["Body"], f"{self.url}/{key}"))
 
     def _head(self, key: str) -> dict[str, Any]:
-        try:
+        with self._classified("looking up", key):
             return cast(dict[str, Any],
                         self.client.head_object(Bucket=self.bucket, Key=self.object_key(key)))
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("looking up", key, exc) from exc
 
     def exists(self, key: str) -> bool:
         try:
@@ -203,13 +217,11 @@ class S3Storage:
         if prefix and not full.endswith("/"):
             full += "/"  # like a folder: "raw" must not match "raw2/..."
         keys: list[str] = []
-        try:
+        with self._classified("listing", prefix):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=full)
             for page in pages:
                 keys.extend(item["Key"][len(root):] for item in page.get("Contents", []))
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("listing", prefix, exc) from exc
         return sorted(k for k in keys if not k.rsplit("/", 1)[-1].startswith("."))
 
     def publish_file(self, key: str, path: Path) -> None:
@@ -219,33 +231,18 @@ class S3Storage:
         """
         transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
                                   multipart_chunksize=MULTIPART_CHUNKSIZE, max_concurrency=4)
-        try:
+        with self._classified("uploading", key, local=path):
             self.client.upload_file(str(path), self.bucket, self.object_key(key),
                                     Config=transfer)
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("uploading", key, exc) from exc
-        except Exception as exc:  # s3transfer wraps failures in its own S3UploadFailedError
-            # The S3 error behind it (re-raised without `from`) carries code and hint.
-            behind = exc.__cause__ or exc.__context__
-            if isinstance(behind, (BotoCoreError, ClientError)):
-                raise self._error("uploading", key, behind) from exc
-            # The local file itself: gone or unreadable, which no retry fixes.
-            gone = isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError))
-            raise StorageError(f"uploading {path} to {self.url}/{key}: {exc}",
-                               code=type(exc).__name__, permanent=gone) from exc
         path.unlink(missing_ok=True)
 
     def download_file(self, key: str, path: Path) -> None:
-        try:
+        with self._classified("downloading", key, local=path):
             self.client.download_file(self.bucket, self.object_key(key), str(path))
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("downloading", key, exc) from exc
 
     def delete(self, key: str) -> None:
-        try:
+        with self._classified("deleting", key):
             self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("deleting", key, exc) from exc
 
     def local_path(self, key: str) -> Path | None:
         return None
@@ -257,16 +254,9 @@ class S3Storage:
             StorageError: the bucket is missing, forbidden or unreachable (message says).
         """
         try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in _NOT_FOUND or code == "NoSuchBucket":
-                endpoint = self.settings.endpoint_url or "AWS S3"
-                raise StorageError(f"NoSuchBucket: bucket {self.bucket!r} does not exist at "
-                                   f"{endpoint}; create it or fix the storage URL",
-                                   code="NoSuchBucket", permanent=True,
-                                   hint=PERMANENT_ERRORS["NoSuchBucket"]) from exc
-            raise self._error("checking bucket of", "", exc) from exc
-        except BotoCoreError as exc:
-            raise self._error("checking bucket of", "", exc) from exc
-
+            with self._classified("checking bucket of", ""):
+                self.client.head_bucket(Bucket=self.bucket)
+        except KeyNotFound as exc:  # head_bucket's 404: no such bucket
+            endpoint = self.settings.endpoint_url or "AWS S3"
+            raise storage_error(f"NoSuchBucket: bucket {self.bucket!r} does not exist at "
+                                f"{endpoint}", code="NoSuchBucket") from exc

@@ -115,7 +115,9 @@ def run_once(settings: BenchmarkSettings, mode: Mode, *, console: Console,
     run_settings = session_settings(settings, mode, name)
     cameras = open_cameras(settings)
     try:
-        with farm_for(run_settings) as farm, progress_display(console) as progress:
+        with farm_for(run_settings, raw_url=run_settings.raw_storage_url,
+                      output_url=run_settings.output_storage_url) as farm, \
+                progress_display(console) as progress:
             answering = 0
             if farm is not None:
                 answering = len(farm.app.control.ping(timeout=PING_TIMEOUT_S) or [])
@@ -162,7 +164,7 @@ def _config(settings: BenchmarkSettings, mode: Mode, *, storage: str, width: int
         reset_time_s=settings.reset_time, fps=settings.fps, cameras=settings.camera_count,
         width=width, height=height, codec=settings.codec, crf=settings.crf, gop=settings.gop,
         preset=settings.preset, pix_fmt=settings.pix_fmt,
-        raw_format=settings.raw_pix_fmt_for(width, height),
+        raw_format=settings.raw_pix_fmt_for(width, height, settings.pix_fmt),
         raw_compression=settings.raw_compression,
         segment_frames=settings.segment_frames,
         video_encoding_workers=settings.video_encoding_workers,

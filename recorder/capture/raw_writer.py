@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from encoder_worker.raw_episode import Manifest, RawEpisodeWriter
+from encoder_worker.storage import PERMANENT_HINTS
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,9 @@ class CameraWriter:
         if self._error is not None:
             camera = self.writer.camera
             hint = ""
-            if isinstance(self._error, OSError) and self._error.errno == errno.ENOSPC:
-                hint = ("; the disk is full: free space there, or record elsewhere "
-                        "(--output-dir, --storage); the frames stored before are kept")
+            if isinstance(self._error, OSError) and self._error.errno is not None and \
+                    (said := PERMANENT_HINTS.get(errno.errorcode.get(self._error.errno, ""))):
+                hint = (f"; {said} (--output-dir, --storage); the frames stored before are "
+                        "kept")
             raise WriterFailed(f"camera {camera}: storing frames failed: {self._error}{hint}") \
                 from self._error

@@ -35,9 +35,10 @@ class SyntheticRobot:
         """The state now and the action commanded next."""
         t = self._index / self.fps
         self._index += 1
-        return {"observation.state": self._position(t),
-                "action": self._position(t + 1 / self.fps)}
+        return {"observation.state": self.position_at(t),
+                "action": self.position_at(t + 1 / self.fps)}
 
-    def _position(self, t: float) -> np.ndarray:
+    def position_at(self, t: float) -> np.ndarray:
+        """The joints' positions t seconds into the trajectory, in degrees."""
         angle = 2 * np.pi * self._frequency * t + self._phase
         return (self._amplitude * np.sin(angle)).astype(np.float32)

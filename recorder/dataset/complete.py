@@ -14,19 +14,20 @@ import fcntl
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from encoder_worker.jobs import EncodeResult, Status
 from encoder_worker.storage import Storage
 from recorder.dataset import metadata
 from recorder.dataset.failpoints import failpoint
 from recorder.dataset.layout import INFO_KEY, Layout
 from recorder.dataset.staging import StagedEpisode, load_rows, load_staged, staged_recordings
-from recorder.dataset.videos import local_video, probe_video
+from recorder.dataset.videos import VideoProbe, local_video, probe_video
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,22 @@ class Completion:
         return self.staged_left == 0
 
 
-def complete_dataset(dataset: Storage, raw: Storage) -> Completion:
+def verified_videos(results: Iterable[EncodeResult]) -> dict[str, VideoProbe]:
+    """Video key -> frame count and duration, of the videos these results verified and
+    published (a worker verifies each by decoding it): completion then need not read them."""
+    return {r.output_key: VideoProbe(frames=r.frames, duration_s=r.duration_s)
+            for r in results if r.status is Status.SUCCEEDED and r.duration_s is not None}
+
+
+def complete_dataset(dataset: Storage, raw: Storage, *,
+                     verified: Mapping[str, VideoProbe] | None = None) -> Completion:
     """Add every staged episode whose videos are all published; returns what happened.
+
+    Args:
+        verified: video key (its key in dataset) -> frame count and duration, as the
+            encode that published it verified them (verified_videos of its results).
+            These videos are not read again; the others (an earlier run's, packed ones)
+            are read back to count their frames, a download each on S3.
 
     Raises:
         DatasetError: no info.json, a dataset of another version, or a published video
@@ -80,7 +95,7 @@ def complete_dataset(dataset: Storage, raw: Storage) -> Completion:
                 break
             assert data is not None
             index = info["total_episodes"] + len(new_rows)
-            durations = _check_videos(dataset, episode)
+            durations = _check_videos(dataset, episode, verified or {})
             for task in episode.tasks:
                 if task not in tasks:
                     tasks.append(task)
@@ -120,12 +135,15 @@ def _missing_videos(dataset: Storage, episode: StagedEpisode) -> str:
     return f"videos not published yet: {', '.join(missing)}" if missing else ""
 
 
-def _check_videos(dataset: Storage, episode: StagedEpisode) -> dict[str, float]:
+def _check_videos(dataset: Storage, episode: StagedEpisode,
+                  verified: Mapping[str, VideoProbe]) -> dict[str, float]:
     """Video key -> duration; raises when a video's frames disagree with the rows."""
     durations = {}
     for key, video in episode.videos.items():
-        with local_video(dataset, video) as path:
-            probe = probe_video(path)
+        probe = verified.get(video)
+        if probe is None:
+            with local_video(dataset, video) as path:
+                probe = probe_video(path)
         if probe.frames != episode.length:
             raise metadata.DatasetError(
                 f"{dataset.url}/{video} has {probe.frames} frames, recording "

@@ -1,43 +1,33 @@
-"""The encode jobs of a dataset's episodes: one per (recording, camera), or its parts
-when the farm encodes a long episode at once on several workers."""
+"""The encode jobs of a dataset's episodes, built in this one place: one job per
+(recording, camera), or its parts when the farm encodes a long episode on several workers
+at once; each with the time limit of its frames."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from encoder_worker.encode import encode_job
 from encoder_worker.jobs import (
     EncodeJob,
     EncodeResult,
     EncoderOptions,
+    FailureReason,
     encode_time_limit_s,
     split_job,
 )
 from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage import Storage, StorageError, local_storage_id
-from recorder.dataset.layout import camera_name
-from recorder.settings import RecorderSettings
-
-
-def episode_job(recording: int, video_key: str, *, run_id: str, raw: Storage,
-                dataset: Storage, output_key: str, options: EncoderOptions) -> EncodeJob:
-    """The EncodeJob of one committed (recording, camera)."""
-    camera = camera_name(video_key)
-    return EncodeJob(
-        job_id=f"{run_id}-ep{recording:06d}-{camera}", recording=recording, camera=camera,
-        raw_storage=raw.url, raw_prefix=raw_prefix(recording=recording, camera=camera),
-        raw_storage_id=local_storage_id(raw, create=True), output_storage=dataset.url,
-        output_storage_id=local_storage_id(dataset, create=True), output_key=output_key,
-        options=options)
-
+from recorder.dataset.layout import Layout, camera_name
+from recorder.farm.options import FarmOptions
 
 # A split episode's part count is a multiple of this: 1, 2 or 4 workers then have as many
 # parts each and finish together (8 parts of a 60 s episode also keep 8 busy).
 PART_COUNT_MULTIPLE = 4
 
 
-def part_count(frames: int, fps: float, settings: RecorderSettings) -> int:
+def part_count(frames: int, fps: float, farm: FarmOptions) -> int:
     """The parts a farm encodes an episode of frames frames as, at once (1: unsplit).
 
     Measured here (benchmarks/README.md, "Split episodes", 60 s at 640x480): 4-16 parts
@@ -48,21 +38,60 @@ def part_count(frames: int, fps: float, settings: RecorderSettings) -> int:
     with two or more cameras already spread over workers.
     """
     seconds = frames / fps
-    if not settings.split_after_s or seconds <= settings.split_after_s:
+    if not farm.split_after_s or seconds <= farm.split_after_s:
         return 1
-    parts = math.ceil(seconds / settings.split_part_s)
+    parts = math.ceil(seconds / farm.split_part_s)
     return -(-parts // PART_COUNT_MULTIPLE) * PART_COUNT_MULTIPLE
 
 
-def farm_jobs(job: EncodeJob, *, frames: int, fps: float, width: int, height: int,
-              settings: RecorderSettings) -> list[EncodeJob]:
-    """The jobs a farm gets for job: its parts when the episode is long (part_count),
-    each with the time limit of its frames."""
-    jobs = split_job(job, frames=frames, parts=part_count(frames, fps, settings))
-    for each in jobs:
-        count = each.part.frame_count if each.part is not None else frames
-        each.time_limit_s = encode_time_limit_s(frames=count, width=width, height=height)
-    return jobs
+@dataclass(frozen=True)
+class JobPlan:
+    """How a dataset's episodes become EncodeJobs: their storage, codec, farm and cameras."""
+
+    run_id: str  # makes job ids unique per recorder run
+    raw: Storage
+    dataset: Storage
+    layout: Layout
+    encoder: EncoderOptions
+    farm: FarmOptions
+    fps: int
+    frame_sizes: Mapping[str, tuple[int, int]]  # video feature key -> (width, height)
+
+    def videos_of(self, recording: int) -> dict[str, str]:
+        """Video feature key -> where the video of each camera of a recording goes."""
+        return {key: self.layout.video_key_of(recording=recording, video_key=key)
+                for key in self.frame_sizes}
+
+    def jobs(self, recording: int, videos: Mapping[str, str], *,
+             frames: int) -> list[EncodeJob]:
+        """The jobs that encode these videos of one committed recording.
+
+        Args:
+            videos: video feature key -> the key its video is published at.
+        """
+        return [job for key, output_key in videos.items()
+                for job in self._camera_jobs(recording, key, output_key, frames=frames)]
+
+    def _camera_jobs(self, recording: int, video_key: str, output_key: str, *,
+                     frames: int) -> list[EncodeJob]:
+        """One camera's job, or its parts when a farm encodes a long episode (part_count;
+        inline encoding never splits), each with the time limit of its frames."""
+        width, height = self.frame_sizes[video_key]
+        camera = camera_name(video_key)
+        job = EncodeJob(
+            job_id=f"{self.run_id}-ep{recording:06d}-{camera}", recording=recording,
+            camera=camera, raw_storage=self.raw.url,
+            raw_prefix=raw_prefix(recording=recording, camera=camera),
+            raw_storage_id=local_storage_id(self.raw, create=True),
+            output_storage=self.dataset.url,
+            output_storage_id=local_storage_id(self.dataset, create=True),
+            output_key=output_key, options=self.encoder)
+        parts = part_count(frames, self.fps, self.farm) if self.farm.async_encoding else 1
+        jobs = split_job(job, frames=frames, parts=parts)
+        for each in jobs:
+            count = each.part.frame_count if each.part is not None else frames
+            each.time_limit_s = encode_time_limit_s(frames=count, width=width, height=height)
+        return jobs
 
 
 def video_job_ids(jobs: Iterable[EncodeJob]) -> list[str]:
@@ -74,6 +103,9 @@ def encode_inline(job: EncodeJob) -> EncodeResult:
     """encode_job in the recorder's process; storage errors become a failed result."""
     try:
         return encode_job(job)
-    except (StorageError, OSError) as exc:
+    except StorageError as exc:
         # The recording goes on; this episode's raw frames stay for a later encode.
-        return EncodeResult.failed(job, f"{type(exc).__name__}: {exc}")
+        return EncodeResult.failed(job, f"StorageError: {exc}", reason=FailureReason.STORAGE)
+    except OSError as exc:  # the encode's temp files on this host, not a storage call
+        return EncodeResult.failed(job, f"{type(exc).__name__} in the encode's temp files: "
+                                   f"{exc}", reason=FailureReason.STORAGE)

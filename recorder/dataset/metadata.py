@@ -70,6 +70,35 @@ def new_info(*, format: DatasetFormat, fps: int, features: dict[str, dict],
     return info
 
 
+def open_or_create(storage: Storage, *, format: DatasetFormat, fps: int,
+                   features: dict[str, dict], robot_type: str | None,
+                   options: EncoderOptions) -> None:
+    """Check an existing dataset against a new recording, or write a new info.json.
+
+    Raises:
+        DatasetError: the dataset there has another version, fps or set of features;
+            nothing was changed.
+    """
+    info = read_info(storage)
+    if info is None:
+        write_json(storage, INFO_KEY, new_info(format=format, fps=fps, features=features,
+                                               robot_type=robot_type, options=options))
+        return
+    if info["codebase_version"] != format:
+        raise DatasetError(
+            f"{storage.url} is a LeRobot {info['codebase_version']} dataset; this recording "
+            f"writes {format}: pass --dataset-format {info['codebase_version']} to append to "
+            "it, or record into a new --repo-id")
+    theirs = {k: (f["dtype"], list(f["shape"])) for k, f in info["features"].items()
+              if k not in DEFAULT_FEATURES}
+    ours = {k: (f["dtype"], list(f["shape"])) for k, f in features.items()}
+    if info["fps"] != fps or theirs != ours:
+        raise DatasetError(
+            f"{storage.url} was recorded at {info['fps']} fps with features {theirs}; this "
+            f"recording has {fps} fps and {ours}. Episodes of one dataset share them: "
+            "record into a new --repo-id")
+
+
 def features_with_video_info(features: dict[str, dict], *, fps: int,
                              options: EncoderOptions) -> dict[str, dict]:
     codec = av.codec.Codec(options.codec, "w").name

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from celery.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
@@ -25,7 +26,14 @@ from redis.exceptions import RedisError
 
 from encoder_worker.broker import redact, redis_client
 from encoder_worker.celery_app import ENCODE_TASK, make_app
-from encoder_worker.jobs import ENCODE_QUEUE, EncodeJob, EncodeResult, merge_part_results
+from encoder_worker.jobs import (
+    ENCODE_QUEUE,
+    EncodeJob,
+    EncodeResult,
+    FailureReason,
+    merge_part_results,
+    task_outcome,
+)
 from encoder_worker.ledger import JobLedger
 from recorder.farm.announcer import CaptureAnnouncer
 
@@ -319,11 +327,24 @@ class EncodingFarmClient:
 
 
 def _result_of(entry: _Outstanding) -> EncodeResult:
-    """The EncodeResult of a finished task; failed ones for anything else it ended with."""
+    """The EncodeResult of a finished task: returned (SUCCESS) or rebuilt from the
+    JobFailed it raised (FAILURE); a failed one, with its reason, for anything else it
+    ended with."""
     handle = entry.handle
-    if handle.state != "SUCCESS":  # FAILURE, or REVOKED (cancelled from Flower, say)
-        return EncodeResult.failed(entry.job, f"task {handle.state}: {handle.result!r}")
+    state, value = handle.state, handle.result
     try:
-        return EncodeResult.model_validate(handle.result)
+        result = task_outcome(state, value)
     except ValidationError as exc:
-        return EncodeResult.failed(entry.job, f"the worker sent an invalid result: {exc}")
+        return EncodeResult.failed(entry.job, f"the worker sent an invalid result: {exc}",
+                                   reason=FailureReason.OTHER)
+    if result is not None:
+        return result
+    if state == "REVOKED":  # cancelled from Flower, say
+        reason = FailureReason.REVOKED
+    elif isinstance(value, TimeLimitExceeded):  # killed past its hard time limit
+        reason = FailureReason.TIME_LIMIT
+    elif isinstance(value, WorkerLostError):
+        reason = FailureReason.WORKER_DEATHS
+    else:  # an exception of an older worker, or one outside the task
+        reason = FailureReason.EXCEPTION
+    return EncodeResult.failed(entry.job, f"task {state}: {value!r}", reason=reason)

@@ -6,7 +6,7 @@ from urllib.parse import urlparse
 
 from encoder_worker.broker import redact
 from encoder_worker.storage import StorageError, open_storage
-from recorder.settings import RecorderSettings
+from recorder.farm.options import FarmOptions
 
 
 def broker_is_local(broker: str) -> bool:
@@ -17,7 +17,7 @@ def broker_is_local(broker: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def check_farm_storage(settings: RecorderSettings) -> None:
+def check_farm_storage(options: FarmOptions, *, raw_url: str, output_url: str) -> None:
     """Refuse a local folder for raw data or videos when workers may be on other machines.
 
     Inline encoding and the private local farm run on this machine and can use any
@@ -27,13 +27,12 @@ def check_farm_storage(settings: RecorderSettings) -> None:
     Raises:
         ValueError: the combination cannot work; the message says what to use instead.
     """
-    broker = settings.broker
-    if not settings.async_encoding or broker is None or broker_is_local(broker):
+    broker = options.broker
+    if not options.async_encoding or broker is None or broker_is_local(broker):
         return
-    if settings.shared_folder:
+    if options.shared_folder:
         return  # the user says every worker mounts these folders
-    for flag, url in (("--storage", settings.raw_storage_url),
-                      ("--output-storage", settings.output_storage_url)):
+    for flag, url in (("--storage", raw_url), ("--output-storage", output_url)):
         if not open_storage(url).shared_across_hosts:
             raise ValueError(
                 f"{flag} {url} is a folder on this machine, but workers of the farm at "
@@ -44,14 +43,13 @@ def check_farm_storage(settings: RecorderSettings) -> None:
             )
 
 
-def check_storage_access(settings: RecorderSettings) -> None:
+def check_storage_access(*, raw_url: str, output_url: str) -> None:
     """Fail before recording when raw or video storage cannot be written.
 
     Raises:
         StorageError: says which storage and why (missing bucket, credentials, rights).
     """
-    for flag, url in (("--storage", settings.raw_storage_url),
-                      ("--output-storage", settings.output_storage_url)):
+    for flag, url in (("--storage", raw_url), ("--output-storage", output_url)):
         try:
             open_storage(url).check_access()
         except StorageError as exc:

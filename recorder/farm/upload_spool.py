@@ -36,6 +36,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -87,7 +88,7 @@ class Leftovers:
     dropped: list[str] = field(default_factory=list)  # unfinished files, removed
     bytes: int = 0  # of the queued files
     dropped_bytes: int = 0
-    uploads: dict[str, _Upload] = field(default_factory=dict)  # of the queued keys
+    uploads: dict[str, Upload] = field(default_factory=dict)  # of the queued keys
 
     @property
     def keys(self) -> list[str]:
@@ -95,13 +96,33 @@ class Leftovers:
 
 
 @dataclass
-class _Upload:
+class Upload:
+    """One spool file on its way to storage."""
+
     key: str
     path: Path
     size: int
     # Uploads that must be confirmed first (a manifest's segments).
-    after: list[_Upload] = field(default_factory=list)
+    after: list[Upload] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)  # confirmed stored
+    _callbacks: list[Callable[[], None]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Call callback once the file is confirmed stored: now if it is, else from the
+        upload thread that stored it."""
+        with self._lock:
+            if not self.done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def _stored(self) -> list[Callable[[], None]]:
+        """Mark it stored; returns the callbacks to call (outside the spool's lock)."""
+        with self._lock:
+            self.done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        return callbacks
 
 
 class UploadSpool:
@@ -133,7 +154,7 @@ class UploadSpool:
             raise
         self._resumed = False
         self._cond = threading.Condition()
-        self._queue: deque[_Upload] = deque()
+        self._queue: deque[Upload] = deque()
         self._pending_bytes = 0  # queued or uploading, not yet confirmed
         self._pending_files = 0
         self._stopping = False
@@ -217,13 +238,13 @@ class UploadSpool:
     def _key(self, path: Path) -> str:
         return path.relative_to(self.keys_dir).as_posix()
 
-    def _queue_leftover(self, path: Path, *, after: list[_Upload] | None = None) -> _Upload:
-        upload = _Upload(self._key(path), path, path.stat().st_size, after=list(after or []))
+    def _queue_leftover(self, path: Path, *, after: list[Upload] | None = None) -> Upload:
+        upload = Upload(self._key(path), path, path.stat().st_size, after=list(after or []))
         with self._cond:
             self._append(upload)
         return upload
 
-    def _append(self, upload: _Upload) -> None:
+    def _append(self, upload: Upload) -> None:
         """Queue upload; the caller holds self._cond."""
         self._queue.append(upload)
         self._pending_bytes += upload.size
@@ -241,13 +262,13 @@ class UploadSpool:
         """A SegmentSink for one raw episode prefix that writes into this spool."""
         return SpoolSink(self, prefix, durable_manifest=durable_manifest)
 
-    def enqueue(self, key: str, path: Path, *, after: list[_Upload] | None = None) -> _Upload:
+    def enqueue(self, key: str, path: Path, *, after: list[Upload] | None = None) -> Upload:
         """Queue a finished spool file for upload; waits while the spool is full.
 
         Raises:
             StorageError: an earlier upload failed permanently; path stays in the spool.
         """
-        upload = _Upload(key, path, path.stat().st_size, after=list(after or []))
+        upload = Upload(key, path, path.stat().st_size, after=list(after or []))
         with self._cond:
             self._raise_if_failed()
             if self._pending_files and self._pending_bytes >= self.max_bytes:
@@ -265,7 +286,7 @@ class UploadSpool:
         return upload
 
     def put_bytes(self, key: str, data: bytes, *,
-                  after: list[_Upload] | None = None) -> _Upload:
+                  after: list[Upload] | None = None) -> Upload:
         """Queue a small file written whole (an episode record), uploaded after after.
 
         Raises:
@@ -291,10 +312,12 @@ class UploadSpool:
             with self._cond:
                 self._pending_bytes -= upload.size
                 self._pending_files -= 1
-                upload.done.set()
+                callbacks = upload._stored()
                 self._cond.notify_all()
+            for callback in callbacks:
+                callback()
 
-    def _wait_for_earlier(self, upload: _Upload) -> bool:
+    def _wait_for_earlier(self, upload: Upload) -> bool:
         """Wait until the uploads that must precede upload are stored; False on a failure."""
         # Taken in order, so every earlier upload is already in some thread's hands.
         with self._cond:
@@ -302,7 +325,7 @@ class UploadSpool:
                                 or all(e.done.is_set() for e in upload.after))
             return self._error is None
 
-    def _upload(self, upload: _Upload) -> bool:
+    def _upload(self, upload: Upload) -> bool:
         """Upload one file, retrying until confirmed; then it leaves the spool.
 
         Returns False, leaving the file in the spool, once the spool has stopped on a
@@ -413,7 +436,7 @@ class UploadSpool:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
-    def wait_for_upload(self, upload: _Upload) -> None:
+    def wait_for_upload(self, upload: Upload) -> None:
         """Wait until upload is confirmed stored.
 
         Raises:
@@ -443,8 +466,8 @@ class SpoolSink:
         self.durable_manifest = durable_manifest
         self._dir = spool.keys_dir / prefix
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._segments: list[_Upload] = []
-        self.manifest_upload: _Upload | None = None
+        self._segments: list[Upload] = []
+        self.manifest_upload: Upload | None = None
 
     def open_segment(self, name: str) -> BinaryIO:
         return open(self._dir / partial_name(name), "wb")

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 
-from encoder_worker.jobs import EncodeResult, encode_time_limit_s
+from encoder_worker.jobs import EncodeResult
 from encoder_worker.raw_episode import Manifest
 from encoder_worker.raw_layout import RAW_ROOT, manifest_of
 from encoder_worker.storage import Storage, open_storage
 from recorder.dataset import metadata
-from recorder.dataset.complete import Completion, complete_dataset
-from recorder.dataset.jobs import encode_inline, episode_job, farm_jobs
+from recorder.dataset.complete import Completion, complete_dataset, verified_videos
+from recorder.dataset.jobs import JobPlan, encode_inline
+from recorder.dataset.layout import Layout
 from recorder.dataset.pack import video_file_key
 from recorder.dataset.staging import load_staged, staged_recordings
 from recorder.farm.setup import RecorderError, farm_for
@@ -109,26 +110,28 @@ def encode_pending(settings: RecorderSettings, *, console: Console,
         return [], None
     results: list[EncodeResult] = []
     if scan.pending:
-        run_id = "pending-" + uuid.uuid4().hex[:8]
-        options = settings.encoder_options()
-        jobs, farm_parts = [], []
+        sizes = {key: (info["features"][key]["shape"][1], info["features"][key]["shape"][0])
+                 for key in metadata.video_keys(info["features"])}
+        plan = JobPlan(run_id="pending-" + uuid.uuid4().hex[:8], raw=raw, dataset=dataset,
+                       layout=Layout(info["codebase_version"]),
+                       encoder=settings.encoder_options(), farm=settings.farm_options(),
+                       fps=info["fps"], frame_sizes=sizes)
+        missing: dict[int, dict[str, str]] = {}
         for recording, key, video in scan.pending:
-            job = episode_job(recording, key, run_id=run_id, raw=raw, dataset=dataset,
-                              output_key=video, options=options)
-            height, width = info["features"][key]["shape"][:2]
-            frames = scan.lengths[recording]
-            job.time_limit_s = encode_time_limit_s(frames=frames, width=width, height=height)
-            jobs.append(job)
-            farm_parts += farm_jobs(job, frames=frames, fps=info["fps"], width=width,
-                                    height=height, settings=settings)
-        with farm_for(settings) as farm, progress_display(console) as progress:
-            task = progress.add_task("encoding", total=len(jobs))
+            missing.setdefault(recording, {})[key] = video
+        jobs = [job for recording, videos in missing.items()
+                for job in plan.jobs(recording, videos, frames=scan.lengths[recording])]
+        with farm_for(settings, raw_url=settings.raw_storage_url,
+                      output_url=settings.output_storage_url) as farm, \
+                progress_display(console) as progress:
+            task = progress.add_task("encoding", total=len(scan.pending))
             if farm is None:
                 for job in jobs:
                     results.append(encode_inline(job))
                     progress.advance(task)
             else:
-                for job in farm_parts:  # a long episode's parts, encoded at once
+                for job in jobs:  # a long episode's parts, encoded at once
                     farm.submit(job)
                 results = farm.wait(on_result=lambda _: progress.advance(task))
-    return results, complete_dataset(dataset, raw)
+    # The videos encoded now were verified by their encodes: not downloaded again.
+    return results, complete_dataset(dataset, raw, verified=verified_videos(results))

@@ -1,0 +1,32 @@
+"""Which farm encodes a recording, and how its jobs are sent."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class FarmOptions(BaseModel):
+    """Inline encoding, the zero-config local farm, or a farm at a broker URL."""
+
+    async_encoding: bool = Field(default=False, description="encode on the farm, not inline")
+    video_encoding_workers: int = Field(
+        default=2, ge=1, le=64, description="local workers of the zero-config farm")
+    video_encoding_queue_size: int = Field(
+        default=100, ge=1, description="encode jobs outstanding at most; then the recorder waits")
+    wait: bool = Field(default=True, description="wait for every video at the end")
+    broker: str | None = Field(
+        default=None, description="Redis URL of a farm; none starts a private one")
+    shared_folder: bool = Field(
+        default=False,
+        description="the storage folders are on a disk every worker mounts (NFS); workers "
+                    "map them with their own --storage")
+    # Defaults measured (benchmarks/README.md, "Split episodes"): see recorder/dataset/
+    # jobs.py's part_count for why.
+    split_after_s: float = Field(
+        default=20.0, ge=0,
+        description="async: an episode longer than this many seconds is encoded as parts by "
+                    "several workers at once, joined into one video; 0: never split")
+    split_part_s: float = Field(
+        default=7.5, gt=0,
+        description="seconds per part of a split episode, at most (the part count is "
+                    "rounded up to a multiple of 4)")
