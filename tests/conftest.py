@@ -42,6 +42,30 @@ def wait_for(predicate: Callable[[], object], *, timeout_s: float, what: str,
         time.sleep(interval_s)
 
 
+def in_ci() -> bool:
+    """True under CI (CI=true, as CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require(condition: object, reason: str) -> None:
+    """Skip the calling test when condition is false, saying reason; under CI fail it
+    instead, so that CI never passes by skipping what it was set up to run (root, podman,
+    a redis-server with TLS)."""
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"CI must run this test, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def needs_integration_marker(request: pytest.FixtureRequest, what: str) -> None:
+    """`make test-fast` (-m "not integration") runs no server, worker or encode: a test
+    that starts one must say so."""
+    if request.node.get_closest_marker("integration") is None:
+        pytest.fail(f"{request.node.nodeid} starts {what}: mark it integration",
+                    pytrace=False)
+
+
 @pytest.fixture(autouse=True)
 def _work_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Relative defaults (recordings/, benchmark_results/) land in the test's folder,
@@ -50,8 +74,9 @@ def _work_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+def redis_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     """A redis-server owned by this test (TCP, free port, append-only file on)."""
+    needs_integration_marker(request, "a redis-server")
     server = RedisServer(tmp_path / "redis", port=free_port(), appendonly=True)
     server.start()
     yield server
@@ -64,15 +89,28 @@ def broker_url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MB tmpfs: a disk that fills up a few seconds into a recording (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+def tmpfs() -> Iterator[Callable[[Path, str], Path]]:
+    """Factory: mount a tmpfs of a size ("8m", "64k") at a folder, unmounted after the test:
+    a disk that really fills up (root only)."""
+    mounted: list[Path] = []
+
+    def mount(folder: Path, size: str) -> Path:
+        require(os.geteuid() == 0, "mounting a tmpfs (a disk that fills up) needs root")
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                       check=True)
+        mounted.append(folder)
+        return folder
+
     yield mount
-    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, tmpfs: Callable[[Path, str], Path]) -> Path:
+    """An 8 MB tmpfs: a disk that fills up a few seconds into a recording (root only)."""
+    return tmpfs(tmp_path / "small-disk", "8m")
 
 
 class WorkerProcess:
@@ -91,8 +129,10 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def start_worker(tmp_path: Path,
+                 request: pytest.FixtureRequest) -> Iterator[Callable[..., WorkerProcess]]:
     """Factory: start `encoder-worker run` as a subprocess and wait until it answers pings."""
+    needs_integration_marker(request, "workers")
     workers: list[WorkerProcess] = []
 
     def start(broker: str, *args: str, cwd: Path | None = None,

@@ -7,6 +7,7 @@ are compared with the raw frames they were encoded from.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -96,6 +97,43 @@ def check_v3_dataset(root: Path, *, raw_url: str | None, episodes: int, cameras:
                                             f"frame {index}: PSNR {value:.1f}"
     assert expected_from == info["total_frames"]
     return info
+
+
+def lerobot_installed() -> bool:
+    return importlib.util.find_spec("lerobot") is not None
+
+
+def check_with_lerobot(root: Path, *, episodes: int, frames: int, cameras: list[str],
+                       min_psnr_db: float = 27.0) -> int:
+    """Load root with LeRobot's own LeRobotDataset (make lerobot-conformance installs it),
+    decode every item of every camera and compare it with its raw frame; returns the count
+    of items."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    info = json.loads((root / "meta/info.json").read_text())
+    dataset = LeRobotDataset("farm/conformance", root=root, video_backend="pyav")
+    assert len(dataset) == episodes * frames
+    assert dataset.num_episodes == episodes
+    assert dataset.meta.video_keys == [f"observation.images.{c}" for c in cameras]
+    recordings = {row["episode_index"]: row["farm/recording"]
+                  for row in dataset.meta.episodes}
+    raw = {(episode, camera): list(RawEpisodeReader(
+        open_storage(root), raw_prefix(recording=recording, camera=camera)).rgb_frames())
+        for episode, recording in recordings.items() for camera in cameras}
+    for index in range(len(dataset)):
+        item = dataset[index]
+        episode, frame = int(item["episode_index"]), int(item["frame_index"])
+        for name in ("observation.state", "action"):
+            assert list(item[name].shape) == info["features"][name]["shape"]
+        for camera in cameras:
+            key = f"observation.images.{camera}"
+            image = item[key]
+            height, width, channels = info["features"][key]["shape"]
+            assert tuple(image.shape) == (channels, height, width)
+            decoded = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            value = psnr(decoded, raw[episode, camera][frame])
+            assert value > min_psnr_db, (index, camera, value)
+    return len(dataset)
 
 
 def frames_at(video: Path, times: list[float]) -> list[np.ndarray]:

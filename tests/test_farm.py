@@ -1,5 +1,6 @@
 """End to end on one machine: our own redis-server, real worker subprocesses, real encodes."""
 
+import functools
 import json
 import logging
 import os
@@ -8,24 +9,26 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import WorkerProcess, wait_for
 from episodes import job_for, slow_job, write_episode
 from recordings import features, record_episodes
 from video_checks import check_video_against_raw
 
 from encoder_worker.broker import redis_client
 from encoder_worker.celery_app import ENCODE_TASK, make_app
-from encoder_worker.jobs import EncoderOptions, FailureReason, Status
+from encoder_worker.jobs import ENCODE_QUEUE, EncoderOptions, FailureReason, Status
 from encoder_worker.ledger import (
-    ATTEMPTS_PREFIX,
     CLAIMS_KEY,
     KOMBU_UNACKED_KEY,
     LEASE_PREFIX,
     WAITING_KEY,
     JobLease,
+    JobLedger,
+    LedgerSnapshot,
 )
 from encoder_worker.raw_episode import Manifest
 from encoder_worker.raw_layout import raw_prefix, recording_prefix
@@ -268,18 +271,51 @@ def test_revoked_job_comes_back_as_failed(tmp_path, broker_url, start_worker):
     assert not storage.exists(job.output_key)
 
 
-def test_a_job_that_keeps_killing_workers_fails_instead_of_looping(
-        tmp_path, broker_url, start_worker):
-    _, job = x264_job(tmp_path, "crasher", frames=5)
-    # As if three earlier encodes of this job had each taken their worker down.
-    redis_client(broker_url).set(ATTEMPTS_PREFIX + "crasher", MAX_ENCODE_ATTEMPTS)
-    start_worker(broker_url)
+def test_a_job_that_keeps_killing_its_workers_fails_and_the_others_are_encoded(
+        tmp_path: Path, broker_url: str, start_worker: Callable[..., WorkerProcess]) -> None:
+    storage = open_storage(tmp_path / "data")
+    # Slow enough to be seen encoding (as an out-of-memory encode would be) before its kill.
+    poison = slow_job(storage, frames=240, job_id="poison")
+    others = [job_for(storage, write_episode(storage, episode=recording, frames=10),
+                      job_id=f"other{recording}", options=EncoderOptions(codec="libx264"))
+              for recording in (1, 2, 3)]
+    env = {"FARM_WORKER_LEASE_TTL_S": "2"}
+    ledger = JobLedger(redis_client(broker_url))
+
+    def snapshot() -> LedgerSnapshot:
+        return ledger.snapshot(queue=ENCODE_QUEUE, now=time.time())
+
+    def encodes_poison(worker: WorkerProcess) -> bool:
+        return bool(snapshot().progress.get("poison", {}).get("worker") == worker.name)
+
+    killed = []
     with EncodingFarmClient(broker_url) as farm:
-        farm.submit(job)
-        [result] = farm.wait(timeout_s=120)
-    assert result.status is Status.FAILED
-    assert "its worker died each time" in (result.error or "")
-    assert result.reason is FailureReason.WORKER_DEATHS
+        for job in (poison, *others):
+            farm.submit(job)
+        # A supervisor restarts the worker each time; the job kills it each time it starts.
+        for _ in range(MAX_ENCODE_ATTEMPTS):
+            worker = start_worker(broker_url, env=env)
+            wait_for(functools.partial(encodes_poison, worker), timeout_s=120,
+                     what=f"{worker.name} to start encoding poison")
+            worker.kill(signal.SIGKILL)
+            killed.append(worker)
+        survivor = start_worker(broker_url, env=env)
+        results = {result.job_id: result for result in farm.wait(timeout_s=240)}
+    assert results["poison"].status is Status.FAILED
+    assert results["poison"].reason is FailureReason.WORKER_DEATHS
+    assert f"the encode was started {MAX_ENCODE_ATTEMPTS} times and its worker died each " \
+           "time" in (results["poison"].error or "")
+    assert results["poison"].worker_pid != killed[-1].process.pid
+    for job in others:
+        assert results[job.job_id].status is Status.SUCCEEDED, results[job.job_id].error
+        check_video_against_raw(storage.path(job.output_key), storage.url,
+                                raw_prefix(recording=job.recording, camera="cam0"))
+    assert not storage.exists(poison.output_key)
+    # No crash loop: the last worker lives on, and nothing of the job is left to run again.
+    left = snapshot()
+    assert (left.queue_depth, left.claims, left.waiting, left.progress) == (0, {}, {}, {})
+    assert survivor.process.poll() is None, survivor.output()
+    assert "its worker died each time" in ledger.failures()["poison"]["result"]["error"]
 
 
 def test_reaper_requeues_only_jobs_whose_lease_lapsed(tmp_path, broker_url):

@@ -1,24 +1,43 @@
 """What a worker receives never crashes it: bad payloads and manifests become failed
-results with the reason; transient storage errors are not counted as worker deaths."""
+results with the reason; transient storage errors are retried, not counted as worker
+deaths; an encode over its time limit is stopped, and killed if it cannot stop."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import signal
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 
-import fakeredis
 import pytest
-from conftest import wait_for
+from celery import Celery
+from conftest import WorkerProcess, free_port, wait_for
 from episodes import job_for, slow_job, write_episode
+from faulty_s3 import FaultyS3
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
+from s3_fixtures import MotoServer
 
 from encoder_worker import mounts, tasks
 from encoder_worker.broker import redis_client
+from encoder_worker.celery_app import ENCODE_TASK, make_app
 from encoder_worker.encode import encode_job
 from encoder_worker.jobs import ENCODE_QUEUE, EncodeJob, EncoderOptions, FailureReason, Status
-from encoder_worker.ledger import REJECTED_KEY, TIME_LIMITS_PREFIX, JobLedger
+from encoder_worker.ledger import (
+    ATTEMPTS_PREFIX,
+    PROGRESS_KEY,
+    REJECTED_KEY,
+    TIME_LIMITS_PREFIX,
+)
 from encoder_worker.raw_layout import manifest_key, raw_prefix
 from encoder_worker.settings import WorkerSettings
-from encoder_worker.storage import StorageError, local_storage_id, open_storage
+from encoder_worker.storage import local_storage_id, open_storage
+from encoder_worker.storage.s3 import S3Settings
+from encoder_worker.tasks import MAX_ENCODE_ATTEMPTS
+from recorder.farm import client as farm_client
 from recorder.farm.client import EncodingFarmClient
 
 
@@ -60,27 +79,49 @@ def test_a_manifest_with_an_unknown_pixel_format_fails_the_job_with_the_reason(s
     assert result.reason is FailureReason.RAW_EPISODE
 
 
-def test_transient_storage_errors_are_not_counted_as_worker_deaths(storage, monkeypatch):
-    client = fakeredis.FakeRedis()
-    job = job_for(storage, write_episode(storage, frames=3))
-    calls = []
-
-    def flaky(job, **_):
-        calls.append(job.job_id)
-        if len(calls) <= tasks.MAX_ENCODE_ATTEMPTS + 1:
-            raise StorageError("S3 timed out")
-        return encode_job(job)
-
-    monkeypatch.setattr(tasks, "encode_job", flaky)
-    settings = WorkerSettings()
-    ledger = JobLedger(client)
-    lease = ledger.lease(job.job_id, ttl_s=60)
-    for _ in range(tasks.MAX_ENCODE_ATTEMPTS + 1):
-        with pytest.raises(StorageError):
-            tasks._encode_counted(ledger, job, settings, lease)
-    result = tasks._encode_counted(ledger, job, settings, lease)
+@pytest.mark.integration
+def test_transient_storage_errors_are_retried_and_not_counted_as_worker_deaths(
+        tmp_path: Path, s3_url: str, moto_server: MotoServer, broker_url: str,
+        start_worker: Callable[..., WorkerProcess]) -> None:
+    # S3 throttles the worker's reads of the raw frames: more failed runs than a job may
+    # kill its worker (MAX_ENCODE_ATTEMPTS), so counted as deaths it would fail.
+    local, storage = open_storage(tmp_path / "recorded"), open_storage(s3_url)
+    manifest = write_episode(local, frames=10)
+    for key in local.list_keys("raw"):  # as the recorder's upload spool puts them
+        storage.put_bytes(key, local.get_bytes(key))
+    job = job_for(storage, manifest, job_id="throttled", options=EncoderOptions(codec="libx264"))
+    runs = MAX_ENCODE_ATTEMPTS + 1
+    # boto3 tries each request first (its max_attempts counts the retries after the first).
+    attempts = S3Settings().max_attempts + 1
+    port = free_port()
+    with FaultyS3(moto_server.url, fail=runs * attempts,
+                  matching=lambda method, path: method == "GET" and "/segment_" in path) \
+            as throttling:
+        worker = start_worker(broker_url, "--metrics-port", str(port),
+                              env={"FARM_S3_ENDPOINT_URL": throttling.url,
+                                   "FARM_WORKER_ALLOW_STORAGE": s3_url})
+        with EncodingFarmClient(broker_url) as farm:
+            farm.submit(job)
+            [result] = farm.wait(timeout_s=240)
+        assert throttling.failed == runs * attempts, "every throttled answer reached it"
+        log = worker.output()
     assert result.status is Status.SUCCEEDED, result.error
-    assert client.get("farm:attempts:" + job.job_id) is None
+    assert storage.exists(job.output_key)
+    # Celery retried it once per failed run, with the reason; no run counted as a death.
+    samples = scrape(port)
+    assert samples[("farm_jobs_retried_total", (("reason", "transient_error"),))] == runs
+    assert samples[("farm_jobs_succeeded_total", (("outcome", "encoded"),))] == 1
+    assert sum(v for (name, _), v in samples.items() if name == "farm_jobs_failed_total") == 0
+    assert log.count("SlowDown") >= runs, log
+    assert "its worker died" not in log
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample a worker serves on --metrics-port: (name, labels) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 @pytest.mark.integration
@@ -111,6 +152,53 @@ def test_items_that_are_not_messages_are_set_aside_and_no_worker_exits(
     assert result.status is Status.SUCCEEDED, result.error
     assert worker.process.poll() is None
     assert "rejected an item on queue" in worker.output()
+
+
+@pytest.mark.integration
+def test_what_a_worker_cannot_use_comes_back_as_a_failed_result_with_the_reason(
+        tmp_path: Path, broker_url: str, start_worker: Callable[..., WorkerProcess]) -> None:
+    storage = open_storage(tmp_path / "data")
+    job = job_for(storage, write_episode(storage, frames=3),
+                  options=EncoderOptions(codec="libx264")).model_dump(mode="json")
+    key = manifest_key(raw_prefix(recording=0, camera="cam0"))
+    storage.put_bytes(key, storage.get_bytes(key).replace(b'"rgb24"', b'"yuv444p"'))
+    sent = {  # task id -> payload, as anyone who can write to the queue may send it
+        "number": 5, "text": "not a job", "none": None, "list": [1, 2],
+        "recording-abc": {"job_id": "j", "recording": "abc", "camera": "cam0"},
+        "schema-99": {**job, "schema_version": 99},
+        "pixel-format": job,
+    }
+    worker = start_worker(broker_url)
+    app = make_app(broker_url)
+
+    def finished(task_id: str) -> bool:
+        return bool(app.AsyncResult(task_id).ready())
+
+    try:
+        for task_id, payload in sent.items():
+            app.send_task(ENCODE_TASK, args=[payload], task_id=task_id, queue=ENCODE_QUEUE)
+        for task_id in sent:
+            wait_for(functools.partial(finished, task_id), timeout_s=60,
+                     what=f"the result of {task_id}")
+        errors = {task_id: failure_of(app, task_id) for task_id in sent}
+    finally:
+        app.close()
+    for task_id in ("number", "text", "none", "list", "recording-abc"):
+        assert "invalid EncodeJob payload" in errors[task_id], errors[task_id]
+    assert "schema_version 99; this worker reads 2" in errors["schema-99"]
+    assert "raw pixel format 'yuv444p' is not one of" in errors["pixel-format"]
+    assert worker.process.poll() is None, worker.output()
+
+
+def failure_of(app: Celery, task_id: str) -> str:
+    """The reason a finished task failed: a failed EncodeResult's error, or the exception
+    of a task in Celery's FAILURE state."""
+    handle = app.AsyncResult(task_id)
+    if handle.state == "SUCCESS":
+        assert handle.result["status"] == "failed", handle.result
+        return str(handle.result["error"])
+    assert handle.state == "FAILURE", handle.state
+    return str(handle.result)
 
 
 @pytest.mark.parametrize("key", ["../../etc/passwd", "/etc/passwd", "videos/../../x.mp4"])
@@ -214,3 +302,40 @@ def test_an_encode_over_its_time_limit_is_stopped_retried_and_reported(
     assert "ran over its time limit" in worker.output()
     assert not storage.exists(job.output_key), "nothing is published"
     assert redis_client(broker_url).get(TIME_LIMITS_PREFIX + "slow") is None
+
+
+@pytest.mark.integration
+def test_an_encode_that_cannot_stop_at_its_soft_limit_is_killed_at_the_hard_limit(
+        tmp_path: Path, broker_url: str, start_worker: Callable[..., WorkerProcess],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The recorder sends each job's hard limit 60 s after its soft one; seconds here.
+    assert farm_client.HARD_TIME_LIMIT_MARGIN_S == 60
+    monkeypatch.setattr(farm_client, "HARD_TIME_LIMIT_MARGIN_S", 3.0)
+    storage = open_storage(tmp_path / "data")
+    job = slow_job(storage, frames=240, job_id="hung")
+    job.time_limit_s = 2.0
+    # The lease outlives the hard limit, as a hung encoder's heartbeat keeps it.
+    worker = start_worker(broker_url, env={"FARM_WORKER_LEASE_TTL_S": "10"})
+    client = redis_client(broker_url)
+    with EncodingFarmClient(broker_url) as farm:
+        farm.submit(job)
+        wait_for(lambda: client.hexists(PROGRESS_KEY, "hung"), timeout_s=60,
+                 what="the encode to start")
+        encoding = json.loads(client.hget(PROGRESS_KEY, "hung"))["pid"]
+        # Stopped: it gets no CPU, so it cannot act on its soft limit (SIGUSR1) either.
+        os.kill(encoding, signal.SIGSTOP)
+        [result] = farm.wait(timeout_s=60)
+        # Read before the lease lapses: the killed run counts as its worker's death.
+        attempts = client.get(ATTEMPTS_PREFIX + "hung")
+    assert result.status is Status.FAILED
+    assert "TimeLimitExceeded(5.0" in (result.error or ""), result.error
+    assert attempts == b"1"
+    wait_for(lambda: not os.path.exists(f"/proc/{encoding}"), timeout_s=30,
+             what="the stopped process to be killed")
+    assert "Hard time limit (5.0s) exceeded for encoder_worker.encode[hung]" in worker.output()
+    # Its recorder has the failed result and forgot it: once the lease lapses, the reaper
+    # sends the job again, and a fresh pool process encodes it.
+    wait_for(lambda: storage.exists(job.output_key), timeout_s=120,
+             what="the job sent again to be encoded")
+    assert "job hung lost its worker; re-queued" in worker.output()
+    assert worker.process.poll() is None, worker.output()

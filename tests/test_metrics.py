@@ -190,6 +190,7 @@ print(json.dumps(seen))
 """
 
 
+@pytest.mark.integration
 def test_a_killed_pool_child_runs_no_job_but_its_counts_stay(tmp_path):
     done = subprocess.run([sys.executable, "-c", KILLED_CHILD, str(free_port())],
                           capture_output=True, text=True, timeout=60,

@@ -10,17 +10,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, wait_for
+from conftest import REPO, require, wait_for
 from netns import NetnsLab, netns_unavailable
 from s3_fixtures import TEST_CREDENTIALS
 
 from recorder.farm.local import find_redis_server
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(netns_unavailable() is not None,
-                       reason=f"multi-host test: {netns_unavailable()}"),
-]
+pytestmark = pytest.mark.integration
 
 BUCKET = "farm"
 # Runs on the recorder's host: record, then download every video and check it.
@@ -55,6 +51,7 @@ boto3.client("s3", endpoint_url=sys.argv[1]).create_bucket(Bucket=sys.argv[2])
 
 @pytest.fixture
 def lab() -> Iterator[NetnsLab]:
+    require(netns_unavailable() is None, f"multi-host test: {netns_unavailable()}")
     with NetnsLab(["srv", "rec", "w1", "w2"]) as lab:
         yield lab
 

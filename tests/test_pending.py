@@ -50,6 +50,7 @@ def frame(dataset):
             "observation.state": np.zeros(6), "action": np.zeros(6), "task": "t"}
 
 
+@pytest.mark.integration
 def test_scan_finds_videos_that_are_missing(dataset):
     scan = scan_pending(dataset.raw_storage, dataset.storage)
     assert scan.pending == [(1, "observation.images.cam1", LOST)]
@@ -65,6 +66,7 @@ def run_pending(dataset, *flags):
         text=True, timeout=300)
 
 
+@pytest.mark.integration
 def test_dry_run_only_lists(dataset):
     done = run_pending(dataset, "--dry-run")
     assert done.returncode == 0, done.stderr

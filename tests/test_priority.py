@@ -14,15 +14,20 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from encoder_worker.priority import idle_scheduling
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux only")
 
 AUTOGROUP = Path("/proc/self/autogroup")
-needs_root_and_autogroup = pytest.mark.skipif(
-    os.geteuid() != 0 or not AUTOGROUP.exists(),
-    reason="raising priority needs root; the autogroup needs a kernel with autogroups")
+
+
+@pytest.fixture
+def root_and_autogroup() -> None:
+    require(os.geteuid() == 0, "raising priority needs root")
+    if not AUTOGROUP.exists():  # a kernel built without them: nothing to install
+        pytest.skip("the kernel has no autogroups (/proc/self/autogroup)")
 
 
 def policy_of_new_thread() -> int:
@@ -58,8 +63,8 @@ def test_an_idle_encode_and_its_threads_leave_earlier_threads_alone():
         assert os.sched_getscheduler(0) == before
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="SCHED_FIFO needs root, as SVT-AV1 found it")
 def test_real_time_codec_threads_are_demoted_to_the_encodes_class():
+    require(os.geteuid() == 0, "SCHED_FIFO needs root, as SVT-AV1 found it")
     from encoder_worker.priority import demote_realtime_threads
 
     ready, done = threading.Event(), threading.Event()
@@ -100,7 +105,7 @@ print(json.dumps(seen))
 """
 
 
-@needs_root_and_autogroup
+@pytest.mark.usefixtures("root_and_autogroup")
 def test_raised_priority_covers_new_threads_and_the_autogroup_and_is_put_back():
     done = subprocess.run([sys.executable, "-c", PRIORITY_PROBE], capture_output=True,
                           text=True, timeout=60, start_new_session=True)
@@ -109,7 +114,8 @@ def test_raised_priority_covers_new_threads_and_the_autogroup_and_is_put_back():
                                        "after": 0, "group_after": 0}
 
 
-@needs_root_and_autogroup
+@pytest.mark.integration
+@pytest.mark.usefixtures("root_and_autogroup")
 def test_record_runs_at_its_capture_nice_and_gives_the_session_its_priority_back(tmp_path):
     recorder = (f"{sys.executable} -m recorder.cli -v record --capture-nice -5 --episodes 1 "
                 f"--episode-time 0.5 --cameras 1 --width 64 --height 48 --codec libx264 "
@@ -127,8 +133,8 @@ def test_record_refuses_a_capture_nice_it_may_not_have_before_recording(tmp_path
                "--episodes", "1", "--episode-time", "0.5", "--cameras", "1",
                "--output-dir", str(tmp_path / "out")]
     if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("setpriv (util-linux) drops root's CAP_SYS_NICE for this test")
+        require(shutil.which("setpriv"),
+                "setpriv (util-linux) drops root's CAP_SYS_NICE for this test")
         command = ["setpriv", "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice",
                    *command]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120,

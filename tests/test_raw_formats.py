@@ -78,6 +78,7 @@ def test_a_range_outside_the_episode_is_refused(storage):
         list(RawEpisodeReader(storage, _prefix()).frames(5, 6))
 
 
+@pytest.mark.integration
 def test_old_raw_episodes_still_read_and_encode(storage):
     manifest = write_episode(storage, frames=12, width=160, height=120, segment_frames=5)
     # A manifest as schema 1 wrote it: no compression, extradata or frame sizes.
@@ -95,6 +96,7 @@ def test_old_raw_episodes_still_read_and_encode(storage):
                                    _prefix()) == 12
 
 
+@pytest.mark.integration
 def test_same_frames_give_the_same_video_from_either_raw_format(tmp_path):
     """The proof that yuv420p raw loses nothing a yuv420p video keeps: the conversion on
     the robot is the one the worker would have made, so the videos are the same."""

@@ -3,6 +3,7 @@ same way, a failover loses no video, and no password is ever printed."""
 
 from __future__ import annotations
 
+import json
 import signal
 import ssl
 import subprocess
@@ -10,9 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
+from conftest import require
 from dataset_checks import check_v3_dataset
 from recordings import CAMERAS, features, record_episodes
-from redis_topologies import MASTER_NAME, SentinelFarm, TlsRedis, tls_files
+from redis_topologies import (
+    MASTER_NAME,
+    SentinelFarm,
+    TlsRedis,
+    redis_server_speaks_tls,
+    tls_files,
+)
 
 from encoder_worker.broker import RIDE_OUT_S, parse_redis_url, redact, redis_client
 from encoder_worker.celery_app import make_app
@@ -123,8 +132,14 @@ def test_a_url_that_cannot_work_is_refused_with_what_to_write(url, message):
 
 # --- TLS ----------------------------------------------------------------------------------
 
+def needs_tls(tmp_path: Path) -> None:
+    require(redis_server_speaks_tls(tmp_path / "tls-probe"),
+            "this redis-server was built without TLS (Debian's redis-server has it)")
+
+
 @pytest.mark.integration
 def test_a_recording_goes_through_a_tls_only_redis(tmp_path, start_worker):
+    needs_tls(tmp_path)
     files = tls_files(tmp_path / "certs")
     with TlsRedis(tmp_path / "redis", files, password=SECRET) as server:
         worker = start_worker(server.url())
@@ -141,6 +156,7 @@ def test_a_recording_goes_through_a_tls_only_redis(tmp_path, start_worker):
 
 @pytest.mark.integration
 def test_a_certificate_problem_is_named_with_the_parameter_that_fixes_it(tmp_path):
+    needs_tls(tmp_path)
     files = tls_files(tmp_path / "certs")
     stranger = tls_files(tmp_path / "other", name="other")
     with TlsRedis(tmp_path / "redis", files, password=SECRET) as server:
@@ -180,21 +196,29 @@ def test_a_failover_mid_session_loses_no_video(tmp_path, start_worker, caplog):
             dataset = FarmDataset.create("test/sentinel", fps=30, features=features(320, 240),
                                          root=str(root), async_encoding=True, farm=client,
                                          codec="libx264", keep_raw=True)
+            held: list[set[str]] = []
             failed_over = []
 
-            def fail_over_while_an_encode_runs() -> None:
-                if not failed_over and master.hlen(CLAIMS_KEY):
+            def fail_over_with_a_job_the_replica_never_got() -> None:
+                # A worker busy with one job (prefetch 1) leaves the next one queued.
+                if not held and master.hlen(CLAIMS_KEY):
+                    held.append(queued_on(farm.primary.client))
+                    farm.hold_replication()
+                elif held and not failed_over and queued_on(farm.primary.client) - held[0]:
                     farm.fail_over()  # the recording goes on meanwhile
                     failed_over.append(True)
 
             record_episodes(dataset, episodes=EPISODES, frames=FRAMES,
-                            after_frame=fail_over_while_an_encode_runs)
-            assert failed_over, "no encode ran while recording: nothing in flight to lose"
+                            after_frame=fail_over_with_a_job_the_replica_never_got)
+            assert failed_over, "no job was sent while the replica was held: none to lose"
             # Hostile input still set aside, not fatal, by the worker's new connection.
             master.lpush(ENCODE_QUEUE, "not json at all")
             completion = dataset.finalize()
         assert completion.complete and completion.total_episodes == EPISODES
         assert all(result.ok for result in dataset.results)
+        assert client.resent >= 1, "the job the new master never got was sent again"
+        assert "is not known to the farm any more (its Redis lost its data?): sending it " \
+               "again" in caplog.text
         check_v3_dataset(root, raw_url=str(root), episodes=EPISODES, cameras=CAMERAS,
                          frames_per_episode=FRAMES)
         rejected = master.lrange(REJECTED_KEY, 0, -1)
@@ -204,6 +228,11 @@ def test_a_failover_mid_session_loses_no_video(tmp_path, start_worker, caplog):
         worker.kill(signal.SIGTERM)  # while its Redis is there: a quick warm shutdown
         for text in (worker.output(), caplog.text):
             assert SECRET not in text and SENTINEL_SECRET not in text
+
+
+def queued_on(server: redis.Redis) -> set[str]:
+    """Task ids of the jobs queued on this very server, not delivered to a worker yet."""
+    return {json.loads(raw)["headers"]["id"] for raw in server.lrange(ENCODE_QUEUE, 0, -1)}
 
 
 @pytest.mark.integration

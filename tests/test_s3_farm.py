@@ -327,7 +327,6 @@ def test_killed_recorder_leaves_its_spool_to_the_next_run(
 
 
 @pytest.mark.integration
-@pytest.mark.integration
 def test_a_full_spool_disk_is_recovered_by_the_next_run(
         s3_url: str, moto_server: MotoServer, small_disk: Path, tmp_path: Path) -> None:
     # S3 goes away, the spool's disk (8 MB) fills up: the recording stops. With S3 back,
@@ -363,6 +362,7 @@ def test_a_full_spool_disk_is_recovered_by_the_next_run(
                      frames_per_episode=30, min_psnr_db=25)
 
 
+@pytest.mark.integration
 def test_a_second_recorder_on_the_same_spool_is_refused(s3_url: str, tmp_path: Path) -> None:
     process, log, spool = start_recorder(tmp_path, "--storage", s3_url, "--episodes", "1",
                                          "--episode-time", "120", "--cameras", "1", *SMALL)

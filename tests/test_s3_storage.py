@@ -35,6 +35,7 @@ def test_settings_fall_back_to_aws_endpoint(monkeypatch: pytest.MonkeyPatch) -> 
     assert S3Settings().endpoint_url == "http://127.0.0.1:10"
 
 
+@pytest.mark.integration
 def test_protocol_round_trip(s3_url: str, tmp_path: Path) -> None:
     storage = open_storage(s3_url)
     assert isinstance(storage, S3Storage) and isinstance(storage, Storage)
@@ -63,6 +64,7 @@ def test_protocol_round_trip(s3_url: str, tmp_path: Path) -> None:
             call()
 
 
+@pytest.mark.integration
 def test_multipart_publish_completes_whole(s3_url: str, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(s3_module, "MULTIPART_THRESHOLD", 5 * 1024 * 1024)
@@ -91,6 +93,7 @@ def test_unreachable_server_is_a_storage_error(monkeypatch: pytest.MonkeyPatch) 
         storage.exists("k")
 
 
+@pytest.mark.integration
 def test_missing_bucket_says_so(s3_url: str) -> None:
     storage = S3Storage.from_url("s3://no-such-bucket-here/x")
     with pytest.raises(StorageError, match="NoSuchBucket"):
@@ -100,6 +103,7 @@ def test_missing_bucket_says_so(s3_url: str) -> None:
     S3Storage.from_url(s3_url).check_access()
 
 
+@pytest.mark.integration
 def test_raw_episode_streams_from_s3_with_bounded_memory(s3_url: str, tmp_path: Path) -> None:
     storage = open_storage(s3_url)
     prefix = "raw/episode_000000/cam0"
@@ -145,6 +149,7 @@ def test_raw_episode_streams_from_s3_with_bounded_memory(s3_url: str, tmp_path: 
     assert count == 60
     assert max(reads) <= 320 * 240 * 3
 
+@pytest.mark.integration
 def test_moto_server_restarts_with_its_objects(moto_server: MotoServer, s3_url: str) -> None:
     storage = S3Storage.from_url(s3_url)
     storage.put_bytes("k", b"v")
@@ -155,6 +160,7 @@ def test_moto_server_restarts_with_its_objects(moto_server: MotoServer, s3_url: 
     assert storage.get_bytes("k") == b"v"
 
 
+@pytest.mark.integration
 def test_worker_refuses_unreachable_bucket(s3_url: str, capsys: pytest.CaptureFixture[str],
                                            broker_url: str) -> None:
     from encoder_worker import cli as worker_cli
@@ -164,6 +170,7 @@ def test_worker_refuses_unreachable_bucket(s3_url: str, capsys: pytest.CaptureFi
     assert "NoSuchBucket" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_checksum_setting_reaches_boto3(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FARM_S3_CHECKSUM", "when_required")
     storage = S3Storage.from_url(s3_url)

@@ -1,6 +1,9 @@
 """Session logic that needs no farm: episode numbering, committing every camera, a
 camera failing mid-episode."""
 
+from collections.abc import Callable
+from pathlib import Path
+
 import av
 import numpy as np
 import pytest
@@ -63,6 +66,36 @@ def test_one_failing_camera_does_not_lose_the_others(tmp_path):
         storage.get_bytes("raw/episode_000000/cam0/manifest.json"))
     assert cam0.interrupted
     assert [s.name for s in cam0.segments] == ["segment_00000.raw"]
+
+
+@pytest.mark.integration
+def test_one_camera_on_a_full_disk_does_not_lose_the_others(
+        tmp_path: Path, tmpfs: Callable[[Path, str], Path],
+        caplog: pytest.LogCaptureFixture) -> None:
+    storage = open_storage(tmp_path / "dataset")
+    # cam0's folder is a disk of two pages: two segments fit, the third does not. Its
+    # frames (768 bytes) wait in the file's buffer until the segment's commit, so the
+    # disk is found full at the episode's commit, as when it fills up at an episode end.
+    cam0 = tmpfs(tmp_path / "dataset" / raw_prefix(recording=0, camera="cam0"), "8k")
+    writers = [CameraWriter(RawEpisodeWriter(DirectSink(storage, raw_prefix(recording=0,
+                                                                            camera=c)),
+                                             episode=0, camera=c, width=16, height=16, fps=30,
+                                             segment_frames=4),
+                            queue_frames=100) for c in ("cam0", "cam1")]
+    for index in range(10):
+        for writer in writers:
+            writer.put(np.full((16, 16, 3), index, np.uint8), index / 30, period_s=1.0)
+    with pytest.raises(WriterFailed, match="No space left on device; the disk is full"):
+        finish_writers(writers, interrupted=False)
+    cam1 = Manifest.model_validate_json(
+        storage.get_bytes("raw/episode_000000/cam1/manifest.json"))
+    assert cam1.frame_count == 10 and not cam1.interrupted
+    # cam0 keeps the segments stored before; no room for a manifest, so never encoded.
+    assert sorted(p.name for p in cam0.glob("segment_*.raw")) == [
+        "segment_00000.raw", "segment_00001.raw"]
+    assert not storage.exists("raw/episode_000000/cam0/manifest.json")
+    assert "the segments stored before the failure stay on disk without a manifest" \
+        in caplog.text
 
 
 def test_a_camera_failing_mid_episode_keeps_the_frames_recorded_before(tmp_path):

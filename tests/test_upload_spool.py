@@ -238,6 +238,7 @@ def test_throttling_and_server_errors_are_retried(tmp_path: Path) -> None:
     assert storage.exists("raw/episode_000000/cam0/manifest.json")
 
 
+@pytest.mark.integration
 def test_missing_bucket_fails_with_a_clear_error(s3_url: str, tmp_path: Path) -> None:
     bucket = s3_url.removeprefix("s3://").split("/", 1)[0]
     storage = S3Storage.from_url(f"s3://{bucket}-missing/datasets/test")

@@ -33,6 +33,7 @@ def decoded_ahead(camera: VideoFileCamera) -> VideoFileCamera:
     return camera
 
 
+@pytest.mark.integration
 def test_file_replays_at_its_own_rate_and_loops(tmp_path: Path) -> None:
     video = make_video(tmp_path / "v.mp4", frames=5, fps=8)
     clock = FakeClock()
@@ -46,6 +47,7 @@ def test_file_replays_at_its_own_rate_and_loops(tmp_path: Path) -> None:
     assert seen == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 0, 0, 1, 1, 2]
 
 
+@pytest.mark.integration
 def test_file_skips_frames_that_fell_due_while_not_read(tmp_path: Path) -> None:
     video = make_video(tmp_path / "v.mp4", frames=10, fps=10)
     clock = FakeClock()
@@ -57,6 +59,7 @@ def test_file_skips_frames_that_fell_due_while_not_read(tmp_path: Path) -> None:
     assert (first, later) == (0, 6)
 
 
+@pytest.mark.integration
 def test_a_loop_away_longer_than_the_read_ahead_finds_the_replay_paused(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     video = make_video(tmp_path / "v.mp4", frames=20, fps=16)
@@ -74,6 +77,7 @@ def test_a_loop_away_longer_than_the_read_ahead_finds_the_replay_paused(
     assert "cannot be decoded in real time" not in caplog.text
 
 
+@pytest.mark.integration
 def test_size_is_native_or_requested(tmp_path: Path) -> None:
     video = make_video(tmp_path / "v.mp4", frames=2, width=176, height=144)
     native = open_camera(str(video), name="a")
@@ -103,6 +107,7 @@ def test_stream_urls_are_live_sources(tmp_path: Path) -> None:
         LiveCamera("tcp://127.0.0.1:9/", name="cam0")
 
 
+@pytest.mark.integration
 def test_a_file_decoded_slower_than_real_time_falls_behind_instead_of_spiralling(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     video = make_video(tmp_path / "v.mp4", frames=20, fps=20)
@@ -127,6 +132,7 @@ def test_a_file_decoded_slower_than_real_time_falls_behind_instead_of_spiralling
     assert "cannot be decoded in real time here; its replay falls behind" in caplog.text
 
 
+@pytest.mark.integration
 def test_frame_times_that_do_not_increase_are_replaced_by_index(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     video = make_video(tmp_path / "v.mp4", frames=4, fps=10)
@@ -154,6 +160,7 @@ def test_frame_times_that_do_not_increase_are_replaced_by_index(
         in caplog.text
 
 
+@pytest.mark.integration
 def test_a_file_that_fails_to_decode_fails_the_read_that_reaches_it(tmp_path: Path) -> None:
     video = make_video(tmp_path / "v.mp4", frames=4, fps=10)
 

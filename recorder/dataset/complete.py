@@ -24,6 +24,7 @@ import pyarrow as pa
 from encoder_worker.jobs import EncodeResult, Status
 from encoder_worker.storage import Storage
 from recorder.dataset import metadata
+from recorder.dataset.failpoints import failpoint
 from recorder.dataset.layout import INFO_KEY, Layout
 from recorder.dataset.retention import drop_counted_raw
 from recorder.dataset.staging import StagedEpisode, load_rows, load_staged, staged_recordings
@@ -113,10 +114,13 @@ def complete_dataset(dataset: Storage, raw: Storage, *,
             frames += episode.length
         result.staged_left = len(staged) - len(new_rows)
         if new_rows:
+            failpoint("complete:data-written")
             rows += new_rows
             metadata.write_tasks(dataset, fmt, tasks)
             metadata.write_episode_rows(dataset, fmt, rows)
+            failpoint("complete:rows-written")
             metadata.write_stats(dataset, rows, fmt)
+            failpoint("complete:before-info")
             info.update(total_episodes=len(rows), total_frames=frames, total_tasks=len(tasks),
                         splits={"train": f"0:{len(rows)}"})
             if fmt == "v2.1":

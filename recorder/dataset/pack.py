@@ -25,6 +25,7 @@ import av
 
 from encoder_worker.storage import Storage
 from recorder.dataset import metadata
+from recorder.dataset.failpoints import failpoint
 from recorder.dataset.layout import CHUNK_SIZE, VIDEO_FILE_SIZE_MB, Layout
 from recorder.dataset.staging import load_staged, staged_recordings
 from recorder.dataset.videos import local_video, probe_video
@@ -94,7 +95,9 @@ def pack_dataset(dataset: Storage, raw: Storage, *, max_file_mb: int = VIDEO_FIL
                 report.episodes_packed += len(group)
                 next_number += 1
     if report.episodes_packed:
+        failpoint("pack:before-switch")
         metadata.write_episode_rows(dataset, "v3.0", rows)  # the switch, one atomic put
+        failpoint("pack:rows-switched")
         info["video_files_size_in_mb"] = max_file_mb
         metadata.write_json(dataset, "meta/info.json", info)
     report.files_deleted = _delete_unreferenced(dataset, raw, rows, video_keys)
@@ -212,5 +215,6 @@ def _delete_unreferenced(dataset: Storage, raw: Storage, rows: list[dict[str, An
             if key.endswith(".mp4") and key not in referenced \
                     and Layout.video_file_numbers([key]):
                 dataset.delete(key)
+                failpoint("pack:deleting")
                 deleted += 1
     return deleted
