@@ -33,7 +33,8 @@ from recorder.farm.client import EncodingFarmClient
 
 pytestmark = pytest.mark.integration
 
-FAST: dict[str, Any] = {"codec": "libx264"}
+# keep_raw: check_whole compares every decoded frame with its raw frame.
+FAST: dict[str, Any] = {"codec": "libx264", "keep_raw": True}
 ROWS = "meta/episodes/chunk-000/file-000.parquet"
 
 
@@ -43,7 +44,7 @@ def create(root: Path, **settings: Any) -> FarmDataset:
 
 
 def run_recorder(*args: str, failpoint: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FARM_KEEP_RAW": "true"}
     if failpoint is not None:
         env[ENV_VAR] = failpoint
     return subprocess.run([sys.executable, "-m", "recorder.cli", *args], capture_output=True,

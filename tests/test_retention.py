@@ -3,12 +3,15 @@ interrupted and cleared recordings keep theirs; --keep-raw keeps everything."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from dataset_checks import check_v3_dataset, mirror
 from recordings import CAMERAS, features, record_episodes
 from rich.console import Console
@@ -16,6 +19,7 @@ from rich.console import Console
 from encoder_worker.raw_layout import RAW_ROOT, raw_prefix, recording_prefix
 from encoder_worker.storage import open_storage
 from recorder.dataset import FarmDataset
+from recorder.dataset.failpoints import ENV_VAR
 from recorder.dataset.retention import recordings_with_raw
 from recorder.farm.client import EncodingFarmClient
 from recorder.pending import encode_pending
@@ -148,3 +152,21 @@ def test_the_zero_config_demo_leaves_only_the_dataset(tmp_path):
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == [
         "data", "meta", "videos"]
     assert not (root / recording_prefix(0)).exists()
+
+
+def test_a_recorder_killed_while_deleting_raw_frames_leaves_a_whole_dataset(tmp_path):
+    root = tmp_path / "ds"
+    dataset = create(root, keep_raw=True)
+    record_episodes(dataset, episodes=3, frames=10)
+    dataset.finalize()
+    env = {**os.environ, "PYTHONPATH": str(REPO), ENV_VAR: "retention:between-recordings"}
+    pending = [sys.executable, "-m", "recorder.cli", "encode-pending", "--storage", str(root)]
+    killed = subprocess.run(pending, capture_output=True, text=True, timeout=120, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert raw_recordings(root) == {1, 2}, "killed after the first recording's deletion"
+    check_v3_dataset(root, raw_url=None, episodes=3, cameras=CAMERAS, frames_per_episode=10)
+    done = subprocess.run(pending, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "interrupted" not in done.stdout
+    assert raw_recordings(root) == set()
+    check_v3_dataset(root, raw_url=None, episodes=3, cameras=CAMERAS, frames_per_episode=10)

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from encoder_worker.raw_layout import RAW_ROOT, recording_of, recording_prefix
 from encoder_worker.storage import Storage, StorageError
+from recorder.dataset.failpoints import failpoint
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ def drop_counted_raw(raw: Storage, counted: Iterable[int]) -> list[int]:
     """
     dropped = []
     for recording in sorted(recordings_with_raw(raw) & set(counted)):
+        if dropped:
+            failpoint("retention:between-recordings")
         try:
             raw.delete_prefix(recording_prefix(recording))
         except StorageError as exc:  # the dataset is complete; only disk space waits
