@@ -45,8 +45,22 @@ class Table:
                                  f"columns: {list(row)}")
 
 
-def render(table: Table) -> str:
+@dataclass(frozen=True)
+class Pending:
+    """A table whose results files are not committed yet: it says so, and how to make
+    them, instead of showing numbers."""
+
+    commands: Sequence[str]
+    why: str = "not measured yet"
+
+
+def render(table: Table | Pending) -> str:
     """The table in markdown, then its sources' note (when it has sources)."""
+    if isinstance(table, Pending):
+        made = " ".join(f"`{command}`" for command in table.commands)
+        return (f"**No results file is committed for this table yet** ({table.why}). It is "
+                f"made from the results files of {made}: commit them to results/, name them "
+                f"in benchmarks/tables.py, and run `python benchmarks/tables.py`.")
     right = list(table.right) or [False] + [True] * (len(table.header) - 1)
     lines = ["| " + " | ".join(table.header) + " |",
              "|" + "|".join("---:" if r else "---" for r in right) + "|"]
@@ -143,7 +157,7 @@ class Results:
         return result
 
 
-def rewrite(text: str, tables: Mapping[str, Callable[[], Table]]) -> str:
+def rewrite(text: str, tables: Mapping[str, Callable[[], Table | Pending]]) -> str:
     """text with every table region's content made anew.
 
     Raises:

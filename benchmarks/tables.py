@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 
 import script_tables
-from markdown_tables import Results, Table, TableError, rewrite
+from markdown_tables import Pending, Results, Table, TableError, rewrite
 from result_files import (
     RESULTS_DIR,
     RawFormatsResult,
@@ -36,10 +36,13 @@ from result_files import (
 )
 from run_tables import (
     BACKGROUND,
+    BACKLOG,
     BLOCKED,
     BUSY,
     COMMIT,
     COMMITTING,
+    COMPLETE,
+    COMPLETE_START,
     CPU,
     ENCODE_STAGE,
     ENCODING,
@@ -50,7 +53,9 @@ from run_tables import (
     LATE_WHICH,
     LOAD,
     NICE,
+    OVERRUNS,
     RAW,
+    RAW_LEFT,
     READY,
     RECORDING,
     REDUCTION,
@@ -117,6 +122,15 @@ GOALS = [
          partial(goal_split, name=SPLIT_EPISODE, most=1.2)),
 ]
 
+# Issue 21's continuous recording: 4 cameras, 6 episodes of 20 s back to back. The runs'
+# results files go here once measured on a quiet machine (the README says so until then).
+CONTINUOUS: list[str] = []
+CONTINUOUS_COMMAND = ("recorder benchmark --async-encoding --episodes 6 --episode-time 20 "
+                      "--reset-time 0 --fps 30 --cameras 4")
+# What the user waits for (issue 21), one row per run.
+WAITS = [FILE, TIME, LOAD, LATE, OVERRUNS, WAIT, COMPLETE, COMPLETE_START, BACKLOG, RAW_LEFT,
+         CPU, FRAMES]
+
 # Compare tables: rows of metrics, a column per run.
 COMPARE = [FILE, LOAD, RECORDING, ENCODING, BLOCKED, READY, LATE, FRAMES, ENCODE_STAGE,
            WORKERS, SPEEDUP, REDUCTION, BACKGROUND]
@@ -124,7 +138,13 @@ SESSION = [FILE, LOAD, LATE, LATE_WHICH, WAIT, TOTAL_CAPTURE, READY, RAW, CPU, B
 OLD_NEW = [FILE, LOAD, WAIT, COMMIT, TOTAL_CAPTURE, LATE, BUSY, FRAMES]
 
 
-def readme_tables(r: Results) -> dict[str, Callable[[], Table]]:
+def measured(names: list[str], make: Callable[[], Table], *commands: str
+             ) -> Callable[[], Table | Pending]:
+    """The table of these results files, or, while none is committed, a note saying so."""
+    return make if names else lambda: Pending(commands)
+
+
+def readme_tables(r: Results) -> dict[str, Callable[[], Table | Pending]]:
     """Region name -> how its table is made."""
     def script(name: str, model: type, make: Callable[..., Table]) -> Callable[[], Table]:
         return lambda: make(r.script(name, model), r.path(name))
@@ -174,6 +194,8 @@ def readme_tables(r: Results) -> dict[str, Callable[[], Table]]:
             [FILE, TIME, LOAD, LATE, WAIT, TOTAL_CAPTURE, RAW, FRAMES]),
         "replay-background": lambda: by_run(r, REPLAYED_LOADED,
                                             [NICE, FILE, TIME, LOAD, LATE, TOTAL_CAPTURE, BUSY]),
+        "continuous": measured(CONTINUOUS, lambda: by_run(r, CONTINUOUS, WAITS),
+                               CONTINUOUS_COMMAND),
         "raw-formats": script(RAW_FORMATS, RawFormatsResult, script_tables.raw_formats),
         "worker-efficiency": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
                                     script_tables.worker_efficiency),
