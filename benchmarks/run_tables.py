@@ -133,7 +133,7 @@ def _ready(run: Run) -> str:
 
 def _complete(run: Run) -> str:
     t = run.result.totals
-    if not _set(t, "capture_span_s"):
+    if not _set(t, "complete_after_start_ratio"):
         return "-"  # made before the file kept it
     if t.complete_after_last_frame_s is None or t.complete_after_last_frame_ratio is None:
         return "not complete"
@@ -142,7 +142,7 @@ def _complete(run: Run) -> str:
 
 def _complete_start(run: Run) -> str:
     t = run.result.totals
-    if not _set(t, "capture_span_s"):
+    if not _set(t, "complete_after_start_ratio"):
         return "-"
     ratio = t.complete_after_start_ratio
     return "not complete" if ratio is None else f"{ratio:.2f}"

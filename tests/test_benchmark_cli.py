@@ -88,9 +88,10 @@ def test_compare_prints_the_report_writes_both_files_and_analyze_charts_them(
         assert result.command == ("recorder benchmark --compare " + " ".join(SMALL)
                                   + " --video-encoding-workers 1 --output-dir results")
         # What the user waits for: the dataset complete after the capture, no raw left.
-        assert t.complete_after_last_frame_s is not None and t.capture_span_s
-        assert t.complete_after_start_ratio == pytest.approx(
-            1 + t.complete_after_last_frame_s / t.capture_span_s)
+        assert t.complete_after_last_frame_s is not None
+        assert t.complete_after_last_frame_ratio == pytest.approx(
+            t.complete_after_last_frame_s / t.capture_s)
+        assert t.complete_after_start_ratio is not None and t.complete_after_start_ratio > 1
         assert t.raw_left_bytes == 0 and not result.raw_kept
     # Sync blocking: committing each episode, then encoding it inline.
     committing = sum(ep.save_s for ep in sync.episodes)

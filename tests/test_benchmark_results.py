@@ -157,17 +157,17 @@ def test_totals_without_waiting_for_the_farm() -> None:
 
 
 def test_what_the_user_waits_for_completion_backlog_and_raw_left() -> None:
-    # Captures span T0+0.1..T0+3.0 (2.9 s); the dataset is complete at T0+6.0.
+    # Captures of 1 s each at T0+0.1 and T0+2.0; the dataset is complete at T0+6.0.
     report = make_session_report("async", [], all_ready_at=T0 + 6.0)
     report.dataset_complete_at = T0 + 6.0
     report.episodes[0].backlog, report.episodes[1].backlog = 1, 2
     result = from_session(report, config=make_config("async"), environment=ENV,
                           raw_left_bytes=1234)
     t = result.totals
-    assert t.capture_span_s == pytest.approx(2.9)
+    assert t.capture_s == pytest.approx(2.0)
     assert t.complete_after_last_frame_s == pytest.approx(3.0)
-    assert t.complete_after_last_frame_ratio == pytest.approx(3.0 / 2.9)
-    assert t.complete_after_start_ratio == pytest.approx(5.9 / 2.9)
+    assert t.complete_after_last_frame_ratio == pytest.approx(3.0 / 2.0)
+    assert t.complete_after_start_ratio == pytest.approx(5.9 / 2.0)
     assert [ep.backlog for ep in result.episodes] == [1, 2] and t.backlog_max == 2
     assert t.raw_left_bytes == 1234
     assert result.dataset_complete_at == T0 + 6.0
@@ -177,13 +177,12 @@ def test_a_dataset_left_incomplete_has_no_completion_time() -> None:
     report = make_session_report("async", [], all_ready_at=T0 + 6.0)  # not complete
     t = from_session(report, config=make_config("async"), environment=ENV).totals
     assert t.complete_after_last_frame_s is None and t.complete_after_start_ratio is None
-    assert t.capture_span_s == pytest.approx(2.9)
 
 
 def test_a_file_made_before_these_fields_still_loads_without_them(tmp_path: Path) -> None:
     data = json.loads(make_result("async", total_s=20, encoding_s=10, blocking_s=0.01)
                       .model_dump_json())
-    for key in ("capture_span_s", "complete_after_last_frame_s", "backlog_max",
+    for key in ("complete_after_last_frame_s", "backlog_max",
                 "raw_left_bytes", "complete_after_last_frame_ratio",
                 "complete_after_start_ratio"):
         del data["totals"][key]

@@ -247,14 +247,14 @@ def test_the_waits_of_a_run_and_of_a_file_made_before_them(tmp_path: Path) -> No
 
     new = make_result("async", total_s=20, encoding_s=10, blocking_s=0.01, started_at=1.0)
     t = new.totals
-    t.capture_span_s, t.complete_after_last_frame_s = 20.0, 5.0
+    t.complete_after_last_frame_s = 5.0
     t.complete_after_last_frame_ratio, t.complete_after_start_ratio = 0.25, 1.25
     t.backlog_max, t.raw_left_bytes = 2, 0
     for episode, backlog in zip(new.episodes, (1, 2), strict=True):
         episode.backlog, episode.overrun_slots = backlog, [3] * backlog
     benchmark_results.save(new, tmp_path / "async_benchmark_1.json")
     old = make_result("async", total_s=20, encoding_s=10, blocking_s=0.01, started_at=2.0)
-    data = json.loads(old.model_dump_json(exclude={"totals": {"capture_span_s",
+    data = json.loads(old.model_dump_json(exclude={"totals": {"complete_after_start_ratio",
                                                               "raw_left_bytes"}}))
     for episode in data["episodes"]:
         del episode["backlog"], episode["overrun_slots"]

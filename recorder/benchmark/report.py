@@ -309,7 +309,7 @@ def _complete_line(result: BenchmarkResult) -> str:
     if after is None or ratio is None or whole is None:
         return "    Dataset complete: not in this run (an episode's video is missing)"
     return (f"    Dataset complete {after:.2f}s after the last frame ({ratio:.2f}x the capture "
-            f"time of {t.capture_span_s or 0:.1f}s); from the capture's start "
+            f"time of {t.capture_s:.1f}s); from the capture's start "
             f"{whole:.2f}x the capture time")
 
 

@@ -163,18 +163,16 @@ class Totals(BaseModel):
     frames_recorded: int = Field(description="frames in the committed manifests")
     frames_in_videos: int = Field(description="frames in verified videos")
     late_frames: int = Field(description="loop iterations that missed their capture slot")
-    capture_span_s: float | None = Field(
-        default=None, description="the capture: the first frame's slot to the end of the last "
-                                  "(reset periods included)")
     complete_after_last_frame_s: float | None = Field(
         default=None, description="the last captured frame to the dataset complete (finalize "
                                   "returned, meta/info.json counting every episode); None: it "
                                   "was not complete")
     complete_after_last_frame_ratio: float | None = Field(
-        default=None, description="complete_after_last_frame_s / capture_span_s")
+        default=None, description="complete_after_last_frame_s / capture_s")
     complete_after_start_ratio: float | None = Field(
         default=None, description="the first frame's slot to the dataset complete, over "
-                                  "capture_span_s: 1.0 is complete with the last frame")
+                                  "capture_s (the episodes' capture, reset periods not in "
+                                  "it): the total the user waits, in capture times")
     backlog_max: int = Field(default=0, description="farm: the largest backlog, in episodes "
                                                     "recorded and not encoded yet")
     raw_left_bytes: int = Field(default=0, description="raw bytes left under raw/ of the run's "
@@ -273,11 +271,11 @@ def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[Tas
     captured = sum(ep.frames for ep in episodes) * cameras
     first = min((ep.started_at for ep in episodes), default=None)
     last = max((ep.capture_end for ep in episodes), default=None)
-    span = None if first is None or last is None else last - first
+    capture = sum(ep.capture_s for ep in episodes)
     after_last = None if dataset_complete_at is None or last is None \
         else dataset_complete_at - last
     return Totals(
-        total_recording_s=total, capture_s=sum(ep.capture_s for ep in episodes),
+        total_recording_s=total, capture_s=capture,
         encoding_s=encoding, blocking_s=blocking, submission_s=submission,
         blocking_pct=100 * blocking / total if total > 0 else 0.0,
         drain_from_first_frame_s=None if all_ready_at is None or first is None
@@ -287,10 +285,10 @@ def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[Tas
         frames_captured=captured, frames_recorded=recorded,
         frames_in_videos=sum(t.frames for t in tasks if t.status != "failed"),
         late_frames=sum(ep.late_frames for ep in episodes),
-        capture_span_s=span, complete_after_last_frame_s=after_last,
-        complete_after_last_frame_ratio=_ratio(after_last, span),
-        complete_after_start_ratio=_ratio(None if after_last is None or span is None
-                                          else span + after_last, span),
+        complete_after_last_frame_s=after_last,
+        complete_after_last_frame_ratio=_ratio(after_last, capture),
+        complete_after_start_ratio=_ratio(None if dataset_complete_at is None or first is None
+                                          else dataset_complete_at - first, capture),
         backlog_max=max((ep.backlog for ep in episodes), default=0),
         raw_left_bytes=raw_left_bytes,
         raw_bytes_per_frame=sum(ep.raw_bytes for ep in episodes) / recorded if recorded else 0.0,
