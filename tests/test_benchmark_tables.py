@@ -33,12 +33,16 @@ from result_files import (
     WorkerEfficiencyResult,
 )
 
+from recorder.benchmark import lerobot_results
 from recorder.benchmark import results as benchmark_results
 
 RESULTS = REPO / "benchmarks" / "results"
 MODELS: dict[str, type[result_files.ScriptResult]] = {
     "worker_efficiency": WorkerEfficiencyResult, "raw_formats": RawFormatsResult,
     "split_episode": SplitEpisodeResult, "status_latency": StatusLatencyResult}
+LEROBOT_MODELS: dict[str, type[lerobot_results.LeRobotBenchmark]] = {
+    "lerobot_compare": lerobot_results.LeRobotComparison,
+    "lerobot_record": lerobot_results.LeRobotRecordComparison}
 
 
 def test_the_readme_tables_are_what_the_committed_results_files_give(
@@ -55,6 +59,8 @@ def test_every_committed_results_file_is_read_by_its_schema() -> None:
         kind = path.stem.rpartition("_")[0]
         if kind in ("sync_benchmark", "async_benchmark"):
             benchmark_results.load(path)
+        elif kind in LEROBOT_MODELS:
+            lerobot_results.load(path, LEROBOT_MODELS[kind])
         else:
             assert kind in MODELS, f"{path.name}: no schema reads it"
             result = result_files.load(path, MODELS[kind])
