@@ -156,8 +156,8 @@ def test_the_report_says_when_the_dataset_was_complete_the_backlog_and_raw_left(
     report.episodes[0].backlog, report.episodes[1].backlog = 0, 2
     text = format_report(None, from_session(report, config=make_config("async"),
                                             environment=ENV, raw_left_bytes=5_000_000))
-    assert ("Dataset complete 3.00s after the last frame (1.50x the capture time of 2.0s); "
-            "from the capture's start 2.95x the capture time") in text
+    assert ("Dataset complete 3.00s after the last frame (1.53x the capture time of 2.0s); "
+            "from the capture's start 3.00x the capture time") in text
     assert "Backlog: at most 2 episodes recorded and not encoded yet (per episode, once it " \
            "reached the farm: 0, 2)" in text
     assert "Raw frames left on disk: 5.0 MB" in text

@@ -157,17 +157,18 @@ def test_totals_without_waiting_for_the_farm() -> None:
 
 
 def test_what_the_user_waits_for_completion_backlog_and_raw_left() -> None:
-    # Captures of 1 s each at T0+0.1 and T0+2.0; the dataset is complete at T0+6.0.
+    # Captures of 30 and 29 slots at 30 fps (asked: 59/30 s) at T0+0.1 and T0+2.0, 1 s each;
+    # the dataset is complete at T0+6.0.
     report = make_session_report("async", [], all_ready_at=T0 + 6.0)
     report.dataset_complete_at = T0 + 6.0
     report.episodes[0].backlog, report.episodes[1].backlog = 1, 2
     result = from_session(report, config=make_config("async"), environment=ENV,
                           raw_left_bytes=1234)
     t = result.totals
-    assert t.capture_s == pytest.approx(2.0)
+    assert t.capture_s == pytest.approx(2.0)  # as measured
     assert t.complete_after_last_frame_s == pytest.approx(3.0)
-    assert t.complete_after_last_frame_ratio == pytest.approx(3.0 / 2.0)
-    assert t.complete_after_start_ratio == pytest.approx(5.9 / 2.0)
+    assert t.complete_after_last_frame_ratio == pytest.approx(3.0 / (59 / 30))
+    assert t.complete_after_start_ratio == pytest.approx(5.9 / (59 / 30))
     assert [ep.backlog for ep in result.episodes] == [1, 2] and t.backlog_max == 2
     assert t.raw_left_bytes == 1234
     assert result.dataset_complete_at == T0 + 6.0

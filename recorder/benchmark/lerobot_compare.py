@@ -178,7 +178,8 @@ def run_variant(variant: Variant, settings: BenchmarkSettings, *, name: str
         started_at=captures[0].started_at,
         last_frame_at=captures[-1].started_at + captures[-1].capture_s, complete_at=complete,
         process_cpu_s=cpu_s, children_cpu_s=children,
-        cameras=[camera.name for camera in cameras], episodes=episodes)
+        cameras=[camera.name for camera in cameras],
+        capture_time_s=sum(c.frames for c in captures) / settings.fps, episodes=episodes)
     return run, root
 
 

@@ -26,8 +26,8 @@ def _complete(run: ComparedRun) -> str:
     if after is None or ratio is None or total is None:
         return "Dataset not complete (episodes left out: see the log)"
     return (f"Dataset complete {after:.1f} s after the last frame ({ratio:.2f}x the capture "
-            f"time of {run.capture_s:.1f} s); from the first frame {total:.2f}x the capture "
-            "time")
+            f"time of {run.capture_time_s:.1f} s); from the first frame {total:.2f}x the "
+            "capture time")
 
 
 def run_lines(run: ComparedRun) -> list[str]:
@@ -40,7 +40,9 @@ def run_lines(run: ComparedRun) -> list[str]:
         f"{VARIANTS[run.variant]}:",
         f"  Late loop cycles per episode: {', '.join(str(len(ep.late_slots)) for ep in episodes)}"
         f" of {run.slots:,} (over a period of the loop's own work: {overruns}); the loop's "
-        f"work per slot, median {statistics.median(ep.busy_ms_median for ep in episodes):.1f} ms",
+        f"work per slot, median {statistics.median(ep.busy_ms_median for ep in episodes):.1f} "
+        f"ms, of which the cameras' and robot's reads "
+        f"{statistics.median(ep.read_ms_median for ep in episodes):.1f} ms",
         f"  Blocked at each episode end (save_episode): {_ms_list([ep.save_s for ep in episodes])}",
         f"  Frames lost per camera (added, not in its video): {lost}"
         + ("" if counted else " (an episode's videos were not counted: missing)"),

@@ -109,6 +109,8 @@ class ComparedRun(BaseModel):
                     "encoder pool; the zero-config farm's workers and redis-server (counted "
                     "when the farm stopped)")
     cameras: list[str]
+    capture_time_s: float = Field(description="the capture time asked for: every slot at the "
+                                              "set fps (a late loop took longer)")
     episodes: list[ComparedEpisode]
 
     @property
@@ -120,11 +122,6 @@ class ComparedRun(BaseModel):
         return sum(len(ep.late_slots) for ep in self.episodes)
 
     @property
-    def capture_s(self) -> float:
-        """The capture time: the episodes' captures (not what blocked between them)."""
-        return sum(ep.capture_s for ep in self.episodes)
-
-    @property
     def complete_after_last_frame_s(self) -> float | None:
         return None if self.complete_at is None else self.complete_at - self.last_frame_at
 
@@ -132,15 +129,15 @@ class ComparedRun(BaseModel):
     def complete_ratio(self) -> float | None:
         """The dataset complete after the last frame, as a multiple of the capture time."""
         after = self.complete_after_last_frame_s
-        return None if after is None or not self.capture_s else after / self.capture_s
+        return None if after is None or not self.capture_time_s else after / self.capture_time_s
 
     @property
     def complete_from_start_ratio(self) -> float | None:
         """The first frame to the dataset complete, over the capture time: what the user
-        waits in all (episode ends that blocked included)."""
-        if self.complete_at is None or not self.capture_s:
+        waits in all (a capture stretched by late slots, episode ends that blocked)."""
+        if self.complete_at is None or not self.capture_time_s:
             return None
-        return (self.complete_at - self.started_at) / self.capture_s
+        return (self.complete_at - self.started_at) / self.capture_time_s
 
     @property
     def lost(self) -> dict[str, int]:

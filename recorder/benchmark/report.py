@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from recorder.benchmark.results import STAGES, BenchmarkResult, Verdict
+from recorder.benchmark.results import STAGES, BenchmarkResult, Verdict, capture_time_s
 
 RULE = "=" * 80
 
@@ -309,7 +309,8 @@ def _complete_line(result: BenchmarkResult) -> str:
     if after is None or ratio is None or whole is None:
         return "    Dataset complete: not in this run (an episode's video is missing)"
     return (f"    Dataset complete {after:.2f}s after the last frame ({ratio:.2f}x the capture "
-            f"time of {t.capture_s:.1f}s); from the capture's start "
+            f"time of {capture_time_s(result.episodes, result.config.fps):.1f}s); from the "
+            f"capture's start "
             f"{whole:.2f}x the capture time")
 
 

@@ -168,11 +168,13 @@ class Totals(BaseModel):
                                   "returned, meta/info.json counting every episode); None: it "
                                   "was not complete")
     complete_after_last_frame_ratio: float | None = Field(
-        default=None, description="complete_after_last_frame_s / capture_s")
+        default=None, description="complete_after_last_frame_s over the capture time asked "
+                                  "for: the slots captured, at the set fps")
     complete_after_start_ratio: float | None = Field(
-        default=None, description="the first frame's slot to the dataset complete, over "
-                                  "capture_s (the episodes' capture, reset periods not in "
-                                  "it): the total the user waits, in capture times")
+        default=None, description="the first frame's slot to the dataset complete, over the "
+                                  "capture time asked for: the total the user waits, in "
+                                  "capture times (late slots that stretched the capture, and "
+                                  "episode ends that blocked, are in it)")
     backlog_max: int = Field(default=0, description="farm: the largest backlog, in episodes "
                                                     "recorded and not encoded yet")
     raw_left_bytes: int = Field(default=0, description="raw bytes left under raw/ of the run's "
@@ -251,7 +253,8 @@ def task_timing(r: EncodeResult) -> TaskTiming:
 def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[TaskTiming], *,
               cameras: int, started_at: float, recording_done_at: float,
               all_ready_at: float | None, recorder_cpu_s: float = 0.0,
-              dataset_complete_at: float | None = None, raw_left_bytes: int = 0) -> Totals:
+              dataset_complete_at: float | None = None, raw_left_bytes: int = 0,
+              fps: float | None = None) -> Totals:
     """The run's totals, from what was measured per episode and per task."""
     submission = sum(ep.submission_s for ep in episodes)
     committing = sum(ep.save_s for ep in episodes)
@@ -272,6 +275,7 @@ def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[Tas
     first = min((ep.started_at for ep in episodes), default=None)
     last = max((ep.capture_end for ep in episodes), default=None)
     capture = sum(ep.capture_s for ep in episodes)
+    asked = capture_time_s(episodes, fps) if fps else capture
     after_last = None if dataset_complete_at is None or last is None \
         else dataset_complete_at - last
     return Totals(
@@ -286,9 +290,9 @@ def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[Tas
         frames_in_videos=sum(t.frames for t in tasks if t.status != "failed"),
         late_frames=sum(ep.late_frames for ep in episodes),
         complete_after_last_frame_s=after_last,
-        complete_after_last_frame_ratio=_ratio(after_last, capture),
+        complete_after_last_frame_ratio=_ratio(after_last, asked),
         complete_after_start_ratio=_ratio(None if dataset_complete_at is None or first is None
-                                          else dataset_complete_at - first, capture),
+                                          else dataset_complete_at - first, asked),
         backlog_max=max((ep.backlog for ep in episodes), default=0),
         raw_left_bytes=raw_left_bytes,
         raw_bytes_per_frame=sum(ep.raw_bytes for ep in episodes) / recorded if recorded else 0.0,
@@ -296,6 +300,12 @@ def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[Tas
         tasks=len(tasks), tasks_failed=sum(t.status == "failed" for t in tasks),
         stages=stages, workers_used=sorted({t.worker for t in tasks}),
     )
+
+
+def capture_time_s(episodes: Sequence[EpisodeTiming], fps: float) -> float:
+    """The capture time asked for: every slot captured, at the set fps. A loop that ran
+    late took longer; that is time the user waited, not capture."""
+    return sum(ep.frames for ep in episodes) / fps
 
 
 def _ratio(part: float | None, whole: float | None) -> float | None:
@@ -319,7 +329,7 @@ def from_session(report: SessionReport, *, config: BenchmarkConfig,
                        started_at=report.started_at, recording_done_at=report.recording_done_at,
                        all_ready_at=report.all_ready_at, recorder_cpu_s=report.recorder_cpu_s,
                        dataset_complete_at=report.dataset_complete_at,
-                       raw_left_bytes=raw_left_bytes)
+                       raw_left_bytes=raw_left_bytes, fps=config.fps)
     return BenchmarkResult(
         mode=report.mode, config=config, environment=environment, started_at=report.started_at,
         recording_done_at=report.recording_done_at, all_ready_at=report.all_ready_at,
