@@ -87,22 +87,24 @@ def goal_table(results: Results, names: Sequence[str]) -> Table:
                  sources=[results.path(name) for name in names])
 
 
-def _record_row(name: str, load: float, run: RecordRun) -> list[str]:
+def _record_row(name: str, load: float, asked: int, run: RecordRun) -> list[str]:
     return [f"`{name}`", f"{load:.2f}", f"`{run.command}`",
             _late([len(ep.late_cycles) for ep in run.episodes], run.cycles),
+            f"{joined(ep.cycles for ep in run.episodes)} of {asked}",
             _blocked(run.save_s), f"{run.work_ms_median:.1f} ms",
             _complete(run.complete_after_last_frame_s, None), str(run.exit_code)]
 
 
 def record_table(results: Results, names: Sequence[str]) -> Table:
     """One row per command (plain lerobot-record, recorder lerobot-record) of each file."""
-    rows = [_record_row(name, result.environment.load_average_1m, run)
+    rows = [_record_row(name, result.environment.load_average_1m, result.config.cycles_asked,
+                        run)
             for name in names
             for result in [results.lerobot(name, LeRobotRecordComparison)]
             for run in result.runs]
     return Table(["results file", "load at start", "command", "late loop cycles per episode "
-                  "(of the run's cycles)", "blocked at each episode end",
-                  "loop's work per cycle, median", "dataset complete after the last frame",
-                  "exit code"], rows,
-                 right=[False, True, False, False, True, True, True, True],
+                  "(of the run's cycles)", "cycles per episode (of fps x episode time)",
+                  "blocked at each episode end", "loop's work per cycle, median",
+                  "dataset complete after the last frame", "exit code"], rows,
+                 right=[False, True, False, False, True, True, True, True, True],
                  sources=[results.path(name) for name in names], files_shown=True)

@@ -91,8 +91,8 @@ def record_comparison() -> LeRobotRecordComparison:
             command=command, argv=["--robot.type=farm_synthetic"], exit_code=0,
             dataset="runs/x/dataset", save_s=save_s, last_frame_at=T0 + 21.0,
             complete_at=T0 + 50.0 if command == "lerobot-record" else T0 + 38.0,
-            episodes=[RecordEpisode(episode=n, cycles=300, late_cycles=list(range(late)),
-                                    work_ms=[1.0, 2.0, 40.0]) for n in range(2)])
+            episodes=[RecordEpisode(episode=n, cycles=300 - late, late_cycles=list(range(late)),
+                                    work_ms=[1.0, 2.0, 40.0], loop_s=10.0) for n in range(2)])
 
     return LeRobotRecordComparison(
         command="recorder benchmark lerobot-record --cameras 4", started_at=T0,
@@ -172,7 +172,9 @@ def test_the_comparison_report() -> None:
 def test_the_record_comparison_report() -> None:
     text = format_record_comparison(record_comparison())
     assert "lerobot-record (exit code 0):\n  Late loop cycles per episode (its sleep asked " \
-           "for 0 s): 3, 3 of 600; the loop's work per cycle, median 2.0 ms" in text
+           "for 0 s): 3, 3 of 594; the loop's work per cycle, median 2.0 ms" in text
+    assert "Cycles per episode: 297, 297 of 300 asked (fps x episode time); the loop ran at " \
+           "29.7, 29.7 fps" in text
     assert "Blocked at each episode end (save_episode): 2, 1 ms" in text
     assert "Dataset complete 17.0 s after the last frame" in text
 
@@ -205,8 +207,10 @@ def test_the_record_table(tmp_path: Path) -> None:
     results = write(tmp_path, record_comparison())
     table = lerobot_tables.record_table(results, [f"lerobot_record_{int(T0)}"])
     assert [row[2:] for row in table.rows] == [
-        ["`lerobot-record`", "3, 3 of 600", "27000, 28000 ms", "2.0 ms", "29.0 s", "0"],
-        ["`recorder lerobot-record`", "0, 0 of 600", "2, 1 ms", "2.0 ms", "17.0 s", "0"]]
+        ["`lerobot-record`", "3, 3 of 594", "297, 297 of 300", "27000, 28000 ms", "2.0 ms",
+         "29.0 s", "0"],
+        ["`recorder lerobot-record`", "0, 0 of 600", "300, 300 of 300", "2, 1 ms", "2.0 ms",
+         "17.0 s", "0"]]
 
 
 # -- frames in a dataset's videos -----------------------------------------------------------
@@ -261,6 +265,7 @@ def test_the_loop_watch_counts_episode_cycles_and_those_that_asked_for_no_sleep(
     assert [(e.episode, e.cycles, e.late_cycles) for e in watch.episodes] == [
         (0, 3, [1]), (1, 1, [0])]
     assert all(len(e.work_ms) == e.cycles and min(e.work_ms) >= 0 for e in watch.episodes)
+    assert all(e.loop_s >= sum(e.work_ms) / 1000 for e in watch.episodes)
     assert sleeps == [0.03, 0.0, 0.01, 0.0, 0.0, 0.0]  # every sleep still happens
     assert watch.last_frame_at is not None
 

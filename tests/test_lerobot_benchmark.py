@@ -100,6 +100,7 @@ def test_plain_lerobot_record_against_recorder_lerobot_record(tmp_path):
     for run in result.runs:
         assert run.exit_code == 0
         assert [ep.episode for ep in run.episodes] == [0, 1]
-        assert all(ep.cycles > 0 and len(ep.work_ms) == ep.cycles for ep in run.episodes)
+        assert all(ep.cycles > 0 and len(ep.work_ms) == ep.cycles and ep.loop_s > 0
+                   for ep in run.episodes)
         assert len(run.save_s) == 2 and run.last_frame_at is not None
         assert total_episodes(out / run.dataset) == 2

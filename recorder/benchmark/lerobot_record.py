@@ -60,13 +60,14 @@ class LoopWatch:
         def watched(*args: Any, **kwargs: Any) -> Any:
             if kwargs.get("dataset") is None:
                 return original(*args, **kwargs)  # the reset period: nothing is recorded
-            self._episode = RecordEpisode(episode=len(self.episodes), cycles=0, late_cycles=[],
-                                          work_ms=[])
-            self.episodes.append(self._episode)
-            self._cycle_started = time.perf_counter()
+            episode = self._episode = RecordEpisode(episode=len(self.episodes), cycles=0,
+                                                    late_cycles=[], work_ms=[])
+            self.episodes.append(episode)
+            self._cycle_started = started = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
+                episode.loop_s = time.perf_counter() - started
                 self._episode = None
                 self.last_frame_at = time.time()
         return watched

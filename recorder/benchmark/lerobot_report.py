@@ -76,7 +76,8 @@ def format_comparison(result: LeRobotComparison) -> str:
     return "\n".join(lines)
 
 
-def record_run_lines(run: RecordRun) -> list[str]:
+def record_run_lines(run: RecordRun, asked: int) -> list[str]:
+    """asked: the cycles an episode should run (fps x episode time)."""
     episodes = run.episodes
     return [
         f"{run.command} (exit code {run.exit_code}"
@@ -84,6 +85,10 @@ def record_run_lines(run: RecordRun) -> list[str]:
         f"  Late loop cycles per episode (its sleep asked for 0 s): "
         f"{', '.join(str(len(ep.late_cycles)) for ep in episodes)} of {run.cycles:,}; "
         f"the loop's work per cycle, median {run.work_ms_median:.1f} ms",
+        f"  Cycles per episode: {', '.join(str(ep.cycles) for ep in episodes)} of {asked} "
+        f"asked (fps x episode time); the loop ran at "
+        + ", ".join(f"{ep.cycles / ep.loop_s:.1f}" if ep.loop_s else "-" for ep in episodes)
+        + " fps",
         f"  Blocked at each episode end (save_episode): {_ms_list(run.save_s)}",
         *([] if (after := run.complete_after_last_frame_s) is None else
           [f"  Dataset complete {after:.1f} s after the last frame (the command returned)"]),
@@ -97,7 +102,7 @@ def format_record_comparison(result: LeRobotRecordComparison) -> str:
              f"cameras {c.width}x{c.height} at {c.fps} fps, {c.episodes} x "
              f"{c.episode_time_s:g} s (reset {c.reset_time_s:g} s)", ""]
     for run in result.runs:
-        lines += [*record_run_lines(run), ""]
+        lines += [*record_run_lines(run, c.cycles_asked), ""]
     lines += [f"Measured on {env.hostname}: {env.cpu_model}, {env.cpu_count} CPUs (load "
               f"average {env.load_average_1m:.2f} at the start).", RULE]
     return "\n".join(lines)

@@ -159,6 +159,7 @@ class LeRobotComparison(LeRobotBenchmark):
 # -- `recorder benchmark lerobot-record` -------------------------------------------------------
 
 class RecordConfig(BaseModel):
+    """What both commands were asked to record."""
     camera_mode: Literal["synthetic", "real"]
     camera_sources: list[str] = Field(default_factory=list)
     cameras: int
@@ -170,6 +171,11 @@ class RecordConfig(BaseModel):
     reset_time_s: float
     video_encoding_workers: int = Field(description="recorder lerobot-record's local workers")
 
+    @property
+    def cycles_asked(self) -> int:
+        """Cycles an episode should run: fps x episode time."""
+        return round(self.fps * self.episode_time_s)
+
 
 class RecordEpisode(BaseModel):
     """One episode of LeRobot's own record_loop, as its sleeps between cycles tell it."""
@@ -179,6 +185,9 @@ class RecordEpisode(BaseModel):
     late_cycles: list[int] = Field(description="cycles whose work took a whole period: the "
                                                "loop asked precise_sleep for 0 s")
     work_ms: list[float] = Field(description="each cycle's work: its start to its sleep")
+    loop_s: float = Field(default=0.0, description="the episode's record_loop, called to "
+                                                   "returned: a loop whose sleeps overran "
+                                                   "ran fewer cycles than fps x episode time")
 
     def work_quantile_ms(self, quantile: float) -> float:
         if not self.work_ms:
