@@ -25,6 +25,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import lerobot_tables
 import script_tables
 from markdown_tables import Pending, Results, Table, TableError, rewrite
 from result_files import (
@@ -131,6 +132,18 @@ CONTINUOUS_COMMAND = ("recorder benchmark --async-encoding --episodes 6 --episod
 WAITS = [FILE, TIME, LOAD, LATE, OVERRUNS, WAIT, COMPLETE, COMPLETE_START, BACKLOG, RAW_LEFT,
          CPU, FRAMES]
 
+# Issue 18: the same loop and frames through LeRobot's own dataset and through the farm
+# (lerobot_compare_<time>.json), and plain lerobot-record against recorder lerobot-record
+# (lerobot_record_<time>.json); 4 cameras 640x480 at 30 fps, 2 x 10 s. Not measured yet:
+# the files go here once taken on a quiet machine (the README says so until then).
+LEROBOT_COMPARE: list[str] = []
+LEROBOT_RECORD: list[str] = []
+LEROBOT_ARGS = "--episodes 2 --episode-time 10 --fps 30 --width 640 --height 480"
+LEROBOT_COMPARE_COMMANDS = (
+    f"recorder benchmark lerobot --mode real {'--camera real_clip.mp4 ' * 4}{LEROBOT_ARGS}",
+    f"recorder benchmark lerobot --cameras 4 {LEROBOT_ARGS}")
+LEROBOT_RECORD_COMMAND = f"recorder benchmark lerobot-record --cameras 4 {LEROBOT_ARGS}"
+
 # Compare tables: rows of metrics, a column per run.
 COMPARE = [FILE, LOAD, RECORDING, ENCODING, BLOCKED, READY, LATE, FRAMES, ENCODE_STAGE,
            WORKERS, SPEEDUP, REDUCTION, BACKGROUND]
@@ -196,6 +209,15 @@ def readme_tables(r: Results) -> dict[str, Callable[[], Table | Pending]]:
                                             [NICE, FILE, TIME, LOAD, LATE, TOTAL_CAPTURE, BUSY]),
         "continuous": measured(CONTINUOUS, lambda: by_run(r, CONTINUOUS, WAITS),
                                CONTINUOUS_COMMAND),
+        "lerobot-compare": measured(
+            LEROBOT_COMPARE, lambda: lerobot_tables.compare_table(r, LEROBOT_COMPARE),
+            *LEROBOT_COMPARE_COMMANDS),
+        "lerobot-goal": measured(LEROBOT_COMPARE,
+                                 lambda: lerobot_tables.goal_table(r, LEROBOT_COMPARE),
+                                 *LEROBOT_COMPARE_COMMANDS),
+        "lerobot-record": measured(LEROBOT_RECORD,
+                                   lambda: lerobot_tables.record_table(r, LEROBOT_RECORD),
+                                   LEROBOT_RECORD_COMMAND),
         "raw-formats": script(RAW_FORMATS, RawFormatsResult, script_tables.raw_formats),
         "worker-efficiency": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
                                     script_tables.worker_efficiency),
