@@ -92,7 +92,9 @@ def test_compare_prints_the_report_writes_both_files_and_analyze_charts_them(
         asked = sum(ep.frames for ep in result.episodes) / result.config.fps
         assert t.complete_after_last_frame_ratio == pytest.approx(
             t.complete_after_last_frame_s / asked)
-        assert t.complete_after_start_ratio is not None and t.complete_after_start_ratio > 1
+        assert result.dataset_complete_at is not None
+        assert t.complete_after_start_ratio == pytest.approx(
+            (result.dataset_complete_at - result.episodes[0].started_at) / asked)
         assert t.raw_left_bytes == 0 and not result.raw_kept
     # Sync blocking: committing each episode, then encoding it inline.
     committing = sum(ep.save_s for ep in sync.episodes)
