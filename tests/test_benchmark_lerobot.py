@@ -169,6 +169,17 @@ def test_the_comparison_report() -> None:
            "end, 0 frames lost: met" in text
 
 
+def test_slots_over_a_period_with_synthetic_cameras_are_said_to_be_partly_the_harness() -> None:
+    result = comparison()
+    assert "the harness's cost" not in format_comparison(result)
+    result.runs[1].episodes[0].overrun_slots = [3, 4]
+    text = format_comparison(result)
+    assert "2 slots took over a period of the loop's own work, and the synthetic cameras make " \
+           "their frames inside the loop: partly the harness's cost" in text
+    result.config.camera_mode = "real"
+    assert "the harness's cost" not in format_comparison(result)
+
+
 def test_the_record_comparison_report() -> None:
     text = format_record_comparison(record_comparison())
     assert "lerobot-record (exit code 0):\n  Late loop cycles per episode (its sleep asked " \

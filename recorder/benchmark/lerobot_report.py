@@ -30,10 +30,20 @@ def _complete(run: ComparedRun) -> str:
             "capture time")
 
 
-def run_lines(run: ComparedRun) -> list[str]:
-    """What one variant made the robot's loop and its user go through."""
+def run_lines(run: ComparedRun, *, synthetic: bool = False) -> list[str]:
+    """What one variant made the robot's loop and its user go through.
+
+    Args:
+        synthetic: the cameras were synthetic ones, which make their frames in the loop.
+    """
     episodes = run.episodes
     overruns = sum(len(ep.overrun_slots) for ep in episodes)
+    harness = []
+    if synthetic and overruns:
+        harness = [f"  {overruns} slots took over a period of the loop's own work, and the "
+                   "synthetic cameras make their frames inside the loop: partly the "
+                   "harness's cost (replayed files, --mode real, decode in threads of their "
+                   "own as camera drivers deliver)"]
     counted = all(ep.frames_in_videos for ep in episodes)
     lost = ", ".join(f"{camera} {n}" for camera, n in run.lost.items())
     return [
@@ -43,6 +53,7 @@ def run_lines(run: ComparedRun) -> list[str]:
         f"work per slot, median {statistics.median(ep.busy_ms_median for ep in episodes):.1f} "
         f"ms, of which the cameras' and robot's reads "
         f"{statistics.median(ep.read_ms_median for ep in episodes):.1f} ms",
+        *harness,
         f"  Blocked at each episode end (save_episode): {_ms_list([ep.save_s for ep in episodes])}",
         f"  Frames lost per camera (added, not in its video): {lost}"
         + ("" if counted else " (an episode's videos were not counted: missing)"),
@@ -64,7 +75,7 @@ def format_comparison(result: LeRobotComparison) -> str:
              f" at {c.fps} fps, {c.episodes} x {c.episode_time_s:g} s (reset {c.reset_time_s:g}"
              f" s); {c.codec} crf {c.crf} g {c.gop} preset {c.preset}, {c.pix_fmt}", ""]
     for run in result.runs:
-        lines += [*run_lines(run), ""]
+        lines += [*run_lines(run, synthetic=c.camera_mode == "synthetic"), ""]
     farm = [run for run in result.runs if run.variant == "farm"]
     if farm:
         misses = goal_misses(farm[0])
