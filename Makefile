@@ -16,7 +16,7 @@ LEROBOT_RUN := PYTHONPATH=$(CURDIR) $(LEROBOT_VENV)/bin/python
 # pytest's 5 (no tests collected) fails too, said: a marker or a path went wrong.
 pytest = $(1) -m pytest $(2); status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests ($(2))" >&2; fi; exit $$status
 
-.PHONY: demo test test-main test-fast test-lerobot lerobot-conformance lerobot-env lerobot-demo lint tables clean
+.PHONY: demo test test-main test-fast test-lerobot lerobot-conformance lerobot-env lerobot-demo lerobot-benchmark lint tables clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ test-lerobot: $(LEROBOT_VENV)/.installed $(BIN)/.installed
 		$(call pytest,$(LEROBOT_RUN),-m lerobot)
 
 lerobot-conformance: test-lerobot  # its name before the LeRobot suite grew
+
+# recorder benchmark in the LeRobot environment, for its LeRobot comparisons, e.g.
+#   make lerobot-benchmark ARGS="lerobot --cameras 4 --episodes 2 --episode-time 10"
+lerobot-benchmark: $(LEROBOT_VENV)/.installed
+	$(LEROBOT_RUN) -m recorder.cli benchmark $(ARGS)
 
 # lerobot-record's own loop with a synthetic robot and 2 cameras, on the zero-config farm.
 lerobot-demo: $(LEROBOT_VENV)/.installed

@@ -17,7 +17,9 @@ from typing import TypeVar
 import result_files
 from result_files import ScriptResult
 
+from recorder.benchmark import lerobot_results
 from recorder.benchmark import results as benchmark_results
+from recorder.benchmark.lerobot_results import LeRobotBenchmark
 from recorder.benchmark.results import BenchmarkResult
 
 MARKER = re.compile(r"<!-- (/?)table:([a-z0-9-]+) -->")
@@ -45,8 +47,22 @@ class Table:
                                  f"columns: {list(row)}")
 
 
-def render(table: Table) -> str:
+@dataclass(frozen=True)
+class Pending:
+    """A table whose results files are not committed yet: it says so, and how to make
+    them, instead of showing numbers."""
+
+    commands: Sequence[str]
+    why: str = "not measured yet"
+
+
+def render(table: Table | Pending) -> str:
     """The table in markdown, then its sources' note (when it has sources)."""
+    if isinstance(table, Pending):
+        made = " and of ".join(f"`{command}`" for command in table.commands)
+        return (f"**No results file is committed for this table yet** ({table.why}). It is "
+                f"made from the results files of {made}: commit them to results/, name them "
+                f"in benchmarks/tables.py, and run `python benchmarks/tables.py`.")
     right = list(table.right) or [False] + [True] * (len(table.header) - 1)
     lines = ["| " + " | ".join(table.header) + " |",
              "|" + "|".join("---:" if r else "---" for r in right) + "|"]
@@ -78,6 +94,12 @@ def describe(path: Path) -> tuple[str, str]:
     """How a results file was made (a script's: its command, code, date and load;
     `recorder benchmark`'s: its command, where the file holds it), and on what machine."""
     text = path.read_text()
+    if path.stem.rpartition("_")[0] in LEROBOT_KINDS:
+        head = LeRobotBenchmark.model_validate_json(text)
+        env = head.environment
+        return (f"`{head.command}` (LeRobot {head.lerobot})." if head.command else "",
+                f"{env.cpu_model}, {env.cpu_count} CPUs, Python {env.python}, "
+                f"PyAV {env.pyav}, FFmpeg {env.ffmpeg}")
     try:
         script = result_files.ScriptResult.model_validate_json(text)
     except ValueError:
@@ -105,6 +127,9 @@ def quiet(result: ScriptResult) -> bool:
 
 
 S = TypeVar("S", bound=ScriptResult)
+L = TypeVar("L", bound=LeRobotBenchmark)
+# Results files of the LeRobot comparisons, by the name they start with.
+LEROBOT_KINDS = ("lerobot_compare", "lerobot_record")
 
 
 @dataclass
@@ -131,6 +156,17 @@ class Results:
         assert isinstance(result, BenchmarkResult)
         return result
 
+    def lerobot(self, name: str, model: type[L]) -> L:
+        """A LeRobot comparison's results file (`recorder benchmark lerobot[-record]`)."""
+        if name not in self._read:
+            try:
+                self._read[name] = lerobot_results.load(self.path(name), model)
+            except lerobot_results.ResultsFileError as exc:
+                raise TableError(str(exc)) from exc
+        result = self._read[name]
+        assert isinstance(result, model)
+        return result
+
     def script(self, name: str, model: type[S]) -> S:
         """A results file of one of benchmarks/*.py."""
         if name not in self._read:
@@ -143,7 +179,7 @@ class Results:
         return result
 
 
-def rewrite(text: str, tables: Mapping[str, Callable[[], Table]]) -> str:
+def rewrite(text: str, tables: Mapping[str, Callable[[], Table | Pending]]) -> str:
     """text with every table region's content made anew.
 
     Raises:

@@ -131,6 +131,46 @@ def _ready(run: Run) -> str:
     return "-" if drain is None else f"{drain:.1f} s"
 
 
+def _complete(run: Run) -> str:
+    t = run.result.totals
+    if not _set(t, "complete_after_start_ratio"):
+        return "-"  # made before the file kept it
+    if t.complete_after_last_frame_s is None or t.complete_after_last_frame_ratio is None:
+        return "not complete"
+    return f"{t.complete_after_last_frame_s:.1f} s ({t.complete_after_last_frame_ratio:.2f}x)"
+
+
+def _complete_start(run: Run) -> str:
+    t = run.result.totals
+    if not _set(t, "complete_after_start_ratio"):
+        return "-"
+    ratio = t.complete_after_start_ratio
+    return "not complete" if ratio is None else f"{ratio:.2f}"
+
+
+def _backlog(run: Run) -> str:
+    if run.result.mode == "sync":
+        return "-"  # inline: nothing waits for a worker
+    episodes = run.result.episodes
+    if not all(_set(ep, "backlog") for ep in episodes):
+        return "-"
+    return f"{run.result.totals.backlog_max} ({joined(ep.backlog for ep in episodes)})"
+
+
+def _raw_left(run: Run) -> str:
+    t = run.result.totals
+    if not _set(t, "raw_left_bytes"):
+        return "-"
+    return f"{t.raw_left_bytes / 1e6:.0f} MB" if t.raw_left_bytes else "0"
+
+
+def _overruns(run: Run) -> str:
+    episodes = run.result.episodes
+    if not all(_set(ep, "overrun_slots") for ep in episodes):
+        return "-"
+    return joined(len(ep.overrun_slots) for ep in episodes)
+
+
 def _workers(run: Run) -> str:
     r = run.result
     if r.mode == "sync":
@@ -156,6 +196,12 @@ COMMIT = Metric("commit behind the next capture, median", _commit)
 TOTAL_CAPTURE = Metric("total recording time / capture time",
                        lambda run: f"{_ratio(run):.3f}")
 READY = Metric("all videos verified, after the last frame", _ready)
+COMPLETE = Metric("dataset complete after the last frame (x capture time)", _complete)
+COMPLETE_START = Metric("dataset complete after capture start / capture time", _complete_start)
+BACKLOG = Metric("largest backlog, episodes (per episode)", _backlog)
+RAW_LEFT = Metric("raw bytes left at the end", _raw_left)
+OVERRUNS = Metric("slots over a period of the loop's own work, per episode", _overruns,
+                  right=False)
 RAW = Metric("raw bytes per camera frame", _raw)
 CPU = Metric("recorder CPU per camera frame (sync: inline encodes too)", _cpu)
 BUSY = Metric("loop's work per slot, median / p99, per episode (of 33.3 ms)", _busy, right=False)

@@ -25,8 +25,9 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import lerobot_tables
 import script_tables
-from markdown_tables import Results, Table, TableError, rewrite
+from markdown_tables import Pending, Results, Table, TableError, rewrite
 from result_files import (
     RESULTS_DIR,
     RawFormatsResult,
@@ -36,10 +37,13 @@ from result_files import (
 )
 from run_tables import (
     BACKGROUND,
+    BACKLOG,
     BLOCKED,
     BUSY,
     COMMIT,
     COMMITTING,
+    COMPLETE,
+    COMPLETE_START,
     CPU,
     ENCODE_STAGE,
     ENCODING,
@@ -50,7 +54,9 @@ from run_tables import (
     LATE_WHICH,
     LOAD,
     NICE,
+    OVERRUNS,
     RAW,
+    RAW_LEFT,
     READY,
     RECORDING,
     REDUCTION,
@@ -117,6 +123,27 @@ GOALS = [
          partial(goal_split, name=SPLIT_EPISODE, most=1.2)),
 ]
 
+# Issue 21's continuous recording: 4 cameras, 6 episodes of 20 s back to back. The runs'
+# results files go here once measured on a quiet machine (the README says so until then).
+CONTINUOUS: list[str] = []
+CONTINUOUS_COMMAND = ("recorder benchmark --async-encoding --episodes 6 --episode-time 20 "
+                      "--reset-time 0 --fps 30 --cameras 4")
+# What the user waits for (issue 21), one row per run.
+WAITS = [FILE, TIME, LOAD, LATE, OVERRUNS, WAIT, COMPLETE, COMPLETE_START, BACKLOG, RAW_LEFT,
+         CPU, FRAMES]
+
+# Issue 18: the same loop and frames through LeRobot's own dataset and through the farm
+# (lerobot_compare_<time>.json), and plain lerobot-record against recorder lerobot-record
+# (lerobot_record_<time>.json); 4 cameras 640x480 at 30 fps, 2 x 10 s. Not measured yet:
+# the files go here once taken on a quiet machine (the README says so until then).
+LEROBOT_COMPARE: list[str] = []
+LEROBOT_RECORD: list[str] = []
+LEROBOT_ARGS = "--episodes 2 --episode-time 10 --fps 30 --width 640 --height 480"
+LEROBOT_COMPARE_COMMANDS = (
+    f"recorder benchmark lerobot --mode real {'--camera real_clip.mp4 ' * 4}{LEROBOT_ARGS}",
+    f"recorder benchmark lerobot --cameras 4 {LEROBOT_ARGS}")
+LEROBOT_RECORD_COMMAND = f"recorder benchmark lerobot-record --cameras 4 {LEROBOT_ARGS}"
+
 # Compare tables: rows of metrics, a column per run.
 COMPARE = [FILE, LOAD, RECORDING, ENCODING, BLOCKED, READY, LATE, FRAMES, ENCODE_STAGE,
            WORKERS, SPEEDUP, REDUCTION, BACKGROUND]
@@ -124,7 +151,13 @@ SESSION = [FILE, LOAD, LATE, LATE_WHICH, WAIT, TOTAL_CAPTURE, READY, RAW, CPU, B
 OLD_NEW = [FILE, LOAD, WAIT, COMMIT, TOTAL_CAPTURE, LATE, BUSY, FRAMES]
 
 
-def readme_tables(r: Results) -> dict[str, Callable[[], Table]]:
+def measured(names: list[str], make: Callable[[], Table], *commands: str
+             ) -> Callable[[], Table | Pending]:
+    """The table of these results files, or, while none is committed, a note saying so."""
+    return make if names else lambda: Pending(commands)
+
+
+def readme_tables(r: Results) -> dict[str, Callable[[], Table | Pending]]:
     """Region name -> how its table is made."""
     def script(name: str, model: type, make: Callable[..., Table]) -> Callable[[], Table]:
         return lambda: make(r.script(name, model), r.path(name))
@@ -174,6 +207,17 @@ def readme_tables(r: Results) -> dict[str, Callable[[], Table]]:
             [FILE, TIME, LOAD, LATE, WAIT, TOTAL_CAPTURE, RAW, FRAMES]),
         "replay-background": lambda: by_run(r, REPLAYED_LOADED,
                                             [NICE, FILE, TIME, LOAD, LATE, TOTAL_CAPTURE, BUSY]),
+        "continuous": measured(CONTINUOUS, lambda: by_run(r, CONTINUOUS, WAITS),
+                               CONTINUOUS_COMMAND),
+        "lerobot-compare": measured(
+            LEROBOT_COMPARE, lambda: lerobot_tables.compare_table(r, LEROBOT_COMPARE),
+            *LEROBOT_COMPARE_COMMANDS),
+        "lerobot-goal": measured(LEROBOT_COMPARE,
+                                 lambda: lerobot_tables.goal_table(r, LEROBOT_COMPARE),
+                                 *LEROBOT_COMPARE_COMMANDS),
+        "lerobot-record": measured(LEROBOT_RECORD,
+                                   lambda: lerobot_tables.record_table(r, LEROBOT_RECORD),
+                                   LEROBOT_RECORD_COMMAND),
         "raw-formats": script(RAW_FORMATS, RawFormatsResult, script_tables.raw_formats),
         "worker-efficiency": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
                                     script_tables.worker_efficiency),

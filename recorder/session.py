@@ -49,6 +49,9 @@ class SessionReport:
     # CPU seconds of the recorder's process (all its threads) from the first episode to
     # the recorder being free: capture, raw writers, commits, submission; inline encodes.
     recorder_cpu_s: float = 0.0
+    # unix time finalize() returned with every episode in the dataset (meta/info.json
+    # counts them); None when some were left out (not waited for, a failed video).
+    dataset_complete_at: float | None = None
 
     @property
     def total_recording_s(self) -> float:
@@ -116,6 +119,7 @@ class RecordingSession:
             recording_done_at = time.time()
             recorder_cpu_s = time.process_time() - cpu_started
             completion = dataset.finalize()
+            complete_at = time.time() if completion.complete else None
         except BaseException:
             dataset.abort()
             raise
@@ -127,7 +131,7 @@ class RecordingSession:
             results=dataset.results, started_at=started_at,
             recording_done_at=recording_done_at, all_ready_at=all_ready_at,
             raw_storage=dataset.raw_storage.url, output_storage=dataset.storage.url,
-            completion=completion, recorder_cpu_s=recorder_cpu_s)
+            completion=completion, recorder_cpu_s=recorder_cpu_s, dataset_complete_at=complete_at)
 
     def _record_one(self, dataset: FarmDataset) -> bool:
         """Record and save one episode; True when it was interrupted (not saved)."""

@@ -87,6 +87,15 @@ def test_compare_prints_the_report_writes_both_files_and_analyze_charts_them(
         assert (out / result.raw_storage).is_dir() and result.raw_storage.startswith("runs/")
         assert result.command == ("recorder benchmark --compare " + " ".join(SMALL)
                                   + " --video-encoding-workers 1 --output-dir results")
+        # What the user waits for: the dataset complete after the capture, no raw left.
+        assert t.complete_after_last_frame_s is not None
+        asked = sum(ep.frames for ep in result.episodes) / result.config.fps
+        assert t.complete_after_last_frame_ratio == pytest.approx(
+            t.complete_after_last_frame_s / asked)
+        assert result.dataset_complete_at is not None
+        assert t.complete_after_start_ratio == pytest.approx(
+            (result.dataset_complete_at - result.episodes[0].started_at) / asked)
+        assert t.raw_left_bytes == 0 and not result.raw_kept
     # Sync blocking: committing each episode, then encoding it inline.
     committing = sum(ep.save_s for ep in sync.episodes)
     assert sync.totals.blocking_s == pytest.approx(sync.totals.encoding_s + committing)
@@ -122,6 +131,7 @@ def test_real_mode_records_a_video_file_as_a_camera(tmp_path: Path) -> None:
     assert (result.config.width, result.config.height) == (176, 144)  # the file's own size
     assert result.totals.frames_in_videos == result.totals.frames_recorded == 10
     assert result.raw_kept and list(out.glob("runs/*/dataset/raw/**/manifest.json"))
+    assert result.totals.raw_left_bytes >= 10 * 176 * 144 * 3 // 2  # yuv420p frames, kept
     (video,) = videos(out)
     frames, _ = decode_rgb(video)
     # The file replays in order, at its own rate: 1 s of a 2 s file never loops.
@@ -190,3 +200,22 @@ def test_background_load_runs_beside_the_recording_and_is_reported(
     left = subprocess.run(["pgrep", "-f", f"recorder.benchmark.background .* {out.absolute()}"],
                           capture_output=True, text=True)
     assert left.returncode == 1, f"load processes still running: {left.stdout}"
+
+
+@pytest.mark.integration
+def test_continuous_recording_reports_the_backlog_of_every_episode(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results"
+    code = main(["benchmark", "--async-encoding", *SMALL[2:], "--episodes", "3",
+                 "--reset-time", "0", "--video-encoding-workers", "1", "--output-dir", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    (result_file,) = out.glob("async_benchmark_*.json")
+    result = load(result_file)
+    assert len(result.episodes) == 3 and result.config.reset_time_s == 0
+    backlogs = [ep.backlog for ep in result.episodes]
+    assert all(b >= 0 for b in backlogs) and result.totals.backlog_max == max(backlogs)
+    assert "Backlog: at most " in printed and \
+        f"reached the farm: {', '.join(map(str, backlogs))})" in printed
+    assert "Dataset complete " in printed and "Raw frames left on disk: 0.0 MB" in printed
+    assert result.totals.frames_in_videos == result.totals.frames_recorded == 3 * 15

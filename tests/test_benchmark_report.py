@@ -13,7 +13,7 @@ from benchmark_results import (
 from test_benchmark_results import ENV
 
 from recorder.benchmark.report import format_report, verdicts
-from recorder.benchmark.results import from_session
+from recorder.benchmark.results import BenchmarkResult, from_session
 
 EXPECTED_LAYOUT = """\
 ================================================================================
@@ -148,3 +148,55 @@ def test_report_of_a_recorded_session_with_a_failed_video() -> None:
     assert "Frames that missed their capture deadline: 3 of 59" in text
     assert "Frames recorded: 117, in verified videos: 89 (4 videos, 1 failed)" in text
     assert "5.90s after the first frame, 3.00s after the last frame" in text
+
+
+def test_the_report_says_when_the_dataset_was_complete_the_backlog_and_raw_left() -> None:
+    report = make_session_report("async", [], all_ready_at=T0 + 6.0)
+    report.dataset_complete_at = T0 + 6.0
+    report.episodes[0].backlog, report.episodes[1].backlog = 0, 2
+    text = format_report(None, from_session(report, config=make_config("async"),
+                                            environment=ENV, raw_left_bytes=5_000_000))
+    assert ("Dataset complete 3.00s after the last frame (1.53x the capture time of 2.0s); "
+            "from the capture's start 3.00x the capture time") in text
+    assert "Backlog: at most 2 episodes recorded and not encoded yet (per episode, once it " \
+           "reached the farm: 0, 2)" in text
+    assert "Raw frames left on disk: 5.0 MB" in text
+
+
+def test_an_incomplete_dataset_is_said() -> None:
+    report = make_session_report("async", [], all_ready_at=None)
+    text = format_report(None, from_session(report, config=make_config("async"),
+                                            environment=ENV))
+    assert "Dataset complete: not in this run" in text
+
+
+def overrun_result(camera_mode: str) -> BenchmarkResult:
+    result = make_result("async", total_s=20, encoding_s=5, blocking_s=0.01, late_frames=6)
+    result.config.camera_mode = camera_mode  # type: ignore[assignment]
+    for episode in result.episodes:
+        episode.overrun_slots = [4, 5]
+        episode.busy_ms_median, episode.read_ms_median = 36.0, 22.0
+    return result
+
+
+def test_slots_late_by_synthetic_frame_making_are_the_harness_cost() -> None:
+    result = overrun_result("synthetic")
+    [harness] = [v for v in verdicts(None, result) if v.code == "async_harness_cost"]
+    assert harness.level == "warning"
+    assert "4 of the 6 late slots took longer than a period (33.3 ms) of the loop's own " \
+           "work, not of waiting" in harness.message
+    assert "of which the cameras' and robot's reads 22.0 ms" in harness.message
+    assert "the benchmark harness's cost, not the farm's" in harness.message
+    assert harness.fix and "--mode real" in harness.fix
+    assert "Slots whose own work took longer than a period: 4" in format_report(None, result)
+
+
+def test_overruns_with_real_cameras_are_not_blamed_on_the_harness() -> None:
+    codes = {v.code for v in verdicts(None, overrun_result("real"))}
+    assert "async_loop_overrun" in codes and "async_harness_cost" not in codes
+
+
+def test_no_overrun_no_harness_verdict() -> None:
+    result = make_result("async", total_s=20, encoding_s=5, blocking_s=0.01, late_frames=60)
+    codes = {v.code for v in verdicts(None, result)}
+    assert not {"async_harness_cost", "async_loop_overrun"} & codes

@@ -154,3 +154,46 @@ def test_totals_without_waiting_for_the_farm() -> None:
     t = from_session(report, config=make_config("async"), environment=ENV).totals
     assert t.drain_from_first_frame_s is None and t.drain_from_last_frame_s is None
     assert t.encoding_s == 0.0 and t.tasks == 0 and t.stages == {}
+
+
+def test_what_the_user_waits_for_completion_backlog_and_raw_left() -> None:
+    # Captures of 30 and 29 slots at 30 fps (asked: 59/30 s) at T0+0.1 and T0+2.0, 1 s each;
+    # the dataset is complete at T0+6.0.
+    report = make_session_report("async", [], all_ready_at=T0 + 6.0)
+    report.dataset_complete_at = T0 + 6.0
+    report.episodes[0].backlog, report.episodes[1].backlog = 1, 2
+    result = from_session(report, config=make_config("async"), environment=ENV,
+                          raw_left_bytes=1234)
+    t = result.totals
+    assert t.capture_s == pytest.approx(2.0)  # as measured
+    assert t.complete_after_last_frame_s == pytest.approx(3.0)
+    assert t.complete_after_last_frame_ratio == pytest.approx(3.0 / (59 / 30))
+    assert t.complete_after_start_ratio == pytest.approx(5.9 / (59 / 30))
+    assert [ep.backlog for ep in result.episodes] == [1, 2] and t.backlog_max == 2
+    assert t.raw_left_bytes == 1234
+    assert result.dataset_complete_at == T0 + 6.0
+
+
+def test_a_dataset_left_incomplete_has_no_completion_time() -> None:
+    report = make_session_report("async", [], all_ready_at=T0 + 6.0)  # not complete
+    t = from_session(report, config=make_config("async"), environment=ENV).totals
+    assert t.complete_after_last_frame_s is None and t.complete_after_start_ratio is None
+
+
+def test_a_file_made_before_these_fields_still_loads_without_them(tmp_path: Path) -> None:
+    data = json.loads(make_result("async", total_s=20, encoding_s=10, blocking_s=0.01)
+                      .model_dump_json())
+    for key in ("complete_after_last_frame_s", "backlog_max",
+                "raw_left_bytes", "complete_after_last_frame_ratio",
+                "complete_after_start_ratio"):
+        del data["totals"][key]
+    for episode in data["episodes"]:
+        for key in ("backlog", "read_ms_median", "read_ms_p99", "overrun_slots"):
+            del episode[key]
+    del data["dataset_complete_at"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    old = load(path)
+    assert old.schema_version == SCHEMA_VERSION
+    assert "raw_left_bytes" not in old.totals.model_fields_set  # tables show '-', not 0
+    assert old.totals.complete_after_last_frame_s is None

@@ -33,12 +33,16 @@ from result_files import (
     WorkerEfficiencyResult,
 )
 
+from recorder.benchmark import lerobot_results
 from recorder.benchmark import results as benchmark_results
 
 RESULTS = REPO / "benchmarks" / "results"
 MODELS: dict[str, type[result_files.ScriptResult]] = {
     "worker_efficiency": WorkerEfficiencyResult, "raw_formats": RawFormatsResult,
     "split_episode": SplitEpisodeResult, "status_latency": StatusLatencyResult}
+LEROBOT_MODELS: dict[str, type[lerobot_results.LeRobotBenchmark]] = {
+    "lerobot_compare": lerobot_results.LeRobotComparison,
+    "lerobot_record": lerobot_results.LeRobotRecordComparison}
 
 
 def test_the_readme_tables_are_what_the_committed_results_files_give(
@@ -55,6 +59,8 @@ def test_every_committed_results_file_is_read_by_its_schema() -> None:
         kind = path.stem.rpartition("_")[0]
         if kind in ("sync_benchmark", "async_benchmark"):
             benchmark_results.load(path)
+        elif kind in LEROBOT_MODELS:
+            lerobot_results.load(path, LEROBOT_MODELS[kind])
         else:
             assert kind in MODELS, f"{path.name}: no schema reads it"
             result = result_files.load(path, MODELS[kind])
@@ -230,3 +236,38 @@ def test_a_run_that_waited_for_quiet_in_vain_says_so_and_decides_no_goal(tmp_pat
            "below 1, it measured at 3.50" in note
     _, met, _ = run_tables.goal_split(Results(tmp_path), path.stem, most=1.2)
     assert met == "not shown: measured at load 3.50, rerun"
+
+
+# -- what the user waits for (issue 21), and tables still to be measured -------------------
+
+def test_a_table_without_committed_files_says_so_instead_of_numbers() -> None:
+    made = tables.measured([], lambda: one_table(), "recorder benchmark --episodes 6")()
+    text = render(made)
+    assert text.startswith("**No results file is committed for this table yet**")
+    assert "`recorder benchmark --episodes 6`" in text and "|" not in text
+    assert tables.measured(["x"], one_table, "cmd")() == one_table()
+
+
+def test_the_waits_of_a_run_and_of_a_file_made_before_them(tmp_path: Path) -> None:
+    from benchmark_results import make_result
+
+    new = make_result("async", total_s=20, encoding_s=10, blocking_s=0.01, started_at=1.0)
+    t = new.totals
+    t.complete_after_last_frame_s = 5.0
+    t.complete_after_last_frame_ratio, t.complete_after_start_ratio = 0.25, 1.25
+    t.backlog_max, t.raw_left_bytes = 2, 0
+    for episode, backlog in zip(new.episodes, (1, 2), strict=True):
+        episode.backlog, episode.overrun_slots = backlog, [3] * backlog
+    benchmark_results.save(new, tmp_path / "async_benchmark_1.json")
+    old = make_result("async", total_s=20, encoding_s=10, blocking_s=0.01, started_at=2.0)
+    data = json.loads(old.model_dump_json(exclude={"totals": {"complete_after_start_ratio",
+                                                              "raw_left_bytes"}}))
+    for episode in data["episodes"]:
+        del episode["backlog"], episode["overrun_slots"]
+    (tmp_path / "async_benchmark_2.json").write_text(json.dumps(data))
+    metrics = [run_tables.COMPLETE, run_tables.COMPLETE_START, run_tables.BACKLOG,
+               run_tables.RAW_LEFT, run_tables.OVERRUNS]
+    table = run_tables.by_run(Results(tmp_path), ["async_benchmark_1", "async_benchmark_2"],
+                              metrics)
+    assert table.rows == [["5.0 s (0.25x)", "1.25", "2 (1, 2)", "0", "1, 2"],
+                          ["-", "-", "-", "-", "-"]]

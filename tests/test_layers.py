@@ -21,7 +21,9 @@ RECORDER_LAYERS: dict[str, set[str]] = {
     "recorder.settings": {"recorder.dataset", "recorder.farm"},
     "recorder.session": USE_CASE,
     "recorder.pending": USE_CASE,
-    "recorder.benchmark": USE_CASE | {"recorder.session"},
+    # The benchmark measures the use cases: `recorder record`'s session, and lerobot-record
+    # on the farm against LeRobot's own (recorder benchmark lerobot | lerobot-record).
+    "recorder.benchmark": USE_CASE | {"recorder.session", "recorder.lerobot"},
     "recorder.lerobot": USE_CASE | {"recorder.session"},
     "recorder.cli": {"recorder"},
 }

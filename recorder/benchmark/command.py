@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
+from types import ModuleType
 
 from rich.console import Console
 from rich.table import Table
@@ -17,13 +19,31 @@ from recorder.progress import report_console
 
 DEMO_EPISODE_TIME_S = 5.0
 DEMO_WORKERS = (1, 2, 4)
+LEROBOT_ACTIONS = ("lerobot", "lerobot-record")
+# Settings the LeRobot comparisons refuse, and why.
+NOT_FOR_LEROBOT = {
+    "compare": ("--compare", "they record LeRobot's runs and the farm's themselves"),
+    "async_encoding": ("--async-encoding", "they record LeRobot's runs and the farm's "
+                                           "themselves"),
+    "background_load": ("--background-load", "its processes would count as the recorder's "
+                                             "child processes"),
+    "storage": ("--storage", "every dataset goes under --output-dir, where its videos are "
+                             "decoded and counted"),
+    "output_storage": ("--output-storage", "every dataset goes under --output-dir, where its "
+                                           "videos are decoded and counted"),
+}
 
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser, *,
                             aliases: dict[str, str] | None = None) -> None:
-    parser.add_argument("action", nargs="?", choices=["demo"],
+    parser.add_argument("action", nargs="?", choices=["demo", *LEROBOT_ACTIONS],
                         help="demo: a short --compare, then an async sweep over "
-                             f"{', '.join(map(str, DEMO_WORKERS))} workers, with charts")
+                             f"{', '.join(map(str, DEMO_WORKERS))} workers, with charts; "
+                             "lerobot: the same loop and frames through LeRobot's own dataset "
+                             "(inline, then streaming) and through the farm; lerobot-record: "
+                             "plain lerobot-record against recorder lerobot-record on the "
+                             "synthetic robot (both need LeRobot: "
+                             "pip install 'robot-encoding-farm[lerobot]')")
     fields = [f for f in BenchmarkSettings.model_fields if f not in NOT_FLAGS]
     add_settings_arguments(parser, BenchmarkSettings, fields=fields,
                            aliases={a: f for a, f in (aliases or {}).items() if f in fields})
@@ -42,6 +62,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_benchmark_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from recorder.benchmark import report, runner
+    from recorder.benchmark.lerobot_results import ComparisonFailed
     from recorder.capture.cameras import CameraError
     from recorder.capture.priority import PriorityRefused, raised_priority
     from recorder.farm.setup import RecorderError
@@ -57,11 +78,26 @@ def run_benchmark_command(parser: argparse.ArgumentParser, args: argparse.Namesp
     if args.action == "demo" and settings.broker is not None:
         parser.error("benchmark demo sweeps the workers of the zero-config farm; leave out "
                      "--broker (an external farm's workers are its own)")
+    lerobot_record = None
+    if args.action in LEROBOT_ACTIONS:
+        for name, (flag, why) in NOT_FOR_LEROBOT.items():
+            if name in settings.model_fields_set:
+                parser.error(f"benchmark {args.action}: leave out {flag} ({why})")
+        from recorder.lerobot.compat import LeRobotUnsupported, check_lerobot
+
+        try:
+            lerobot_record = check_lerobot()
+        except LeRobotUnsupported as exc:
+            print(f"recorder benchmark {args.action}: {exc}", file=sys.stderr)
+            return 2
     console = report_console()
     # As `recorder record`: SIGTERM unwinds like Ctrl-C, so the local farm is stopped.
     interrupt_on_sigterm()
     try:
         with raised_priority(settings.capture_nice):
+            if lerobot_record is not None:
+                return run_lerobot(args.action, settings, lerobot_record, console=console,
+                                   command=command)
             if args.action == "demo":
                 results = run_demo(settings, console=console, command=command)
             else:
@@ -74,7 +110,7 @@ def run_benchmark_command(parser: argparse.ArgumentParser, args: argparse.Namesp
                 results = [result for _, result in saved.values()]
     except PriorityRefused as exc:
         parser.error(str(exc))
-    except (RecorderError, CameraError) as exc:
+    except (RecorderError, CameraError, ComparisonFailed) as exc:
         console.print(f"[red]recorder benchmark: {exc}[/red]")
         return 1
     except KeyboardInterrupt:
@@ -82,6 +118,32 @@ def run_benchmark_command(parser: argparse.ArgumentParser, args: argparse.Namesp
                       f"{settings.output_dir}[/yellow]")
         return 130
     return 1 if any(r.totals.tasks_failed for r in results) else 0
+
+
+def run_lerobot(action: str, settings: BenchmarkSettings, lerobot_record: ModuleType, *,
+                console: Console, command: str | None) -> int:
+    """A LeRobot comparison (check_lerobot passed): report it; 1 when a run fell short
+    (a dataset not complete, a command that failed)."""
+    from recorder.benchmark import lerobot_report
+    from recorder.lerobot.compat import installed_version
+
+    version = str(installed_version())
+    if action == "lerobot":
+        from recorder.benchmark.lerobot_compare import compare
+
+        path, result = compare(settings, lerobot_version=version, command=command)
+        _say(console, lerobot_report.format_comparison(result))
+        failed = any(run.complete_at is None for run in result.runs)
+    else:
+        import recorder.lerobot.synthetic  # noqa: F401  - the farm_synthetic robot and cameras
+        from recorder.benchmark.lerobot_record import compare_record
+
+        path, record = compare_record(settings, lerobot_record, lerobot_version=version,
+                                      command=command)
+        _say(console, lerobot_report.format_record_comparison(record))
+        failed = any(run.exit_code or run.error for run in record.runs)
+    _say(console, f"results: {path}")
+    return 1 if failed else 0
 
 
 def _say(console: Console, text: str) -> None:

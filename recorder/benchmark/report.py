@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from recorder.benchmark.results import STAGES, BenchmarkResult, Verdict
+from recorder.benchmark.results import STAGES, BenchmarkResult, Verdict, capture_time_s
 
 RULE = "=" * 80
 
@@ -148,7 +148,37 @@ def _health_verdicts(result: BenchmarkResult) -> list[Verdict]:
         out.append(Verdict(level="warning", code=f"{name}_late_frames",
                            message=f"{name}: {t.late_frames} of {loop_frames} frames missed "
                                    f"their capture deadline", fix=fix))
+    if harness := _harness_verdict(result, name):
+        out.append(harness)
     return out
+
+
+def _harness_verdict(result: BenchmarkResult, name: str) -> Verdict | None:
+    """Slots late by the loop's own work, not by waiting: with synthetic cameras, which make
+    their frames inside the loop, the benchmark's harness and not the farm."""
+    overruns = sum(len(ep.overrun_slots) for ep in result.episodes)
+    if not overruns:
+        return None
+    late = result.totals.late_frames
+    period_ms = 1000 / result.config.fps
+    reads = statistics.median(ep.read_ms_median for ep in result.episodes)
+    busy = statistics.median(ep.busy_ms_median for ep in result.episodes)
+    message = (f"{name}: {overruns} of the {late} late slots took longer than a period "
+               f"({period_ms:.1f} ms) of the loop's own work, not of waiting; a slot's work "
+               f"is a median {busy:.1f} ms, of which the cameras' and robot's reads "
+               f"{reads:.1f} ms")
+    if result.config.camera_mode == "synthetic":
+        c = result.config
+        return Verdict(
+            level="warning", code=f"{name}_harness_cost",
+            message=message + f". The {c.cameras} synthetic cameras make their "
+                    f"{c.width}x{c.height} frames inside the loop: that is the benchmark "
+                    "harness's cost, not the farm's (a camera's driver delivers frames from "
+                    "a thread of its own)",
+            fix="measure with --mode real --camera FILE (replayed files, decoded ahead in "
+                "threads of their own), or fewer or smaller synthetic cameras")
+    return Verdict(level="warning", code=f"{name}_loop_overrun", message=message,
+                   fix="the capture loop cannot keep up at this fps and size on this host")
 
 
 def comparison_layout(sync: BenchmarkResult, async_: BenchmarkResult) -> list[str]:
@@ -202,6 +232,13 @@ def details(results: list[BenchmarkResult]) -> list[str]:
                         if r.config.background_load else "")
                      + (f", recorder at nice {r.config.capture_nice}"
                         if r.config.capture_nice else "") + "):")
+        lines.append(_complete_line(r))
+        if r.mode == "async":
+            lines.append(f"    Backlog: at most {t.backlog_max} episodes recorded and not "
+                         f"encoded yet (per episode, once it reached the farm: "
+                         f"{', '.join(str(ep.backlog) for ep in r.episodes)})")
+        lines.append(f"    Raw frames left on disk: {t.raw_left_bytes / 1e6:.1f} MB"
+                     + (" (--keep-raw, or episodes not in the dataset)" if r.raw_kept else ""))
         if r.mode == "async":
             if t.drain_from_first_frame_s is None or t.drain_from_last_frame_s is None:
                 lines.append("    All videos ready: not waited for")
@@ -236,7 +273,12 @@ def details(results: list[BenchmarkResult]) -> list[str]:
                 + ", ".join(str(ep.late_frames) for ep in r.episodes)
                 + f"; the loop's work per slot (cameras, robot, add_frame): median "
                 f"{statistics.median(ep.busy_ms_median for ep in r.episodes):.1f} ms, p99 "
-                f"{max(ep.busy_ms_p99 for ep in r.episodes):.1f} ms of {period_ms:.1f} ms")
+                f"{max(ep.busy_ms_p99 for ep in r.episodes):.1f} ms of {period_ms:.1f} ms"
+                f" (the cameras' and robot's reads: median "
+                f"{statistics.median(ep.read_ms_median for ep in r.episodes):.1f} ms)")
+            if overruns := sum(len(ep.overrun_slots) for ep in r.episodes):
+                lines.append(f"    Slots whose own work took longer than a period: {overruns} "
+                             "(late by the loop's work, not by waiting; see the verdict)")
         loop_frames = sum(ep.frames for ep in r.episodes)
         lines.append(f"    Frames that missed their capture deadline: {t.late_frames} of "
                      f"{loop_frames}")
@@ -257,6 +299,19 @@ def details(results: list[BenchmarkResult]) -> list[str]:
         else:
             lines.append(f"    Encoded inline by the recorder: {', '.join(t.workers_used)}")
     return lines
+
+
+def _complete_line(result: BenchmarkResult) -> str:
+    """When the dataset was complete, against the capture the user sat through."""
+    t = result.totals
+    after, ratio, whole = (t.complete_after_last_frame_s, t.complete_after_last_frame_ratio,
+                           t.complete_after_start_ratio)
+    if after is None or ratio is None or whole is None:
+        return "    Dataset complete: not in this run (an episode's video is missing)"
+    return (f"    Dataset complete {after:.2f}s after the last frame ({ratio:.2f}x the capture "
+            f"time of {capture_time_s(result.episodes, result.config.fps):.1f}s); from the "
+            f"capture's start "
+            f"{whole:.2f}x the capture time")
 
 
 def verdict_lines(items: list[Verdict]) -> list[str]:

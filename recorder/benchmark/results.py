@@ -85,6 +85,13 @@ class EpisodeTiming(BaseModel):
     busy_ms_median: float = Field(default=0.0, description="the loop's work per slot (cameras, "
                                                            "robot, add_frame): median")
     busy_ms_p99: float = Field(default=0.0, description="the same, 99th percentile")
+    read_ms_median: float = Field(default=0.0, description="of the loop's work per slot, the "
+                                  "cameras' and robot's reads (synthetic cameras make their "
+                                  "frames there): median")
+    read_ms_p99: float = Field(default=0.0, description="the same, 99th percentile")
+    overrun_slots: list[int] = Field(
+        default_factory=list, description="slots whose own work (not waiting) took longer "
+                                          "than a period: late whatever else ran")
     frames_recorded: dict[str, int] = Field(description="camera -> frames in its manifest")
     raw_bytes: int = Field(default=0, description="raw bytes stored or shipped, all cameras")
     save_s: float = Field(validation_alias=AliasChoices("save_s", "finalize_s"),
@@ -93,6 +100,8 @@ class EpisodeTiming(BaseModel):
                                                      "behind the next episode's capture")
     submission_s: float
     inline_encode_s: float
+    backlog: int = Field(default=0, description="farm: episodes recorded and not encoded yet "
+                                                "once this one reached the farm")
     job_ids: list[str]
 
     @property
@@ -154,6 +163,22 @@ class Totals(BaseModel):
     frames_recorded: int = Field(description="frames in the committed manifests")
     frames_in_videos: int = Field(description="frames in verified videos")
     late_frames: int = Field(description="loop iterations that missed their capture slot")
+    complete_after_last_frame_s: float | None = Field(
+        default=None, description="the last captured frame to the dataset complete (finalize "
+                                  "returned, meta/info.json counting every episode); None: it "
+                                  "was not complete")
+    complete_after_last_frame_ratio: float | None = Field(
+        default=None, description="complete_after_last_frame_s over the capture time asked "
+                                  "for: the slots captured, at the set fps")
+    complete_after_start_ratio: float | None = Field(
+        default=None, description="the first frame's slot to the dataset complete, over the "
+                                  "capture time asked for: the total the user waits, in "
+                                  "capture times (late slots that stretched the capture, and "
+                                  "episode ends that blocked, are in it)")
+    backlog_max: int = Field(default=0, description="farm: the largest backlog, in episodes "
+                                                    "recorded and not encoded yet")
+    raw_left_bytes: int = Field(default=0, description="raw bytes left under raw/ of the run's "
+                                                       "storage at the end")
     raw_bytes_per_frame: float = Field(default=0.0, description="raw bytes stored (or shipped) "
                                                                "per recorded camera frame")
     recorder_cpu_ms_per_frame: float = Field(
@@ -190,6 +215,8 @@ class BenchmarkResult(BaseModel):
     command: str | None = Field(default=None, description="the command line that made it, "
                                 "without paths of the machine (portable_command); None in "
                                 "files made before it was kept")
+    dataset_complete_at: float | None = Field(
+        default=None, description="unix time the dataset was complete (None: it was not)")
     raw_storage: str = Field(description="as config.storage: nothing of the machine's folders")
     output_storage: str
     raw_kept: bool = False
@@ -202,11 +229,13 @@ def episode_timing(ep: EpisodeReport) -> EpisodeTiming:
         late_frames=c.late_frames, late_slots=list(c.late_slots),
         writer_waits=c.writer_waits,
         busy_ms_median=c.busy_ms(0.5), busy_ms_p99=c.busy_ms(0.99),
+        read_ms_median=c.read_ms(0.5), read_ms_p99=c.read_ms(0.99),
+        overrun_slots=c.overrun_slots,
         frames_recorded=dict(ep.frames_recorded), raw_bytes=ep.raw_bytes,
         save_s=ep.save_s,
         commit_s=ep.commit_s,
         submission_s=ep.submission_s, inline_encode_s=ep.inline_encode_s,
-        job_ids=list(ep.job_ids),
+        backlog=ep.backlog, job_ids=list(ep.job_ids),
     )
 
 
@@ -223,7 +252,9 @@ def task_timing(r: EncodeResult) -> TaskTiming:
 
 def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[TaskTiming], *,
               cameras: int, started_at: float, recording_done_at: float,
-              all_ready_at: float | None, recorder_cpu_s: float = 0.0) -> Totals:
+              all_ready_at: float | None, recorder_cpu_s: float = 0.0,
+              dataset_complete_at: float | None = None, raw_left_bytes: int = 0,
+              fps: float | None = None) -> Totals:
     """The run's totals, from what was measured per episode and per task."""
     submission = sum(ep.submission_s for ep in episodes)
     committing = sum(ep.save_s for ep in episodes)
@@ -243,8 +274,12 @@ def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[Tas
     captured = sum(ep.frames for ep in episodes) * cameras
     first = min((ep.started_at for ep in episodes), default=None)
     last = max((ep.capture_end for ep in episodes), default=None)
+    capture = sum(ep.capture_s for ep in episodes)
+    asked = capture_time_s(episodes, fps) if fps else capture
+    after_last = None if dataset_complete_at is None or last is None \
+        else dataset_complete_at - last
     return Totals(
-        total_recording_s=total, capture_s=sum(ep.capture_s for ep in episodes),
+        total_recording_s=total, capture_s=capture,
         encoding_s=encoding, blocking_s=blocking, submission_s=submission,
         blocking_pct=100 * blocking / total if total > 0 else 0.0,
         drain_from_first_frame_s=None if all_ready_at is None or first is None
@@ -254,6 +289,12 @@ def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[Tas
         frames_captured=captured, frames_recorded=recorded,
         frames_in_videos=sum(t.frames for t in tasks if t.status != "failed"),
         late_frames=sum(ep.late_frames for ep in episodes),
+        complete_after_last_frame_s=after_last,
+        complete_after_last_frame_ratio=_ratio(after_last, asked),
+        complete_after_start_ratio=_ratio(None if dataset_complete_at is None or first is None
+                                          else dataset_complete_at - first, asked),
+        backlog_max=max((ep.backlog for ep in episodes), default=0),
+        raw_left_bytes=raw_left_bytes,
         raw_bytes_per_frame=sum(ep.raw_bytes for ep in episodes) / recorded if recorded else 0.0,
         recorder_cpu_ms_per_frame=1000 * recorder_cpu_s / captured if captured else 0.0,
         tasks=len(tasks), tasks_failed=sum(t.status == "failed" for t in tasks),
@@ -261,12 +302,24 @@ def summarize(mode: Mode, episodes: Sequence[EpisodeTiming], tasks: Sequence[Tas
     )
 
 
+def capture_time_s(episodes: Sequence[EpisodeTiming], fps: float) -> float:
+    """The capture time asked for: every slot captured, at the set fps. A loop that ran
+    late took longer; that is time the user waited, not capture."""
+    return sum(ep.frames for ep in episodes) / fps
+
+
+def _ratio(part: float | None, whole: float | None) -> float | None:
+    return None if part is None or not whole else part / whole
+
+
 def from_session(report: SessionReport, *, config: BenchmarkConfig,
-                 environment: EnvironmentInfo, raw_kept: bool = False,
+                 environment: EnvironmentInfo, raw_kept: bool = False, raw_left_bytes: int = 0,
                  output_dir: Path | None = None) -> BenchmarkResult:
     """A BenchmarkResult from a finished recording session.
 
     Args:
+        raw_left_bytes: raw bytes left in the run's storage at the end (retention deletes
+            an episode's once the dataset counts it).
         output_dir: where the results file goes: the run's storage is kept relative to it
             (portable_location), never as this machine's absolute path.
     """
@@ -274,11 +327,14 @@ def from_session(report: SessionReport, *, config: BenchmarkConfig,
     tasks = sorted((task_timing(r) for r in report.results), key=lambda t: t.started_at)
     totals = summarize(report.mode, episodes, tasks, cameras=config.cameras,
                        started_at=report.started_at, recording_done_at=report.recording_done_at,
-                       all_ready_at=report.all_ready_at, recorder_cpu_s=report.recorder_cpu_s)
+                       all_ready_at=report.all_ready_at, recorder_cpu_s=report.recorder_cpu_s,
+                       dataset_complete_at=report.dataset_complete_at,
+                       raw_left_bytes=raw_left_bytes, fps=config.fps)
     return BenchmarkResult(
         mode=report.mode, config=config, environment=environment, started_at=report.started_at,
         recording_done_at=report.recording_done_at, all_ready_at=report.all_ready_at,
-        episodes=episodes, tasks=tasks, totals=totals,
+        dataset_complete_at=report.dataset_complete_at, episodes=episodes, tasks=tasks,
+        totals=totals,
         raw_storage=portable_location(report.raw_storage, base=output_dir),
         output_storage=portable_location(report.output_storage, base=output_dir),
         raw_kept=raw_kept,

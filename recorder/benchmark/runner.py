@@ -31,7 +31,7 @@ from recorder.benchmark.settings import BenchmarkSettings
 from recorder.capture.cameras import CameraError, CameraSource
 from recorder.capture.cameras.synthetic import synthetic_cameras
 from recorder.capture.cameras.video import open_camera
-from recorder.dataset.retention import recordings_with_raw
+from recorder.dataset.retention import raw_bytes, recordings_with_raw
 from recorder.farm.client import EncodingFarmClient
 from recorder.farm.setup import farm_for
 from recorder.progress import progress_display
@@ -141,8 +141,9 @@ def run_once(settings: BenchmarkSettings, mode: Mode, *, console: Console,
     finally:
         close_cameras(cameras)
     # Completion deleted the raw frames of every episode it counted (unless --keep-raw).
+    raw = open_storage(report.raw_storage)
     result = from_session(report, config=config, environment=env, output_dir=settings.output_dir,
-                          raw_kept=bool(recordings_with_raw(open_storage(report.raw_storage))))
+                          raw_kept=bool(recordings_with_raw(raw)), raw_left_bytes=raw_bytes(raw))
     result.command = command
     return result
 

@@ -23,17 +23,37 @@ class CaptureStats:
     # Seconds the loop worked in each slot (cameras read, robot read, add_frame): the
     # headroom left of a period. The synthetic cameras' own cost is in it.
     busy_s: list[float] = field(default_factory=list)
+    # Of busy_s, the cameras' and the robot's reads: a synthetic camera makes its frame
+    # here, inside the loop, which a real camera's driver does in a thread of its own.
+    read_s: list[float] = field(default_factory=list)
+    period_s: float = 0.0
 
     @property
     def late_frames(self) -> int:
         return len(self.late_slots)
 
+    @property
+    def overrun_slots(self) -> list[int]:
+        """Slots whose own work (not a wait for the loop) took longer than a period: late
+        whatever else ran on the host."""
+        if not self.period_s:
+            return []
+        return [index for index, busy in enumerate(self.busy_s) if busy > self.period_s]
+
     def busy_ms(self, quantile: float) -> float:
         """A quantile (0.5: the median) of the loop's busy time per slot, in ms."""
-        if not self.busy_s:
-            return 0.0
-        ordered = sorted(self.busy_s)
-        return 1000 * ordered[min(len(ordered) - 1, round(quantile * (len(ordered) - 1)))]
+        return _quantile_ms(self.busy_s, quantile)
+
+    def read_ms(self, quantile: float) -> float:
+        """The same quantile of the cameras' and robot's reads per slot, in ms."""
+        return _quantile_ms(self.read_s, quantile)
+
+
+def _quantile_ms(seconds: list[float], quantile: float) -> float:
+    if not seconds:
+        return 0.0
+    ordered = sorted(seconds)
+    return 1000 * ordered[min(len(ordered) - 1, round(quantile * (len(ordered) - 1)))]
 
 
 def record_episode(
@@ -58,7 +78,7 @@ def record_episode(
     """
     period = 1.0 / fps
     total = round(duration_s * fps)
-    stats = CaptureStats(started_at=time.time())
+    stats = CaptureStats(started_at=time.time(), period_s=period)
     start = time.perf_counter()
     for index in range(total):
         if stop is not None and stop.is_set():
@@ -72,11 +92,13 @@ def record_episode(
         frame: dict[str, Any] = {key: camera.read() for key, camera in cameras.items()}
         if robot is not None:
             frame.update(robot())
+        read = time.perf_counter()
         frame["task"] = task
         add_frame(frame)
         stats.frames += 1
         done = time.perf_counter()
         stats.busy_s.append(done - slot_started)
+        stats.read_s.append(read - slot_started)
         if done > deadline + period:
             stats.late_slots.append(index)
         if on_frame is not None:

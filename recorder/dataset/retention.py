@@ -25,6 +25,17 @@ def recordings_with_raw(raw: Storage) -> set[int]:
     return {n for key in raw.list_keys(RAW_ROOT) if (n := recording_of(key)) is not None}
 
 
+def raw_bytes(raw: Storage) -> int:
+    """Bytes of every raw file left in this storage: what retention has not deleted.
+
+    In a local folder every file under raw/ counts, dotted ones (a writer's unfinished
+    segment) too: what the disk holds."""
+    folder = raw.local_path(RAW_ROOT)
+    if folder is not None:
+        return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+    return sum(raw.size(key) for key in raw.list_keys(RAW_ROOT))
+
+
 def drop_counted_raw(raw: Storage, counted: Iterable[int]) -> list[int]:
     """Delete the raw files of the recordings the dataset counts; returns those deleted.
 
