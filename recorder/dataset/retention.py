@@ -42,7 +42,7 @@ def drop_counted_raw(raw: Storage, counted: Iterable[int]) -> list[int]:
     Idempotent: a deletion cut short (a crash, a storage error, said) leaves files that the
     next completion deletes, since their recording is still counted.
     """
-    dropped = []
+    dropped: list[int] = []
     for recording in sorted(recordings_with_raw(raw) & set(counted)):
         if dropped:
             failpoint("retention:between-recordings")
