@@ -55,6 +55,8 @@ LEASE_PREFIX = "farm:lease:"
 JOIN_PREFIX = "farm:join:"
 CAPTURE_PREFIX = "farm:capture:"
 RECORDERS_KEY = "farm:recorders"
+# A capture's word for "this capture keeps every CPU" (workers beside it pause)
+ALL_CPUS = "all"
 CLAIMS_KEY = "farm:claims"
 WAITING_KEY = "farm:waiting"
 ATTEMPTS_PREFIX = "farm:attempts:"
@@ -251,9 +253,12 @@ class JobLedger:
         return dict(json.loads(raw))
 
     # a recorder capturing on a host, for the workers beside it
-    def announce_capture(self, host: str, *, ttl_s: float, cpus: Sequence[int] = ()) -> None:
-        """cpus: the CPUs the capture keeps for itself; none named: all of them."""
-        self.client.set(CAPTURE_PREFIX + host, json.dumps({"cpus": list(cpus)}),
+    def announce_capture(self, host: str, *, ttl_s: float,
+                         cpus: Sequence[int] | None = None) -> None:
+        """cpus: the CPUs the capture keeps for itself (empty: none, --capture-cpus 0);
+        None: all of them."""
+        kept: list[int] | str = ALL_CPUS if cpus is None else list(cpus)
+        self.client.set(CAPTURE_PREFIX + host, json.dumps({"cpus": kept}),
                         px=max(1, int(ttl_s * 1000)))
 
     def end_capture(self, host: str) -> None:
@@ -262,16 +267,17 @@ class JobLedger:
     def capturing(self, host: str) -> bool:
         return bool(self.client.exists(CAPTURE_PREFIX + host))
 
-    def capture_cpus(self, host: str) -> set[int] | None:
-        """The CPUs a capturing recorder on host keeps for itself; None: no capture; an
-        empty set: a recorder that names none (an older one): all of them."""
+    def capture_cpus(self, host: str) -> set[int] | str | None:
+        """The CPUs a capturing recorder on host keeps for itself; None: no capture;
+        ALL_CPUS: all of them (a recorder that names none, or a word not understood)."""
         raw = self.client.get(CAPTURE_PREFIX + host)
         if raw is None:
             return None
         try:
-            return {int(cpu) for cpu in json.loads(raw).get("cpus", [])}
+            kept = json.loads(raw).get("cpus", ALL_CPUS)
+            return ALL_CPUS if kept == ALL_CPUS else {int(cpu) for cpu in kept}
         except (ValueError, AttributeError, TypeError):
-            return set()
+            return ALL_CPUS
 
     # what each recorder last said of itself, for `encoder-worker status`
     def report_recorder(self, host: str, *, backlog: int, capturing: bool, now: float,

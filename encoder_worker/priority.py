@@ -13,10 +13,17 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from encoder_worker.ledger import ALL_CPUS
+
 if TYPE_CHECKING:
     from encoder_worker.ledger import JobLedger
 
 logger = logging.getLogger(__name__)
+
+# The CPUs this worker process was started on: a job that ends while a capture keeps
+# some of them must not leave the next job (or the next CaptureYield) on fewer.
+WORKER_CPUS = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+    else frozenset()
 
 
 def lower_priority(nice: int) -> None:
@@ -122,8 +129,8 @@ class CaptureYield:
         self.share = share
         self.paused_s = 0.0
         self._warned = False
-        self._all_cpus = os.sched_getaffinity(0)
-        self._cpus = self._all_cpus  # the encode's threads run on these now
+        self._all_cpus = set(WORKER_CPUS)
+        self._cpus = os.sched_getaffinity(0)  # the encode's threads run on these now
 
     def __call__(self) -> None:
         kept = self._kept_cpus()
@@ -135,6 +142,10 @@ class CaptureYield:
         if kept is None or self.paused_s >= self.budget_s:
             return
         self._pause()
+
+    def release(self) -> None:
+        """The job is over: this process's threads back on every CPU the worker has."""
+        self._run_on(self._all_cpus)
 
     def _pause(self) -> None:
         started = time.monotonic()
@@ -180,4 +191,4 @@ class CaptureYield:
             return None
         if kept is None:
             return None
-        return kept & self._all_cpus if kept else set(self._all_cpus)  # none named: all
+        return set(self._all_cpus) if kept == ALL_CPUS else kept & self._all_cpus

@@ -264,6 +264,9 @@ def _encode_counted(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
         # 3 of them failed the job for good.
         ledger.take_back_attempt(job.job_id)
         raise
+    finally:
+        if pause is not None:
+            pause.release()
     ledger.clear_attempts(job.job_id)
     return result
 

@@ -134,6 +134,40 @@ def test_sharing_a_capture_host_encodes_on_the_cpus_the_capture_leaves(broker_ur
         os.sched_setaffinity(0, all_cpus)
 
 
+def test_a_capture_that_keeps_no_cpu_leaves_every_cpu_to_a_sharing_encode(broker_url):
+    all_cpus = os.sched_getaffinity(0)
+    ledger = JobLedger(redis_client(broker_url))
+    pauses: list[bool] = []
+    share = CaptureYield(ledger, budget_s=60, on_pause=pauses.append, share=True)
+    ledger.announce_capture(HOST, ttl_s=30, cpus=[])  # --capture-cpus 0
+    share()
+    assert pauses == [] and os.sched_getaffinity(0) == all_cpus
+    strict = CaptureYield(ledger, budget_s=0.5, on_pause=pauses.append)
+    strict()  # --yield-to-capture still pauses for it
+    assert pauses == [True, False]
+
+
+def test_a_job_that_ends_during_a_capture_leaves_the_next_job_every_cpu(broker_url):
+    all_cpus = os.sched_getaffinity(0)
+    if len(all_cpus) < 2:
+        pytest.skip("sharing CPUs with a capture needs 2 of them")
+    ledger = JobLedger(redis_client(broker_url))
+    ledger.announce_capture(HOST, ttl_s=30, cpus=[min(all_cpus)])
+    try:
+        first = CaptureYield(ledger, budget_s=60, share=True)
+        first()
+        assert os.sched_getaffinity(0) == all_cpus - {min(all_cpus)}
+        first.release()  # the job is over, the capture goes on
+        assert os.sched_getaffinity(0) == all_cpus
+        first()  # a job killed before its release: left on the capture's leftovers
+        ledger.end_capture(HOST)
+        following = CaptureYield(ledger, budget_s=60, share=True)
+        following()
+        assert os.sched_getaffinity(0) == all_cpus
+    finally:
+        os.sched_setaffinity(0, all_cpus)
+
+
 def test_a_worker_sharing_the_host_encodes_through_the_capture(tmp_path, broker_url,
                                                                start_worker):
     all_cpus = os.sched_getaffinity(0)

@@ -254,7 +254,8 @@ class FarmDataset:
         return self._episode
 
     def _capturing(self, capturing: bool) -> None:
-        """Tell workers beside this recorder (--yield-to-capture) to pause, or go on."""
+        """Tell workers beside this recorder that it captures (they pause, or leave it its
+        CPUs), or that it stopped."""
         if self.farm is not None:
             self.farm.capturing(capturing)
 

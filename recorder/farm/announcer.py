@@ -1,5 +1,6 @@
 """What a recorder tells its farm about itself, from a thread of its own: while it captures
-an episode (workers beside it with `--yield-to-capture` pause meanwhile), and its backlog
+an episode (workers beside it with `--yield-to-capture` pause meanwhile, those with
+`--share-with-capture` leave it the CPUs it keeps), and its backlog
 of episodes recorded and not encoded yet (`encoder-worker status` shows it per host)."""
 
 from __future__ import annotations

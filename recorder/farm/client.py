@@ -119,7 +119,8 @@ class EncodingFarmClient:
 
     def capturing(self, capturing: bool) -> None:
         """Say whether this host's recorder is capturing an episode now (never blocks):
-        workers beside it started with --yield-to-capture pause meanwhile."""
+        workers beside it started with --yield-to-capture pause meanwhile, and those
+        with --share-with-capture leave it the CPUs it keeps."""
         self._announcer.capturing(capturing)
 
     def backlog_episodes(self, *, also: Iterable[int] = ()) -> int:

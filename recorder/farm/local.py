@@ -126,7 +126,7 @@ class RedisServer:
 class LocalFarm:
     """Private Redis plus `workers` encoder-worker processes; a context manager."""
 
-    def __init__(self, *, workers: int, storage: list[str], share_capture_host: bool = False,
+    def __init__(self, *, workers: int, storage: list[str], share_capture_host: bool = True,
                  worker_env: dict[str, str] | None = None) -> None:
         """storage: the raw and video storage the workers may use (their allow-list);
         share_capture_host: encode beside a capture on the CPUs it leaves, not pause."""

@@ -25,13 +25,15 @@ class FarmOptions(BaseModel):
         description="episodes recorded and not encoded yet beyond which the recorder says "
                     "that the farm is slower than the robot (once), with what to do")
     share_capture_host: bool = Field(
-        default=False,
+        default=True,
         description="the zero-config farm's workers encode while an episode is captured, "
                     "on the CPUs the capture leaves (--capture-cpus); off: they pause for "
-                    "the capture and encode between and after episodes")
+                    "the capture and encode between and after episodes "
+                    "(benchmarks/README.md, 'Encoding during the capture')")
     capture_cpus: int = Field(
-        default=1, ge=1,
-        description="CPUs a capture keeps for itself when workers on its host share it")
+        default=1, ge=0,
+        description="CPUs a capture keeps for itself when workers on its host share it "
+                    "(0: none, the encodes run on every CPU during the capture)")
     # Defaults measured (benchmarks/README.md, "Split episodes"): see recorder/dataset/
     # jobs.py's part_count for why.
     split_after_s: float = Field(
