@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from encoder_worker.ledger import ALL_CPUS
-
 if TYPE_CHECKING:
     from encoder_worker.ledger import JobLedger
 
@@ -191,4 +189,6 @@ class CaptureYield:
             return None
         if kept is None:
             return None
-        return set(self._all_cpus) if kept == ALL_CPUS else kept & self._all_cpus
+        if isinstance(kept, str):  # ALL_CPUS
+            return set(self._all_cpus)
+        return kept & self._all_cpus
