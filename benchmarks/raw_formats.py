@@ -32,7 +32,7 @@ from recorder.capture.raw_writer import CameraWriter
 
 FORMATS: list[tuple[str, Compression]] = [
     ("rgb24", "none"), ("yuv420p", "none"), ("rgb24", "zstd"), ("yuv420p", "zstd"),
-    ("yuv420p", "ffv1")]
+    ("yuv420p", "ffv1"), ("yuv420p", "mjpeg")]
 
 
 def write_once(root: Path, frames: list[np.ndarray], pix_fmt: str, compression: Compression

@@ -105,6 +105,27 @@ class RawFormatsResult(ScriptResult):
     formats: list[RawFormatRounds]
 
 
+class RawTransportOption(BaseModel):
+    compression: str
+    rounds: list[RawFormatSample] = Field(description="the robot's side, per round")
+    psnr_db: float = Field(description="the final video against the camera's frames "
+                                       "(yuv420p, all planes), encoded by the worker from "
+                                       "the raw frames stored this way")
+
+
+class RawTransportResult(ScriptResult):
+    benchmark: Literal["raw_transport"] = "raw_transport"
+    frames: int
+    width: int
+    height: int
+    fps: int
+    cameras: int = Field(description="the MB/s are for this many cameras")
+    rounds: int
+    codec: str
+    codec_options: dict[str, str]
+    options: list[RawTransportOption]
+
+
 class SplitRun(BaseModel):
     workers: int
     parts: int = Field(description="1: unsplit")

@@ -9,6 +9,7 @@ from pathlib import Path
 from markdown_tables import Table, joined
 from result_files import (
     RawFormatsResult,
+    RawTransportResult,
     SplitEpisodeResult,
     StatusLatencyResult,
     WorkerEfficiencyResult,
@@ -80,6 +81,26 @@ def raw_formats(result: RawFormatsResult, source: Path | None = None) -> Table:
                   "robot CPU ms per frame (write)", "over rgb24 none, ms",
                   "worker CPU ms per frame (read)", "MB/s for 4 cameras at 30 fps"], rows,
                  right=[False, False, *[True] * 6], sources=[source] if source else [])
+
+
+def raw_transport(result: RawTransportResult, source: Path | None = None) -> Table:
+    """Per transport: the robot's CPU and MB/s (medians over the rounds), and the dB the
+    final video loses against raw frames stored uncompressed."""
+    base = next((o.psnr_db for o in result.options if o.compression == "none"), None)
+    rows = []
+    for option in result.options:
+        size = statistics.median(s.bytes_per_frame for s in option.rounds)
+        cpu = statistics.median(s.write_cpu_ms for s in option.rounds)
+        read = statistics.median(s.read_cpu_ms for s in option.rounds)
+        lost = "-" if base is None else f"{base - option.psnr_db:.3f}"
+        rows.append([option.compression, f"{size / 1024:.0f}", f"{cpu:.1f}", f"{read:.1f}",
+                     f"{size * result.fps * result.cameras / 1e6:.1f}",
+                     f"{option.psnr_db:.2f}", lost])
+    return Table(["yuv420p raw, compression", "KiB per frame", "robot CPU ms per frame",
+                  "worker CPU ms per frame (read)",
+                  f"MB/s for {result.cameras} cameras at {result.fps} fps",
+                  "final video PSNR dB", "dB lost against none"], rows,
+                 right=[False, *[True] * 6], sources=[source] if source else [])
 
 
 def split_episode(result: SplitEpisodeResult, source: Path | None = None) -> Table:

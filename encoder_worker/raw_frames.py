@@ -3,7 +3,9 @@
 Frames come from cameras as rgb24. Stored as yuv420p they take half the bytes, and lose
 nothing a yuv420p video keeps: the conversion is the very one the encoder would do (the
 same swscale call, same settings), done on the robot instead of on the worker. zstd
-and FFV1 then compress the planes losslessly, for more robot CPU (benchmarks/README.md).
+and FFV1 then compress the planes losslessly, for more robot CPU; MJPEG at its finest
+quantiser nearly so, for the raw rate a robot's disk carries at 1080p (benchmarks/README.md,
+"Raw transport at 1080p").
 """
 
 from __future__ import annotations
@@ -16,10 +18,18 @@ import numpy as np
 import zstandard
 from av.video.reformatter import VideoReformatter
 
-Compression = Literal["none", "zstd", "ffv1"]
-COMPRESSIONS: tuple[Compression, ...] = ("none", "zstd", "ffv1")
+Compression = Literal["none", "zstd", "ffv1", "mjpeg"]
+COMPRESSIONS: tuple[Compression, ...] = ("none", "zstd", "ffv1", "mjpeg")
+# Stored through an intra-only codec of FFmpeg's: one packet per frame, at once.
+INTRA_CODECS = ("ffv1", "mjpeg")
 # zstd level 1: about 3x faster than the default level 3 for a few % more bytes here.
 ZSTD_LEVEL = 1
+# JPEG's name for yuv420p: its samples are compressed as they are (the range is only a
+# label, never applied here), and come back the same planes.
+CODEC_PIX_FMT = {"mjpeg": {"yuv420p": "yuvj420p"}}
+# MJPEG's quantiser (2 the finest FFmpeg allows; JPEG's quality ~ 95+): measured to lose
+# at most 0.16 dB in the final AV1 video on real content (benchmarks/README.md).
+MJPEG_QSCALE = 2
 
 
 # Bytes per pixel of the packed formats; yuv420p is planar (frame_bytes).
@@ -61,9 +71,9 @@ class FramePacker:
                              f"yuv420p, not as {pix_fmt}")
         if compression not in COMPRESSIONS:
             raise ValueError(f"raw compression {compression!r} is not one of {COMPRESSIONS}")
-        if compression == "ffv1" and pix_fmt != "yuv420p":
-            raise ValueError("ffv1 raw compression stores yuv420p frames: use raw format "
-                             "yuv420p (the default for a yuv420p video)")
+        if compression in INTRA_CODECS and pix_fmt != "yuv420p":
+            raise ValueError(f"{compression} raw compression stores yuv420p frames: use raw "
+                             "format yuv420p (the default for a yuv420p video)")
         self.width, self.height = width, height
         self.pix_fmt, self.input_pix_fmt = pix_fmt, input_pix_fmt
         self.compression = compression
@@ -73,15 +83,15 @@ class FramePacker:
         self._reformatter = VideoReformatter()
         self._zstd_in: zstandard.ZstdCompressor | None = None
         self._zstd_out: zstandard.ZstdDecompressor | None = None
-        self._ffv1: av.VideoCodecContext | None = None
+        self._codec: av.VideoCodecContext | None = None  # ffv1's or mjpeg's
         self._extradata = extradata
         self._pts = 0
 
     @property
     def extradata(self) -> bytes | None:
         """What a reader needs to decode the frames (FFV1's configuration record)."""
-        if self.compression == "ffv1" and self._extradata is None:
-            self._extradata = self._ffv1_encoder().extradata
+        if self.compression in INTRA_CODECS and self._extradata is None:
+            self._extradata = self._intra_encoder().extradata
         return self._extradata
 
     # -- writing -----------------------------------------------------------------------
@@ -91,14 +101,16 @@ class FramePacker:
         stored = self.convert(frame)
         if self.compression == "zstd":
             return self._zstd_compressor().compress(stored.data)
-        if self.compression == "ffv1":
-            video_frame = av.VideoFrame.from_ndarray(stored, format=self.pix_fmt)
+        if self.compression in INTRA_CODECS:
+            video_frame = av.VideoFrame.from_ndarray(stored, format=self._codec_pix_fmt)
             video_frame.pts = self._pts
             self._pts += 1
-            packets = self._ffv1_encoder().encode(video_frame)
-            # FFV1 is intra only and without delay: one packet per frame, at once.
+            packets = self._intra_encoder().encode(video_frame)
+            # Intra only and without delay: one packet per frame, at once (a codec that
+            # held frames back would lose them at the episode's end: never swallowed).
             if len(packets) != 1:
-                raise RuntimeError(f"FFV1 gave {len(packets)} packets for one frame")
+                raise RuntimeError(f"{self.compression} gave {len(packets)} packets for one "
+                                   "frame")
             return bytes(packets[0])
         return stored.data.cast("B")  # flat: len() is its size in bytes
 
@@ -121,14 +133,17 @@ class FramePacker:
         """
         if self.compression == "zstd":
             data = self._zstd_decompressor().decompress(data, max_output_size=self.frame_bytes)
-        elif self.compression == "ffv1":
+        elif self.compression in INTRA_CODECS:
             try:
-                frames = self._ffv1_decoder().decode(av.Packet(data))
+                frames = self._intra_decoder().decode(av.Packet(data))
             except av.FFmpegError as exc:
-                raise ValueError(f"FFV1 frame does not decode: {exc}") from exc
+                raise ValueError(f"{self.compression} frame does not decode: {exc}") from exc
             if len(frames) != 1:
-                raise ValueError(f"FFV1 packet gave {len(frames)} frames")
-            return frames[0].to_ndarray()
+                raise ValueError(f"{self.compression} packet gave {len(frames)} frames")
+            if (frames[0].width, frames[0].height) != (self.width, self.height):
+                raise ValueError(f"{self.compression} frame is {frames[0].width}x"
+                                 f"{frames[0].height}, {self.width}x{self.height} expected")
+            return frames[0].to_ndarray()  # the codec's planes as stored, not converted
         if len(data) != self.frame_bytes:
             raise ValueError(f"frame has {len(data)} bytes, {self.frame_bytes} expected")
         return np.frombuffer(data, dtype=np.uint8).reshape(self.shape)
@@ -152,24 +167,32 @@ class FramePacker:
             self._zstd_out = zstandard.ZstdDecompressor()
         return self._zstd_out
 
-    def _ffv1_encoder(self) -> av.VideoCodecContext:
-        if self._ffv1 is None:
-            codec = av.CodecContext.create("ffv1", "w")
+    @property
+    def _codec_pix_fmt(self) -> str:
+        return CODEC_PIX_FMT.get(self.compression, {}).get(self.pix_fmt, self.pix_fmt)
+
+    def _intra_encoder(self) -> av.VideoCodecContext:
+        if self._codec is None:
+            codec = av.CodecContext.create(self.compression, "w")
             assert isinstance(codec, av.VideoCodecContext)
             codec.width, codec.height, codec.pix_fmt = self.width, self.height, self.pix_fmt
             codec.time_base = Fraction(1, 30)  # unused: frames are stored, not timed
             codec.thread_count = 1  # one camera, one core: the robot has others to do
             codec.gop_size = 1  # every frame decodes alone: a part may start anywhere
+            codec.pix_fmt = self._codec_pix_fmt
+            if self.compression == "mjpeg":
+                codec.options = {"qmin": str(MJPEG_QSCALE), "qmax": str(MJPEG_QSCALE)}
             codec.open()
-            self._ffv1 = codec
-        return self._ffv1
+            self._codec = codec
+        return self._codec
 
-    def _ffv1_decoder(self) -> av.VideoCodecContext:
-        if self._ffv1 is None:
-            codec = av.CodecContext.create("ffv1", "r")
+    def _intra_decoder(self) -> av.VideoCodecContext:
+        if self._codec is None:
+            codec = av.CodecContext.create(self.compression, "r")
             assert isinstance(codec, av.VideoCodecContext)
-            codec.width, codec.height, codec.pix_fmt = self.width, self.height, self.pix_fmt
+            codec.width, codec.height = self.width, self.height
+            codec.pix_fmt = self._codec_pix_fmt
             if self._extradata:
                 codec.extradata = self._extradata
-            self._ffv1 = codec
-        return self._ffv1
+            self._codec = codec
+        return self._codec

@@ -1,5 +1,5 @@
-"""Compact raw frames: yuv420p and lossless compression round-trip exactly, old raw
-episodes still read, and a video from yuv420p raw equals the one from rgb24 raw."""
+"""Compact raw frames: yuv420p and lossless compression round-trip exactly, MJPEG nearly,
+old raw episodes still read, and a video from yuv420p raw equals the one from rgb24 raw."""
 
 import json
 
@@ -60,7 +60,39 @@ def test_stored_bytes_per_frame_shrink(storage):
     assert sizes["yuv420p", "ffv1"] < sizes["yuv420p", "none"]
 
 
-@pytest.mark.parametrize("compression", ["zstd", "ffv1"])
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+
+
+def test_mjpeg_raw_frames_come_back_nearly_the_same_and_smaller(storage):
+    manifest = write_episode(storage, frames=25, width=160, height=120, segment_frames=10,
+                             pix_fmt="yuv420p", compression="mjpeg")
+    assert manifest.compression == "mjpeg"
+    assert manifest.stored_bytes / manifest.frame_count < 160 * 120 * 3 / 2 / 2
+    converter = FramePacker(width=160, height=120, pix_fmt="yuv420p", input_pix_fmt="rgb24")
+    source = SyntheticCamera("cam0", width=160, height=120, fps=30, seed=0)
+    reader = RawEpisodeReader(storage, _prefix())
+    frames = list(reader.frames())
+    assert len(frames) == 25
+    for index, frame in enumerate(frames):
+        assert frame.shape == (180, 160)
+        assert _psnr(frame, converter.convert(source.frame_at(index))) > 40, index
+    for stored, expected in zip(reader.frames(7, 11), frames[7:18], strict=True):
+        np.testing.assert_array_equal(stored, expected)  # decoded alike from anywhere
+
+
+@pytest.mark.integration
+def test_a_video_from_mjpeg_raw_frames_has_every_frame(storage):
+    manifest = write_episode(storage, frames=30, width=160, height=120, pix_fmt="yuv420p",
+                             compression="mjpeg")
+    result = encode_job(job_for(storage, manifest))
+    assert result.status == Status.SUCCEEDED, result.error
+    assert check_video_against_raw(storage.path(result.output_key), storage.url,
+                                   _prefix()) == 30
+
+
+@pytest.mark.parametrize("compression", ["zstd", "ffv1", "mjpeg"])
 def test_a_corrupt_compressed_segment_is_detected(storage, compression):
     write_episode(storage, frames=20, width=64, height=48, segment_frames=10,
                   pix_fmt="yuv420p", compression=compression)
@@ -118,3 +150,5 @@ def test_recorder_settings_choose_the_raw_format():
     assert RecorderSettings().raw_pix_fmt_for(641, 480, "yuv420p") == "rgb24"
     with pytest.raises(ValueError, match="ffv1 stores yuv420p"):
         RecorderSettings(raw_format="rgb24", raw_compression="ffv1")
+    with pytest.raises(ValueError, match="mjpeg stores yuv420p"):
+        RecorderSettings(raw_format="rgb24", raw_compression="mjpeg")

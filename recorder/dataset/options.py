@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from encoder_worker.raw_frames import Compression
+from encoder_worker.raw_frames import INTRA_CODECS, Compression
 from encoder_worker.storage import check_url
 from recorder.dataset.layout import DatasetFormat
 
@@ -40,9 +40,11 @@ class DatasetOptions(BaseModel):
                     "--pix-fmt is yuv420p, else rgb24")
     raw_compression: Compression = Field(
         default="none",
-        description="lossless compression of raw frames: none; zstd (about 0.35x of rgb24 "
-                    "with yuv420p, a few ms of robot CPU per frame); ffv1 (about 0.2x, "
-                    "about 12 ms per frame: for fast hosts with slow disks or links)")
+        description="compression of raw frames: none; lossless zstd (about 0.35x of rgb24 "
+                    "with yuv420p, a few ms of robot CPU per frame) or ffv1 (about 0.2x, "
+                    "about 12 ms per frame: for fast hosts with slow disks or links); "
+                    "mjpeg, near-lossless (about 0.05x, under 0.2 dB lost in the video): "
+                    "the raw rate a robot's disk carries at 1080p")
     writer_queue_frames: int = Field(
         default=90, ge=1, description="frames a camera's writer may hold before the loop waits")
     spool_max_mb: int = Field(
@@ -96,6 +98,8 @@ class DatasetOptions(BaseModel):
 
     def check_raw_format(self, video_pix_fmt: str) -> None:
         """Raises ValueError when raw frames could not be stored as asked."""
-        if self.raw_compression == "ffv1" and self.raw_pix_fmt(video_pix_fmt) != "yuv420p":
-            raise ValueError("--raw-compression ffv1 stores yuv420p frames: use it with "
-                             "--raw-format yuv420p (or auto with --pix-fmt yuv420p)")
+        if (self.raw_compression in INTRA_CODECS
+                and self.raw_pix_fmt(video_pix_fmt) != "yuv420p"):
+            raise ValueError(f"--raw-compression {self.raw_compression} stores yuv420p "
+                             "frames: use it with --raw-format yuv420p (or auto with "
+                             "--pix-fmt yuv420p)")
