@@ -58,7 +58,7 @@ def encoded_psnr(root: Path, expected: list[np.ndarray], options: EncoderOptions
     result = encode_job(job)
     if result.status != Status.SUCCEEDED:
         raise SystemExit(f"{root.name}: the worker's encode failed: {result.error}")
-    return psnr(storage.path(result.output_key), expected)
+    return psnr(root / result.output_key, expected)  # a local folder: keys are paths
 
 
 def main(argv: list[str] | None = None) -> int:
