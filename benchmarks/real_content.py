@@ -3,6 +3,7 @@ with sensor noise, at 640x480. No robot recording ships with this repository; th
 in for one where compressibility matters (synthetic scenes compress far better).
 
     python benchmarks/real_content.py clip.mp4 --seconds 10   # an H.264 file to replay
+    python benchmarks/real_content.py clip_1080p.mp4 --seconds 12 --width 1920 --height 1080
 """
 
 from __future__ import annotations
@@ -63,8 +64,11 @@ def main() -> None:
     parser.add_argument("path", type=Path)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
     args = parser.parse_args()
-    write_clip(args.path, seconds=args.seconds, fps=args.fps)
+    write_clip(args.path, seconds=args.seconds, fps=args.fps, width=args.width,
+               height=args.height)
     print(f"wrote {args.path}")
 
 
