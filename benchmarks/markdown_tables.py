@@ -21,6 +21,7 @@ from recorder.benchmark import lerobot_results
 from recorder.benchmark import results as benchmark_results
 from recorder.benchmark.lerobot_results import LeRobotBenchmark
 from recorder.benchmark.results import BenchmarkResult
+from recorder.benchmark.results_file import ResultsFileError
 
 MARKER = re.compile(r"<!-- (/?)table:([a-z0-9-]+) -->")
 
@@ -150,7 +151,7 @@ class Results:
         if name not in self._read:
             try:
                 self._read[name] = benchmark_results.load(self.path(name))
-            except benchmark_results.ResultsFileError as exc:
+            except ResultsFileError as exc:
                 raise TableError(str(exc)) from exc
         result = self._read[name]
         assert isinstance(result, BenchmarkResult)
@@ -161,7 +162,7 @@ class Results:
         if name not in self._read:
             try:
                 self._read[name] = lerobot_results.load(self.path(name), model)
-            except lerobot_results.ResultsFileError as exc:
+            except ResultsFileError as exc:
                 raise TableError(str(exc)) from exc
         result = self._read[name]
         assert isinstance(result, model)
@@ -172,7 +173,7 @@ class Results:
         if name not in self._read:
             try:
                 self._read[name] = result_files.load(self.path(name), model)
-            except result_files.ResultsFileError as exc:
+            except ResultsFileError as exc:
                 raise TableError(str(exc)) from exc
         result = self._read[name]
         assert isinstance(result, model)

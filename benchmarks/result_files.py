@@ -24,6 +24,7 @@ from typing import Literal, TypeVar
 import av
 from pydantic import BaseModel, Field
 
+from recorder.benchmark import results_file
 from recorder.benchmark.environment import cpu_count, cpu_model
 from recorder.benchmark.portable import portable_command
 
@@ -240,16 +241,8 @@ R = TypeVar("R", bound=ScriptResult)
 def save(result: R, output_dir: Path) -> Path:
     """<benchmark>_<unix time of the start>.json in output_dir; the load at the end noted."""
     result.load.at_end = os.getloadavg()[0]
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / f"{result.benchmark}_{int(result.started_at.timestamp())}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(result.model_dump_json(indent=2) + "\n")
-    tmp.replace(path)  # a reader never sees half a file
-    return path
-
-
-class ResultsFileError(Exception):
-    """A file is not a results file of the benchmark asked for, in a schema this reads."""
+    name = f"{result.benchmark}_{int(result.started_at.timestamp())}.json"
+    return results_file.save(result, output_dir / name)
 
 
 def load(path: Path, model: type[R]) -> R:
@@ -258,23 +251,5 @@ def load(path: Path, model: type[R]) -> R:
     Raises:
         ResultsFileError: missing, another benchmark's, not this schema, or newer.
     """
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ResultsFileError(f"cannot read {path}: {exc.strerror}") from exc
-    wanted = model.model_fields["benchmark"].default
-    try:
-        head = ScriptResult.model_validate_json(text)
-    except ValueError as exc:
-        raise ResultsFileError(f"{path} is not a benchmarks/ results file: "
-                               f"{str(exc).splitlines()[0]}") from exc
-    if head.benchmark != wanted:
-        raise ResultsFileError(f"{path} holds {head.benchmark} results, not {wanted}")
-    if head.schema_version > SCHEMA_VERSION:
-        raise ResultsFileError(f"{path} has schema_version {head.schema_version}; this "
-                               f"checkout reads up to {SCHEMA_VERSION}: update it")
-    try:
-        return model.model_validate_json(text)
-    except ValueError as exc:
-        raise ResultsFileError(f"{path} is not a {wanted} results file: "
-                               f"{str(exc).splitlines()[0]}") from exc
+    return results_file.load(path, model, what="a benchmarks/ results file",
+                             newest=SCHEMA_VERSION, upgrade="update it")

@@ -246,10 +246,13 @@ class JobLedger:
         return kept
 
     def take_failure(self, job_id: str) -> dict[str, Any] | None:
-        """A failed job's record, removed (to send it again); None if there is none."""
+        """A failed job's record, removed (to send it again); None if there is none. The
+        job's counts of worker deaths and time limits start again: a job failed for them
+        and sent again once the cause is fixed would otherwise fail at once."""
         raw = self.client.hget(FAILED_KEY, job_id)
         if raw is None or not self.client.hdel(FAILED_KEY, job_id):
             return None
+        self.client.delete(ATTEMPTS_PREFIX + job_id, TIME_LIMITS_PREFIX + job_id)
         return dict(json.loads(raw))
 
     # a recorder capturing on a host, for the workers beside it

@@ -36,12 +36,11 @@ from recorder.benchmark.lerobot_results import (
     RecordConfig,
     RecordEpisode,
     RecordRun,
-    ResultsFileError,
     goal_misses,
     load,
     result_path,
-    save,
 )
+from recorder.benchmark.results_file import ResultsFileError, save
 from recorder.benchmark.settings import BenchmarkSettings
 from recorder.cli import main
 

@@ -19,12 +19,11 @@ from recorder.benchmark.results import (
     SCHEMA_VERSION,
     BenchmarkResult,
     EnvironmentInfo,
-    ResultsFileError,
     from_session,
     load,
     result_path,
-    save,
 )
+from recorder.benchmark.results_file import ResultsFileError, save
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

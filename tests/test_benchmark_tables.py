@@ -25,7 +25,6 @@ from result_files import (
     RawFormatRounds,
     RawFormatSample,
     RawFormatsResult,
-    ResultsFileError,
     SplitEpisodeResult,
     SplitRun,
     StatusCase,
@@ -33,8 +32,9 @@ from result_files import (
     WorkerEfficiencyResult,
 )
 
-from recorder.benchmark import lerobot_results
+from recorder.benchmark import lerobot_results, results_file
 from recorder.benchmark import results as benchmark_results
+from recorder.benchmark.results_file import ResultsFileError
 
 RESULTS = REPO / "benchmarks" / "results"
 MODELS: dict[str, type[result_files.ScriptResult]] = {
@@ -258,7 +258,7 @@ def test_the_waits_of_a_run_and_of_a_file_made_before_them(tmp_path: Path) -> No
     t.backlog_max, t.raw_left_bytes = 2, 0
     for episode, backlog in zip(new.episodes, (1, 2), strict=True):
         episode.backlog, episode.overrun_slots = backlog, [3] * backlog
-    benchmark_results.save(new, tmp_path / "async_benchmark_1.json")
+    results_file.save(new, tmp_path / "async_benchmark_1.json")
     old = make_result("async", total_s=20, encoding_s=10, blocking_s=0.01, started_at=2.0)
     data = json.loads(old.model_dump_json(exclude={"totals": {"complete_after_start_ratio",
                                                               "raw_left_bytes"}}))

@@ -1,4 +1,5 @@
-"""The job lease's logic, on fakeredis (the real-Redis path is in test_farm.py)."""
+"""The job lease's and the ledger's counters' logic, on fakeredis (the real-Redis path is
+in test_farm.py)."""
 
 import fakeredis
 
@@ -52,3 +53,15 @@ def test_done_jobs_are_remembered_for_keep_s_in_one_key():
     assert ledger.done_before("new") and ledger.done_before("newer")
     assert not ledger.done_before("never")
     assert client.keys("*") == [b"farm:done"] and 0 < client.ttl("farm:done") <= 3600
+
+
+def test_a_requeued_job_counts_its_worker_deaths_and_time_limits_from_zero():
+    ledger = JobLedger(fakeredis.FakeRedis())
+    for _ in range(3):
+        ledger.start_attempt("job")
+        ledger.count_time_limit("job")
+    ledger.record_failure("job", task_id="t", payload={"job_id": "job"},
+                          result={"error": "its worker died each time"}, keep_s=60)
+    assert ledger.take_failure("job") is not None
+    assert ledger.start_attempt("job") == 1
+    assert ledger.count_time_limit("job") == 1

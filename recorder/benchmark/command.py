@@ -161,7 +161,8 @@ def run_demo(settings: BenchmarkSettings, *, console: Console,
              command: str | None = None) -> list[BenchmarkResult]:
     """A short compare, then an async sweep over DEMO_WORKERS workers; table and charts."""
     from recorder.benchmark import analyze, report, runner
-    from recorder.benchmark.results import result_path, save
+    from recorder.benchmark.results import result_path
+    from recorder.benchmark.results_file import save
 
     update: dict[str, object] = {"compare": True}
     if "episode_time" not in settings.model_fields_set:
@@ -215,7 +216,7 @@ def sweep_table(sync: BenchmarkResult, sweep: list[BenchmarkResult]) -> Table:
 
 def run_analyze_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from recorder.benchmark import analyze
-    from recorder.benchmark.results import ResultsFileError
+    from recorder.benchmark.results_file import ResultsFileError
 
     console = report_console()
     try:

@@ -37,9 +37,9 @@ from recorder.benchmark.lerobot_results import (
     LeRobotComparison,
     Variant,
     result_path,
-    save,
 )
 from recorder.benchmark.portable import portable_location
+from recorder.benchmark.results_file import save
 from recorder.benchmark.runner import close_cameras, open_cameras, session_settings, unique_path
 from recorder.benchmark.settings import BenchmarkSettings
 from recorder.capture.cameras import CameraError, CameraSource

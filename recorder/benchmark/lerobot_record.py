@@ -33,9 +33,9 @@ from recorder.benchmark.lerobot_results import (
     RecordEpisode,
     RecordRun,
     result_path,
-    save,
 )
 from recorder.benchmark.portable import portable_command, portable_location
+from recorder.benchmark.results_file import save
 from recorder.benchmark.runner import unique_path
 from recorder.benchmark.settings import BenchmarkSettings
 

@@ -16,6 +16,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
+from recorder.benchmark import results_file
 from recorder.benchmark.results import EnvironmentInfo
 
 SCHEMA_VERSION = 1
@@ -241,44 +242,14 @@ def result_path(output_dir: Path, result: LeRobotBenchmark) -> Path:
     return output_dir / f"{result.benchmark}_{int(result.started_at)}.json"
 
 
-def save(result: LeRobotBenchmark, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(result.model_dump_json(indent=2) + "\n")
-    tmp.replace(path)  # a reader never sees half a file
-    return path
-
-
-class ResultsFileError(Exception):
-    """A file is not a LeRobot comparison's results file of the kind and schema asked for."""
-
-
 def load(path: Path, model: type[R]) -> R:
     """Read one comparison's results file.
 
     Raises:
         ResultsFileError: missing, another kind's, not this schema, or newer.
     """
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ResultsFileError(f"cannot read {path}: {exc.strerror}") from exc
-    wanted = model.model_fields["benchmark"].default
-    try:
-        head = LeRobotBenchmark.model_validate_json(text)
-    except ValueError as exc:
-        raise ResultsFileError(f"{path} is not a LeRobot comparison's results file: "
-                               f"{str(exc).splitlines()[0]}") from exc
-    if head.benchmark != wanted:
-        raise ResultsFileError(f"{path} holds {head.benchmark} results, not {wanted}")
-    if head.schema_version > SCHEMA_VERSION:
-        raise ResultsFileError(f"{path} has schema_version {head.schema_version}; this "
-                               f"version reads up to {SCHEMA_VERSION}: upgrade the recorder")
-    try:
-        return model.model_validate_json(text)
-    except ValueError as exc:
-        raise ResultsFileError(f"{path} is not a {wanted} results file: "
-                               f"{str(exc).splitlines()[0]}") from exc
+    return results_file.load(path, model, what="a LeRobot comparison's results file",
+                             newest=SCHEMA_VERSION, upgrade="upgrade the recorder")
 
 
 # -- issue 18's goal ---------------------------------------------------------------------------

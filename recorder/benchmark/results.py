@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field
 
 from encoder_worker.jobs import EncodeResult
+from recorder.benchmark import results_file
 from recorder.benchmark.portable import portable_location
 from recorder.capture.record_loop import CaptureStats
 from recorder.session import EpisodeReport, SessionReport
@@ -346,34 +347,11 @@ def result_path(output_dir: Path, result: BenchmarkResult) -> Path:
     return output_dir / f"{result.mode}_benchmark_{int(result.started_at)}.json"
 
 
-def save(result: BenchmarkResult, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(result.model_dump_json(indent=2) + "\n")
-    tmp.replace(path)  # a reader never sees half a file
-    return path
-
-
-class ResultsFileError(Exception):
-    """A file is not a benchmark results file this version can read."""
-
-
 def load(path: Path) -> BenchmarkResult:
-    """Read a results file.
+    """Read a `recorder benchmark` results file.
 
     Raises:
         ResultsFileError: missing, not JSON of this schema, or of a newer schema version.
     """
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ResultsFileError(f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        result = BenchmarkResult.model_validate_json(text)
-    except ValueError as exc:
-        raise ResultsFileError(f"{path} is not a benchmark results file: "
-                               f"{str(exc).splitlines()[0]}") from exc
-    if result.schema_version > SCHEMA_VERSION:
-        raise ResultsFileError(f"{path} has schema_version {result.schema_version}; this "
-                               f"version reads up to {SCHEMA_VERSION}: upgrade the recorder")
-    return result
+    return results_file.load(path, BenchmarkResult, what="a benchmark results file",
+                             newest=SCHEMA_VERSION, upgrade="upgrade the recorder")

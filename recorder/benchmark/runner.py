@@ -25,8 +25,8 @@ from recorder.benchmark.results import (
     BenchmarkResult,
     from_session,
     result_path,
-    save,
 )
+from recorder.benchmark.results_file import save
 from recorder.benchmark.settings import BenchmarkSettings
 from recorder.capture.cameras import CameraError, CameraSource
 from recorder.capture.cameras.synthetic import synthetic_cameras
