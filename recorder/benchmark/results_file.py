@@ -46,7 +46,9 @@ def load(path: Path, model: type[M], *, what: str, newest: int, upgrade: str) ->
     kind = model.model_fields.get("benchmark")
     wanted = kind.default if kind is not None else None
     if wanted is not None and data.get("benchmark") != wanted:
-        raise ResultsFileError(f"{path} holds {data.get('benchmark')} results, not {wanted}")
+        if "benchmark" not in data:
+            raise ResultsFileError(f"{path} is not {what}: it names no benchmark")
+        raise ResultsFileError(f"{path} holds {data['benchmark']} results, not {wanted}")
     version = data.get("schema_version")
     if isinstance(version, int) and version > newest:
         raise ResultsFileError(f"{path} has schema_version {version}; this version reads up "
