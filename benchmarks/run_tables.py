@@ -187,6 +187,21 @@ FILE = Metric("results file", lambda run: f"`{run.name}`", right=False)
 TIME = Metric("time (UTC)", lambda run: when(run.result))
 LOAD = Metric("load at start", lambda run: f"{run.result.environment.load_average_1m:.2f}")
 NICE = Metric("`--capture-nice`", lambda run: str(run.result.config.capture_nice))
+
+
+def _workers_beside(run: Run) -> str:
+    config = run.result.config
+    if config.share_capture_host is None:
+        return "-"
+    if not config.share_capture_host:
+        return "pause"
+    return f"share, capture keeps {config.capture_cpus} CPU"
+
+
+WORKERS_BESIDE = Metric("local workers during a capture", _workers_beside, right=False)
+SHAPE = Metric("cameras, size, raw compression", lambda run: (
+    f"{run.result.config.cameras} x {run.result.config.width}x{run.result.config.height}, "
+    f"{run.result.config.raw_compression}"), right=False)
 LATE = Metric("late capture slots per episode (of the run's slots)",
               lambda run: f"{joined(ep.late_frames for ep in run.result.episodes)} of "
                           f"{run.slots:,}", right=False)

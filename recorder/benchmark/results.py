@@ -42,7 +42,7 @@ class BenchmarkConfig(BaseModel):
     preset: str | None
     pix_fmt: str
     raw_format: str = Field(default="rgb24", description="pixel format of the raw frames")
-    raw_compression: str = Field(default="none", description="lossless compression of them")
+    raw_compression: str = Field(default="none", description="compression of them")
     segment_frames: int
     video_encoding_workers: int = Field(description="local workers started; with --broker only "
                                                     "recorded, the farm's own workers are used")
@@ -54,6 +54,11 @@ class BenchmarkConfig(BaseModel):
                                      "elsewhere by its name, or a URL (portable.py)")
     background_load: int = Field(default=0, description="--background-load processes")
     capture_nice: int = Field(default=0, description="--capture-nice: the recorder's nice value")
+    share_capture_host: bool | None = Field(
+        default=None, description="local workers encoded on the CPUs a capture left "
+                                  "(--share-capture-host), else paused; None: not recorded")
+    capture_cpus: int | None = Field(default=None,
+                                     description="--capture-cpus; None: not recorded")
 
 
 class EnvironmentInfo(BaseModel):

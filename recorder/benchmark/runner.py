@@ -165,6 +165,7 @@ def _config(settings: BenchmarkSettings, mode: Mode, *, storage: str, width: int
         broker=None if settings.broker is None else portable_location(settings.broker),
         storage=storage,
         background_load=settings.background_load, capture_nice=settings.capture_nice,
+        share_capture_host=settings.share_capture_host, capture_cpus=settings.capture_cpus,
     )
 
 
