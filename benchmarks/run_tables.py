@@ -198,6 +198,12 @@ def _workers_beside(run: Run) -> str:
     return f"share, capture keeps {config.capture_cpus} CPU"
 
 
+STAGES_SUMMED = Metric(
+    "workers' fetch + encode + verify + publish, summed over the videos (no pauses, no queue)",
+    lambda run: "{:.1f} s".format(sum(t.fetch_s + t.encode_s + t.verify_s + t.publish_s
+                                      for t in run.result.tasks if t.status != "failed")))
+BACKGROUND_LOAD = Metric("`--background-load`",
+                         lambda run: str(run.result.config.background_load))
 WORKERS_BESIDE = Metric("local workers during a capture", _workers_beside, right=False)
 SHAPE = Metric("cameras, size, raw compression", lambda run: (
     f"{run.result.config.cameras} x {run.result.config.width}x{run.result.config.height}, "

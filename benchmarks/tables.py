@@ -31,12 +31,14 @@ from markdown_tables import Pending, Results, Table, TableError, rewrite
 from result_files import (
     RESULTS_DIR,
     RawFormatsResult,
+    RawTransportResult,
     SplitEpisodeResult,
     StatusLatencyResult,
     WorkerEfficiencyResult,
 )
 from run_tables import (
     BACKGROUND,
+    BACKGROUND_LOAD,
     BACKLOG,
     BLOCKED,
     BUSY,
@@ -60,11 +62,14 @@ from run_tables import (
     READY,
     RECORDING,
     REDUCTION,
+    SHAPE,
     SPEEDUP,
+    STAGES_SUMMED,
     TIME,
     TOTAL_CAPTURE,
     WAIT,
     WORKERS,
+    WORKERS_BESIDE,
     Goal,
     by_metric,
     by_run,
@@ -100,9 +105,10 @@ REPLAYED_QUIET = [A(1795812004), A(1795812181), A(1795812393), A(1795812768)]
 REPLAYED_LOADED = [A(1795816993), A(1795817134), A(1795817282), A(1795817453)]
 SYNTHETIC_LOADED = [A(1795804819), A(1795804994), A(1795805146), A(1795805356),  # alternated
                     A(1795808226), A(1795808501), A(1795808788)]  # three more at -10
-RAW_FORMATS = "raw_formats_1796570022"
+RAW_FORMATS = "raw_formats_1796582187"
+RAW_TRANSPORT = "raw_transport_1796582110"
 WORKER_EFFICIENCY = "worker_efficiency_1796570611"
-SPLIT_EPISODE = "split_episode_1796573266"  # measured on a busy machine: rerun
+SPLIT_EPISODE = "split_episode_1796583173"
 STATUS_LATENCY = "status_latency_1796570795"
 
 GOALS = [
@@ -123,21 +129,25 @@ GOALS = [
          partial(goal_split, name=SPLIT_EPISODE, most=1.2)),
 ]
 
-# Issue 21's continuous recording: 4 cameras, 6 episodes of 20 s back to back. The runs'
-# results files go here once measured on a quiet machine (the README says so until then).
-CONTINUOUS: list[str] = []
+# Issue 21's continuous recording: 4 cameras, 6 episodes of 20 s back to back.
+CONTINUOUS: list[str] = [A(1796581799)]
 CONTINUOUS_COMMAND = ("recorder benchmark --async-encoding --episodes 6 --episode-time 20 "
-                      "--reset-time 0 --fps 30 --cameras 4")
+                      "--reset-time 0 --fps 30 --mode real --camera real_clip.mp4 (x4)")
+# Issue 21's scenarios, workers pausing for the capture or sharing its host, one run each.
+CAPTURE_SHARING = [A(1796581128), A(1796581250), A(1796583299), A(1796583442), A(1796580980),
+                   A(1796581361), A(1796581524), A(1796581660)]
+SHARING = [FILE, LOAD, SHAPE, WORKERS_BESIDE, BACKGROUND_LOAD, LATE, COMPLETE_START, COMPLETE,
+           BACKLOG, RAW_LEFT, CPU, STAGES_SUMMED, FRAMES]
 # What the user waits for (issue 21), one row per run.
 WAITS = [FILE, TIME, LOAD, LATE, OVERRUNS, WAIT, COMPLETE, COMPLETE_START, BACKLOG, RAW_LEFT,
          CPU, FRAMES]
 
 # Issue 18: the same loop and frames through LeRobot's own dataset and through the farm
 # (lerobot_compare_<time>.json), and plain lerobot-record against recorder lerobot-record
-# (lerobot_record_<time>.json); 4 cameras 640x480 at 30 fps, 2 x 10 s. Not measured yet:
-# the files go here once taken on a quiet machine (the README says so until then).
-LEROBOT_COMPARE: list[str] = []
-LEROBOT_RECORD: list[str] = []
+# (lerobot_record_<time>.json); 4 cameras 640x480 at 30 fps, 2 x 10 s, each at a load
+# average below 1.0: replayed real-content cameras, then synthetic ones.
+LEROBOT_COMPARE: list[str] = ["lerobot_compare_1796582209", "lerobot_compare_1796582515"]
+LEROBOT_RECORD: list[str] = ["lerobot_record_1796582866"]
 LEROBOT_ARGS = "--episodes 2 --episode-time 10 --fps 30 --width 640 --height 480"
 LEROBOT_COMPARE_COMMANDS = (
     f"recorder benchmark lerobot --mode real {'--camera real_clip.mp4 ' * 4}{LEROBOT_ARGS}",
@@ -219,6 +229,8 @@ def readme_tables(r: Results) -> dict[str, Callable[[], Table | Pending]]:
                                    lambda: lerobot_tables.record_table(r, LEROBOT_RECORD),
                                    LEROBOT_RECORD_COMMAND),
         "raw-formats": script(RAW_FORMATS, RawFormatsResult, script_tables.raw_formats),
+        "raw-transport": script(RAW_TRANSPORT, RawTransportResult, script_tables.raw_transport),
+        "capture-sharing": lambda: by_run(r, CAPTURE_SHARING, SHARING),
         "worker-efficiency": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
                                     script_tables.worker_efficiency),
         "worker-ratios": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
