@@ -146,7 +146,8 @@ WAITS = [FILE, TIME, LOAD, LATE, OVERRUNS, WAIT, COMPLETE, COMPLETE_START, BACKL
 # (lerobot_compare_<time>.json), and plain lerobot-record against recorder lerobot-record
 # (lerobot_record_<time>.json); 4 cameras 640x480 at 30 fps, 2 x 10 s, each at a load
 # average below 1.0: replayed real-content cameras, then synthetic ones.
-LEROBOT_COMPARE: list[str] = ["lerobot_compare_1796582209", "lerobot_compare_1796582515"]
+LEROBOT_COMPARE: list[str] = ["lerobot_compare_1796582209", "lerobot_compare_1796583594",
+                              "lerobot_compare_1796583903", "lerobot_compare_1796582515"]
 LEROBOT_RECORD: list[str] = ["lerobot_record_1796582866"]
 LEROBOT_ARGS = "--episodes 2 --episode-time 10 --fps 30 --width 640 --height 480"
 LEROBOT_COMPARE_COMMANDS = (
