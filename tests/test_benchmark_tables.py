@@ -25,6 +25,7 @@ from result_files import (
     RawFormatRounds,
     RawFormatSample,
     RawFormatsResult,
+    RawTransportResult,
     SplitEpisodeResult,
     SplitRun,
     StatusCase,
@@ -39,7 +40,8 @@ from recorder.benchmark.results_file import ResultsFileError
 RESULTS = REPO / "benchmarks" / "results"
 MODELS: dict[str, type[result_files.ScriptResult]] = {
     "worker_efficiency": WorkerEfficiencyResult, "raw_formats": RawFormatsResult,
-    "split_episode": SplitEpisodeResult, "status_latency": StatusLatencyResult}
+    "raw_transport": RawTransportResult, "split_episode": SplitEpisodeResult,
+    "status_latency": StatusLatencyResult}
 LEROBOT_MODELS: dict[str, type[lerobot_results.LeRobotBenchmark]] = {
     "lerobot_compare": lerobot_results.LeRobotComparison,
     "lerobot_record": lerobot_results.LeRobotRecordComparison}
