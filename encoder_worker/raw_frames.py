@@ -27,8 +27,8 @@ ZSTD_LEVEL = 1
 # JPEG's name for yuv420p: its samples are compressed as they are (the range is only a
 # label, never applied here), and come back the same planes.
 CODEC_PIX_FMT = {"mjpeg": {"yuv420p": "yuvj420p"}}
-# MJPEG's quantiser (2 the finest FFmpeg allows; JPEG's quality ~ 95+): measured to lose
-# at most 0.16 dB in the final AV1 video on real content (benchmarks/README.md).
+# MJPEG's quantiser (2, the finest FFmpeg allows): 0.185 dB lost in the final AV1 video
+# on real 1080p content (benchmarks/README.md, "Raw transport at 1080p").
 MJPEG_QSCALE = 2
 
 
@@ -175,11 +175,11 @@ class FramePacker:
         if self._codec is None:
             codec = av.CodecContext.create(self.compression, "w")
             assert isinstance(codec, av.VideoCodecContext)
-            codec.width, codec.height, codec.pix_fmt = self.width, self.height, self.pix_fmt
+            codec.width, codec.height = self.width, self.height
+            codec.pix_fmt = self._codec_pix_fmt
             codec.time_base = Fraction(1, 30)  # unused: frames are stored, not timed
             codec.thread_count = 1  # one camera, one core: the robot has others to do
             codec.gop_size = 1  # every frame decodes alone: a part may start anywhere
-            codec.pix_fmt = self._codec_pix_fmt
             if self.compression == "mjpeg":
                 codec.options = {"qmin": str(MJPEG_QSCALE), "qmax": str(MJPEG_QSCALE)}
             codec.open()
