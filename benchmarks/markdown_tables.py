@@ -129,6 +129,7 @@ def quiet(result: ScriptResult) -> bool:
 
 S = TypeVar("S", bound=ScriptResult)
 L = TypeVar("L", bound=LeRobotBenchmark)
+M = TypeVar("M")
 # Results files of the LeRobot comparisons, by the name they start with.
 LEROBOT_KINDS = ("lerobot_compare", "lerobot_record")
 
@@ -148,31 +149,21 @@ class Results:
 
     def run(self, name: str) -> BenchmarkResult:
         """A `recorder benchmark` results file."""
-        if name not in self._read:
-            try:
-                self._read[name] = benchmark_results.load(self.path(name))
-            except ResultsFileError as exc:
-                raise TableError(str(exc)) from exc
-        result = self._read[name]
-        assert isinstance(result, BenchmarkResult)
-        return result
+        return self._once(name, BenchmarkResult, benchmark_results.load)
 
     def lerobot(self, name: str, model: type[L]) -> L:
         """A LeRobot comparison's results file (`recorder benchmark lerobot[-record]`)."""
-        if name not in self._read:
-            try:
-                self._read[name] = lerobot_results.load(self.path(name), model)
-            except ResultsFileError as exc:
-                raise TableError(str(exc)) from exc
-        result = self._read[name]
-        assert isinstance(result, model)
-        return result
+        return self._once(name, model, lambda path: lerobot_results.load(path, model))
 
     def script(self, name: str, model: type[S]) -> S:
         """A results file of one of benchmarks/*.py."""
+        return self._once(name, model, lambda path: result_files.load(path, model))
+
+    def _once(self, name: str, model: type[M], load: Callable[[Path], M]) -> M:
+        """The file read with load the first time it is asked for; a bad one: TableError."""
         if name not in self._read:
             try:
-                self._read[name] = result_files.load(self.path(name), model)
+                self._read[name] = load(self.path(name))
             except ResultsFileError as exc:
                 raise TableError(str(exc)) from exc
         result = self._read[name]
