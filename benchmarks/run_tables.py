@@ -198,6 +198,12 @@ def _workers_beside(run: Run) -> str:
     return f"share, capture keeps {config.capture_cpus} CPU"
 
 
+def _windows(run: Run) -> str:
+    seconds = run.result.config.encode_window_s
+    return f"{seconds:g} s" if seconds else "no (sent when saved)"
+
+
+WINDOWS = Metric("encoded while recorded, in windows of", _windows, right=False)
 STAGES_SUMMED = Metric(
     "workers' fetch + encode + verify + publish, summed over the videos (no pauses, no queue)",
     lambda run: "{:.1f} s".format(sum(t.fetch_s + t.encode_s + t.verify_s + t.publish_s

@@ -9,6 +9,8 @@ from typing import Any, Self
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from encoder_worker.raw_episode import Manifest
+
 # 2: `episode` became `recording` (the recording number, not LeRobot's episode index).
 SCHEMA_VERSION = 2
 # The Celery queue that recorders send EncodeJobs to and workers take them from.
@@ -19,6 +21,8 @@ class Status(StrEnum):
     SUCCEEDED = "succeeded"
     # The verified output was already published by an earlier copy of this job.
     ALREADY_DONE = "already_done"
+    # A window of an episode that the recorder cleared or interrupted: nothing is kept.
+    DISCARDED = "discarded"
     FAILED = "failed"
 
 
@@ -88,25 +92,55 @@ def encode_time_limit_s(*, frames: int, width: int, height: int) -> float:
     return TIME_LIMIT_BASE_S + frames * width * height / SLOWEST_PIXELS_PER_S
 
 
+# Parts wait here, in the output storage, for their join; a dotted folder is no dataset's.
+PARTS_ROOT = ".farm-parts"
+
+
+def parts_folder(output_key: str) -> str:
+    """Where the parts of the video at output_key wait for their join (output keys are
+    unique per storage)."""
+    return f"{PARTS_ROOT}/{output_key}.parts"
+
+
 class PartSpec(BaseModel):
-    """One part of a long episode's video, encoded apart and joined (encoder_worker/parts.py).
+    """One part of a video, encoded apart and joined (encoder_worker/parts.py).
 
     The part's frames are [first_frame, first_frame + frame_count) of the raw episode; the
     parts of one video share its output_key and parent_id and tile its frames in order.
+    Two kinds: a long episode split once it is saved (split_job: count known), and the
+    windows of an episode encoded while it is recorded (window_frames set: windows are
+    sent before the episode's length, so the count, is known; the last part, sent when
+    the episode is saved, has it).
     """
 
     parent_id: str = Field(min_length=1, description="the whole video's job id: the id of "
                                                      "the one result the recorder gets")
     index: int = Field(ge=0)
-    count: int = Field(ge=1)
+    count: int | None = Field(default=None, ge=1, description="parts of the video; None: a "
+                                                             "window sent while recording")
     first_frame: int = Field(ge=0)
     frame_count: int = Field(ge=1)
+    window_frames: int | None = Field(default=None, ge=1, description="set: the video's "
+                                      "parts are windows of this many frames (window_ranges)")
 
     @model_validator(mode="after")
     def _index_in_count(self) -> Self:
-        if self.index >= self.count:
+        if self.count is None and self.window_frames is None:
+            raise ValueError("a part without a count must be a window (window_frames)")
+        if self.count is not None and self.index >= self.count:
             raise ValueError(f"part index {self.index} is not below its count {self.count}")
         return self
+
+
+def window_ranges(frames: int, window_frames: int) -> list[tuple[int, int]]:
+    """(first_frame, frame_count) of the parts of an episode of frames frames encoded in
+    windows while recorded: whole windows, then the rest (1..window_frames frames).
+
+    A window is sent once the frame after it is written, so the episode's last part is
+    never empty and is the one sent when the episode is saved.
+    """
+    starts = range(0, max(frames, 1), window_frames)
+    return [(first, min(window_frames, frames - first)) for first in starts]
 
 
 def split_frames(frames: int, parts: int) -> list[tuple[int, int]]:
@@ -155,6 +189,10 @@ class EncodeJob(BaseModel):
     options: EncoderOptions = Field(default_factory=EncoderOptions)
     # Set: encode only these frames, as one part of the video (split_job); None: all.
     part: PartSpec | None = None
+    # A window sent while its episode is recorded: the raw episode's manifest is not
+    # written yet, so the job carries what the window's frames need of it (its format
+    # and the window's segments, raw_episode.window_of).
+    window_manifest: Manifest | None = None
     submitted_at: float = Field(default_factory=time.time, description="unix time")
 
     @field_validator("raw_prefix", "output_key")
@@ -232,7 +270,7 @@ class EncodeResult(BaseModel):
 
     @property
     def ok(self) -> bool:
-        return self.status in (Status.SUCCEEDED, Status.ALREADY_DONE)
+        return self.status in (Status.SUCCEEDED, Status.ALREADY_DONE, Status.DISCARDED)
 
     @classmethod
     def failed(cls, job: EncodeJob, error: str, *, reason: FailureReason,

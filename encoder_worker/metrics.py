@@ -59,7 +59,8 @@ class _Metrics:
         self.started = Counter("farm_jobs_started", "Runs of the encode task started (a "
                                "retried job runs again)")
         self.succeeded = Counter("farm_jobs_succeeded", "Jobs whose video is published; "
-                                 "outcome already_done: it was there already",
+                                 "outcome already_done: it was there already; discarded: "
+                                 "a window of an episode the recorder cleared",
                                  ["outcome"])
         self.failed = Counter("farm_jobs_failed", "Jobs that failed, by reason", ["reason"])
         self.retried = Counter("farm_jobs_retried", "Task runs that put their job back to "
@@ -81,7 +82,7 @@ class _Metrics:
                                  "again: lease_lapsed (its worker died mid-encode) or "
                                  "countdown_overdue (it died holding a countdown)", ["kind"])
         # Every label value from the start: a rate over a series that appears late is wrong.
-        for outcome in ("encoded", "already_done"):
+        for outcome in ("encoded", "already_done", "discarded"):
             self.succeeded.labels(outcome)
         for reason in FAILURE_REASONS:
             self.failed.labels(reason)
@@ -286,4 +287,4 @@ def _observe(result: EncodeResult, m: _Metrics) -> None:
         m.failed.labels((result.reason or FailureReason.OTHER).value).inc()
     else:
         m.succeeded.labels("encoded" if result.status is Status.SUCCEEDED
-                           else "already_done").inc()
+                           else result.status.value).inc()

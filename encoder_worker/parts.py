@@ -13,6 +13,17 @@ finds them all. It joins them under the video's join lease (ledger.JobLedger.joi
   part's packets shifted by the real durations of the parts before it, the result
   checked and published under the job's output_key, then the parts are deleted.
 
+Windows (PartSpec.window_frames): an episode's frames are also encoded while it is
+recorded, a window at a time (raw_episode.RawEpisodeWriter sends each once the frame after
+it is written). Such a job carries the window's copy of the manifest, as the episode's is
+not written yet; the part sent when the episode is saved encodes the rest. The parts'
+count is known only from the saved manifest (jobs.window_ranges): a window finished
+before that publishes its part and leaves the join to the last part. Each part is tagged
+with the digest of its frames' segments (Manifest.frames_digest), which the join checks
+against the saved manifest. A window of an episode that was cleared or interrupted finds
+its manifest marked so and publishes nothing (Status.DISCARDED); the recorder removes
+the parts published before that (recorder/dataset/commit.py).
+
 A worker that dies mid-part or mid-join: its part job's lease lapses and the job is sent
 again; the new run finds its part published (or the video) and goes on to the join. The
 join lease lapses too, ttl_s after its dead holder's last heartbeat.
@@ -53,15 +64,21 @@ from encoder_worker.encode import (
     timed_result,
     video_source,
 )
-from encoder_worker.jobs import EncodeJob, EncodeResult, FailureReason, PartSpec, Status
+from encoder_worker.jobs import (
+    EncodeJob,
+    EncodeResult,
+    FailureReason,
+    PartSpec,
+    Status,
+    parts_folder,
+    window_ranges,
+)
 from encoder_worker.ledger import JobLease
-from encoder_worker.raw_episode import Manifest, RawEpisodeError, RawEpisodeReader
+from encoder_worker.raw_episode import Manifest, ManifestMissing, RawEpisodeError, RawEpisodeReader
 from encoder_worker.storage import KeyNotFound, Storage, open_storage
 
 logger = logging.getLogger(__name__)
 
-# Parts wait here, in the output storage, for their join; a dotted folder is no dataset's.
-PARTS_ROOT = ".farm-parts"
 # Parts that do not join into one verified video fail the job with this reason.
 JOIN = FailureReason.VERIFY
 _RANGE = re.compile(r" frames=(\d+)\+(\d+)$")
@@ -69,12 +86,22 @@ _RANGE = re.compile(r" frames=(\d+)\+(\d+)$")
 
 def parts_prefix(job: EncodeJob) -> str:
     """The folder of the parts of job's video (output keys are unique per storage)."""
-    return f"{PARTS_ROOT}/{job.output_key}.parts"
+    return parts_folder(job.output_key)
 
 
 def part_key(job: EncodeJob, index: int) -> str:
     assert job.part is not None
+    if job.part.window_frames is not None:
+        return f"{parts_prefix(job)}/window-{index:04d}.mp4"
     return f"{parts_prefix(job)}/part-{index:03d}-of-{job.part.count:03d}.mp4"
+
+
+def part_digest(reader: RawEpisodeReader, part: PartSpec) -> str:
+    """What a part's source tag names: its frames' segments for a window's part (the same
+    in the window's manifest and the saved one), else the whole manifest."""
+    if part.window_frames is None:
+        return reader.manifest_digest
+    return reader.manifest.frames_digest(part.first_frame, part.frame_count)
 
 
 def part_source(digest: str, part: PartSpec) -> str:
@@ -105,6 +132,8 @@ def encode_part_and_join(job: EncodeJob, *, join_lock: JobLease, scratch_dir: Pa
         try:
             _encode_part(result, job, scratch_dir=scratch_dir, before_publish=before_publish,
                          progress=progress, pause=pause)
+            if result.status is Status.DISCARDED:
+                return result
             stage = "the join"
             t0 = time.perf_counter()
             result.joined = join_parts(job, lock=join_lock, scratch_dir=scratch_dir)
@@ -123,22 +152,30 @@ def _encode_part(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | No
     if pause is not None:
         pause()  # before the codec's start (memory, threads) and the first reads
     output = open_storage(job.output_storage)
-    reader = RawEpisodeReader(open_storage(job.raw_storage), job.raw_prefix)
+    raw = open_storage(job.raw_storage)
+    saved = saved_episode(job)
+    if saved is not None and saved.manifest.interrupted:
+        if job.window_manifest is None:
+            raise RawEpisodeError(f"{job.raw_prefix} was interrupted while recording; it is "
+                                  "not encoded as a complete episode")
+        _discard(result, job, output)
+        return
+    reader = saved if job.window_manifest is None else RawEpisodeReader(
+        raw, job.raw_prefix, window=job.window_manifest)
+    assert reader is not None  # saved_episode raises for a job without a window
     manifest = reader.manifest
-    if manifest.interrupted:
-        raise RawEpisodeError(f"{job.raw_prefix} was interrupted while recording; it is not "
-                              "encoded as a complete episode")
     if part.first_frame + part.frame_count > manifest.frame_count:
         raise RawEpisodeError(
             f"frames {part.first_frame}..{part.first_frame + part.frame_count - 1} are beyond "
             f"the raw episode's {manifest.frame_count} frames")
     key = part_key(job, part.index)
-    source = part_source(reader.manifest_digest, part)
+    source = part_source(part_digest(reader, part), part)
     result.frames = part.frame_count
     with tempfile.TemporaryDirectory(prefix="part-", dir=scratch_dir) as tmp:
         # A redelivered part job: the video (joined already) or its part may be there.
-        done = published_copy(output, job.output_key, SOURCE_PREFIX + reader.manifest_digest,
-                              Path(tmp) / "video.mp4")
+        done = None if saved is None else published_copy(
+            output, job.output_key, SOURCE_PREFIX + saved.manifest_digest,
+            Path(tmp) / "video.mp4")
         if done is not None:
             remove_parts(output, job)  # what a joiner that died after publishing left
         else:
@@ -153,6 +190,49 @@ def _encode_part(result: EncodeResult, job: EncodeJob, *, scratch_dir: Path | No
                            source=source, progress=progress, pause=pause,
                            before_publish=before_publish, first_frame=part.first_frame,
                            frame_count=part.frame_count)
+
+
+def saved_episode(job: EncodeJob) -> RawEpisodeReader | None:
+    """The raw episode as saved (its manifest); None for a window's job while the episode
+    is still being recorded.
+
+    Raises:
+        ManifestMissing: not a window's job, and no manifest.
+    """
+    try:
+        return RawEpisodeReader(open_storage(job.raw_storage), job.raw_prefix)
+    except ManifestMissing:
+        if job.window_manifest is None:
+            raise
+        return None
+
+
+def _discard(result: EncodeResult, job: EncodeJob, output: Storage) -> None:
+    """The window's episode was cleared or interrupted: keep none of its parts."""
+    remove_parts(output, job)
+    result.status = Status.DISCARDED
+    result.frames = 0
+    logger.info("job %s: %s was cleared or interrupted while recording; its window is not "
+                "kept", job.job_id, job.raw_prefix)
+
+
+def part_plan(job: EncodeJob, manifest: Manifest, digest: str) -> list[tuple[str, str]]:
+    """(key, digest its source tag names) of each part of job's video, in order.
+
+    Raises:
+        EncodeError: the job's part count disagrees with the saved episode's length.
+    """
+    part = job.part
+    assert part is not None
+    if part.window_frames is None:
+        assert part.count is not None
+        return [(part_key(job, index), digest) for index in range(part.count)]
+    ranges = window_ranges(manifest.frame_count, part.window_frames)
+    if part.count not in (None, len(ranges)) or part.index >= len(ranges):
+        raise EncodeError(f"part {part.index + 1} of {part.count} does not fit the "
+                          f"{len(ranges)} windows of {manifest.frame_count} frames", reason=JOIN)
+    return [(part_key(job, index), manifest.frames_digest(first, count))
+            for index, (first, count) in enumerate(ranges)]
 
 
 def frame_ticks(stream: av.VideoStream, fps: float) -> int:
@@ -171,10 +251,16 @@ def join_parts(job: EncodeJob, *, lock: JobLease, scratch_dir: Path | None = Non
     call published it. Idempotent: any number of calls, at once or later, publish once."""
     assert job.part is not None
     output = open_storage(job.output_storage)
-    keys = [part_key(job, index) for index in range(job.part.count)]
+    reader = saved_episode(job)
+    if reader is None:
+        return False  # a window finished before its episode was saved: the save's part joins
+    if reader.manifest.interrupted:  # cleared after this window was published
+        remove_parts(output, job)
+        return False
+    plan = part_plan(job, reader.manifest, reader.manifest_digest)
+    keys = [key for key, _ in plan]
     if not all(output.exists(key) for key in keys):
         return False  # the last part to be published joins
-    reader = RawEpisodeReader(open_storage(job.raw_storage), job.raw_prefix)
     source = SOURCE_PREFIX + reader.manifest_digest
     # Waits out a dead joiner's lease (ttl_s after its last heartbeat).
     if not lock.acquire(wait_s=lock.ttl_s * 1.5):
@@ -197,7 +283,8 @@ def join_parts(job: EncodeJob, *, lock: JobLease, scratch_dir: Path | None = Non
                 paths.append(path)
             video = Path(tmp) / "joined.mp4"
             starts = join_videos(paths, video, manifest=reader.manifest,
-                                 digest=reader.manifest_digest)
+                                 digest=reader.manifest_digest,
+                                 part_digests=[digest for _, digest in plan])
             verify_joined(video, reader.manifest, starts)
             lock.check()  # a joiner that lost its lease must not publish over another
             publish(output, job.output_key, video)
@@ -208,12 +295,14 @@ def join_parts(job: EncodeJob, *, lock: JobLease, scratch_dir: Path | None = Non
     return True
 
 
-def join_videos(parts: list[Path], video: Path, *, manifest: Manifest, digest: str) -> list[int]:
+def join_videos(parts: list[Path], video: Path, *, manifest: Manifest, digest: str,
+                part_digests: list[str] | None = None) -> list[int]:
     """Remux parts, in order, into video with stream copy; returns each part's first frame.
 
     Each part's timestamps are shifted by the real durations of the parts before it (its
-    packets' pts + duration). The parts' source tags must name this raw episode and
-    tile its frames in order; the result is tagged as a whole-episode encode.
+    packets' pts + duration). The parts' source tags must name this raw episode (digest,
+    or each part's part_digests entry) and tile its frames in order; the result is tagged
+    as a whole-episode encode.
 
     Raises:
         EncodeError: the parts do not fit together.
@@ -226,7 +315,8 @@ def join_videos(parts: list[Path], video: Path, *, manifest: Manifest, digest: s
         offset = 0
         last_dts: int | None = None
         for index, path in enumerate(parts):
-            first, count = _part_range(path, digest, index)
+            first, count = _part_range(
+                path, digest if part_digests is None else part_digests[index], index)
             if first != expected_first:
                 raise EncodeError(f"part {index + 1} starts at frame {first}, expected "
                                   f"{expected_first}", reason=JOIN)

@@ -90,12 +90,37 @@ class Manifest(BaseModel):
     def stored_bytes(self) -> int:
         return sum(s.bytes for s in self.segments)
 
+    def frames_digest(self, first: int, count: int) -> str:
+        """The digest of what frames [first, first + count) are made of: the format and
+        the segments that hold them. A window's copy of the manifest (window_of) and the
+        whole episode's give the same digest, so a part encoded while recording is known
+        to hold the frames of the episode that was saved."""
+        format_fields = self.model_dump_json(include={
+            "width", "height", "pix_fmt", "compression", "extradata", "fps"})
+        held = [s.model_dump_json() for s in self.segments
+                if s.first_frame < first + count and s.first_frame + s.frame_count > first]
+        text = "\n".join([format_fields, f"{first}+{count}", *held])
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
     def packer(self) -> FramePacker:
         """What turns this episode's stored bytes back into frames."""
         extradata = base64.b64decode(self.extradata) if self.extradata else None
         return FramePacker(width=self.width, height=self.height, pix_fmt=self.pix_fmt,
                            input_pix_fmt=self.pix_fmt, compression=self.compression,
                            extradata=extradata)
+
+
+def window_of(manifest: Manifest, first: int, count: int) -> Manifest:
+    """What a worker needs to read frames [first, first + count) before the episode's
+    manifest is written: its format and the segments holding them (frame_count: the end
+    of the window; timestamps are the episode manifest's alone)."""
+    return manifest.model_copy(update={
+        "frame_count": first + count, "timestamps": [],
+        "segments": [s for s in manifest.segments
+                     if s.first_frame < first + count and s.first_frame + s.frame_count > first]})
+
+
+WindowCallback = Callable[[Manifest], None]
 
 
 class SegmentSink(Protocol):
@@ -110,6 +135,10 @@ class SegmentSink(Protocol):
     def commit_manifest(self, manifest: Manifest) -> None:
         """Store the manifest after every committed segment is stored."""
 
+    def commit_window(self, window: Manifest) -> None:
+        """Hand a window of frames (window_of) to whoever encodes it, once its segments are
+        where workers read them."""
+
 
 class DirectSink:
     """Writes segments straight into the storage: in place for a local folder.
@@ -119,9 +148,11 @@ class DirectSink:
     record loop on a busy host (measured), and the manifest is the commit point anyway.
     """
 
-    def __init__(self, storage: Storage, prefix: str, *, scratch_dir: Path | None = None) -> None:
+    def __init__(self, storage: Storage, prefix: str, *, scratch_dir: Path | None = None,
+                 on_window: WindowCallback | None = None) -> None:
         self.storage = storage
         self.prefix = prefix
+        self.on_window = on_window
         folder = storage.local_path(prefix)
         self._in_place = folder is not None
         self._dir = folder if folder is not None else scratch_dir
@@ -151,6 +182,11 @@ class DirectSink:
                 os.fsync(f.fileno())
         self._unsynced.clear()
         self.storage.put_bytes(manifest_key(self.prefix), manifest.model_dump_json().encode())
+
+    def commit_window(self, window: Manifest) -> None:
+        # Its segments are in place (a local folder) or published (commit_segment) already.
+        if self.on_window is not None:
+            self.on_window(window)
 
 
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -200,15 +236,23 @@ class RawEpisodeWriter:
         input_pix_fmt: str | None = None,
         compression: Compression = "none",
         segment_frames: int = 30,
+        window_frames: int = 0,
     ) -> None:
         """Frames are given in input_pix_fmt (default: pix_fmt) and stored as pix_fmt,
-        compressed by compression.
+        compressed by compression. With window_frames (a multiple of segment_frames), each
+        window of that many frames goes to sink.commit_window once the frame after it is
+        written (so a window is never the episode's last part, which the save sends).
 
         Raises:
-            ValueError: a pixel format or compression this format does not carry.
+            ValueError: a pixel format or compression this format does not carry, or
+                window_frames not a multiple of segment_frames.
         """
+        if window_frames % segment_frames:
+            raise ValueError(f"window_frames {window_frames} is not a multiple of "
+                             f"segment_frames {segment_frames}")
         self.sink = sink
         self.segment_frames = segment_frames
+        self.window_frames = window_frames
         self._packer = FramePacker(width=width, height=height, pix_fmt=pix_fmt,
                                    input_pix_fmt=input_pix_fmt or pix_fmt,
                                    compression=compression)
@@ -242,6 +286,11 @@ class RawEpisodeWriter:
                 f"expected {self._packer.input_shape} uint8"
             )
         data = self._packer.pack(frame)
+        count = manifest.frame_count
+        if self.window_frames and count and count % self.window_frames == 0:
+            # The window's last segment was committed with its last frame.
+            self.sink.commit_window(window_of(manifest, count - self.window_frames,
+                                              self.window_frames))
         if self._file is None:
             self._file = self.sink.open_segment(segment_name(len(manifest.segments)))
             self._segment_first = manifest.frame_count
@@ -304,10 +353,17 @@ class RawEpisodeWriter:
 class RawEpisodeReader:
     """Reads a committed raw episode back, frame by frame, checking sizes and checksums."""
 
-    def __init__(self, storage: Storage, prefix: str) -> None:
+    def __init__(self, storage: Storage, prefix: str, *, window: Manifest | None = None) -> None:
+        """window: read a window of frames sent while recording (window_of), not the
+        episode's manifest (manifest_digest is then the window's frames_digest)."""
         self.storage = storage
         self.prefix = prefix
-        self.manifest, self.manifest_digest = self._load_manifest()
+        if window is None:
+            self.manifest, self.manifest_digest = self._load_manifest()
+        else:
+            first = window.segments[0].first_frame if window.segments else 0
+            self.manifest = window
+            self.manifest_digest = window.frames_digest(first, window.frame_count - first)
 
     def _load_manifest(self) -> tuple[Manifest, str]:
         key = manifest_key(self.prefix)

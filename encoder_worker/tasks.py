@@ -52,9 +52,10 @@ def manifest_pending(job: EncodeJob, settings: WorkerSettings) -> bool:
 
     Recorders upload raw episodes in the background and send the job at episode end, so
     a worker can be faster than the upload; storage that cannot be reached counts as
-    not there yet. After manifest_wait_s, encode_job reports the missing manifest.
+    not there yet. After manifest_wait_s, encode_job reports the missing manifest. A
+    window's job needs none: it carries its window's copy.
     """
-    if time.time() - job.submitted_at > settings.manifest_wait_s:
+    if job.window_manifest is not None or time.time() - job.submitted_at > settings.manifest_wait_s:
         return False
     try:
         return not open_storage(job.raw_storage).exists(manifest_key(job.raw_prefix))

@@ -310,9 +310,9 @@ def test_async_commit_runs_behind_the_next_episode_and_its_failure_is_raised(
         dataset = create(root, async_encoding=True, wait=False, farm=farm,
                          segment_frames=4, **FAST)
         sink = dataset.committer.sink
-        monkeypatch.setattr(dataset.committer, "sink", lambda prefix: _FailingSegments(
+        monkeypatch.setattr(dataset.committer, "sink", lambda prefix, **kw: _FailingSegments(
             dataset.raw_storage, prefix) if prefix.endswith("episode_000001/cam0") else
-            sink(prefix))
+            sink(prefix, **kw))
         record_episodes(dataset, episodes=2, frames=10)
         assert [e.recording for e in dataset.episodes] == [0, 1]
         with pytest.raises(WriterFailed, match="No space left on device"):

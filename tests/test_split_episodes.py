@@ -19,10 +19,16 @@ from video_checks import check_video_against_raw, decode_rgb
 from encoder_worker import parts
 from encoder_worker.broker import redis_client
 from encoder_worker.encode import SOURCE_PREFIX, video_source
-from encoder_worker.jobs import EncodeJob, EncoderOptions, Status, merge_part_results, split_job
+from encoder_worker.jobs import (
+    PARTS_ROOT,
+    EncodeJob,
+    EncoderOptions,
+    Status,
+    merge_part_results,
+    split_job,
+)
 from encoder_worker.ledger import CLAIMS_KEY, JOIN_PREFIX, JobLedger
 from encoder_worker.parts import (
-    PARTS_ROOT,
     encode_part_and_join,
     join_parts,
     part_key,

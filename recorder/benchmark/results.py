@@ -59,6 +59,9 @@ class BenchmarkConfig(BaseModel):
                                   "(--share-capture-host), else paused; None: not recorded")
     capture_cpus: int | None = Field(default=None,
                                      description="--capture-cpus; None: not recorded")
+    encode_window_s: float | None = Field(
+        default=None, description="--encode-window-s (0: episodes sent only when saved); "
+                                  "None: not recorded (before windows existed: 0)")
 
 
 class EnvironmentInfo(BaseModel):

@@ -166,6 +166,7 @@ def _config(settings: BenchmarkSettings, mode: Mode, *, storage: str, width: int
         storage=storage,
         background_load=settings.background_load, capture_nice=settings.capture_nice,
         share_capture_host=settings.share_capture_host, capture_cpus=settings.capture_cpus,
+        encode_window_s=settings.encode_window_s if mode == "async" else 0,
     )
 
 

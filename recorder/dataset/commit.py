@@ -6,6 +6,14 @@
         where workers read it (remote raw storage: once the upload spool has uploaded it;
         the spool's upload thread then hands the episode back)
 
+With windows (JobPlan.window_frames), each camera's frames also go to the farm while the
+episode is captured: the camera's sink hands each window over once its segments are where
+workers read them, and its job is sent on the commit thread; the save then sends the rest
+of each camera as the part that joins them all. A cleared or interrupted episode's windows
+are discarded: the farm client forgets their results, and their published parts are
+removed once its manifests, marked interrupted, are stored (a window's worker looks at
+the manifest after publishing its part, so either side removes it).
+
 The committer owns the upload spool of remote raw storage (opened, resumed, the sinks of
 new episodes), the episodes earlier runs left in it, and, with a farm, the one commit
 thread: commit() returns at once, episodes commit and are delivered there in order, and
@@ -16,6 +24,7 @@ Ctrl-C reaches them there).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -24,10 +33,10 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from encoder_worker.jobs import EncodeJob, EncodeResult
-from encoder_worker.raw_episode import DirectSink
+from encoder_worker.jobs import EncodeJob, EncodeResult, parts_folder
+from encoder_worker.raw_episode import DirectSink, Manifest
 from encoder_worker.raw_layout import RAW_ROOT, record_key, recording_of_record, rows_key
-from encoder_worker.storage import Storage
+from encoder_worker.storage import Storage, StorageError
 from recorder.dataset.episode import CapturedEpisode, RawSink, finish_writers
 from recorder.dataset.jobs import JobPlan, encode_inline, video_job_ids
 from recorder.dataset.report import EpisodeReport
@@ -35,7 +44,7 @@ from recorder.dataset.staging import load_staged
 from recorder.farm.client import EncodingFarmClient
 from recorder.farm.spool_folder import spool_folder
 from recorder.farm.spool_sink import SpoolSink
-from recorder.farm.upload_spool import Upload, UploadSpool
+from recorder.farm.upload_spool import Upload, UploadSpool, when_all_done
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +84,7 @@ class EpisodeCommitter:
         self._commits: deque[Future[None]] = deque()  # a farm's: raised in order
         self._ready: deque[Delivery] = deque()  # uploaded, not yet delivered
         self._undelivered: set[int] = set()  # recordings saved, their jobs not sent yet
+        self._discarded: set[int] = set()  # cleared or interrupted: no more windows sent
         self._said_backlog = False
         self._lock = threading.Lock()
         self._finished = False
@@ -104,13 +114,56 @@ class EpisodeCommitter:
                 self._undelivered.add(recording)
                 self._deliver_when_stored(upload, Delivery(recording))
 
-    def sink(self, prefix: str) -> RawSink:
-        """Where a camera writer of a new episode writes its raw frames."""
+    def sink(self, prefix: str, *, recording: int, video_key: str) -> RawSink:
+        """Where a camera writer of a new episode writes its raw frames (and hands its
+        windows over, with JobPlan.window_frames)."""
+        on_window = None
+        if self.farm is not None and self.plan.window_frames:
+            def on_window(window: Manifest) -> None:
+                self._thread.submit(self._send_window, recording, video_key, window)
         if self.spool is None:
-            return DirectSink(self.raw, prefix)
+            return DirectSink(self.raw, prefix, on_window=on_window)
         # Inline encoding reads the episode back at once: its manifest must be stored
         # before the writer's close() returns.
-        return SpoolSink(self.spool, prefix, durable_manifest=self.inline)
+        return SpoolSink(self.spool, prefix, durable_manifest=self.inline, on_window=on_window)
+
+    # -- windows -----------------------------------------------------------------------
+
+    def _send_window(self, recording: int, video_key: str, window: Manifest) -> None:
+        with self._lock:
+            if recording in self._discarded:
+                return
+        assert self.farm is not None
+        self.farm.submit(self.plan.window_job(recording, video_key, window))
+
+    def discard_windows(self, episode: CapturedEpisode) -> None:
+        """The episode was cleared or interrupted (its writers finished, interrupted): no
+        more of its windows are sent, the farm forgets them, and their parts are removed
+        once its interrupted manifests are stored."""
+        if self.farm is None or not self.plan.window_frames:
+            return
+        recording = episode.recording
+        with self._lock:
+            self._discarded.add(recording)
+        manifests = [s.manifest_upload for s in episode.sinks
+                     if isinstance(s, SpoolSink) and s.manifest_upload is not None]
+
+        def remove_parts() -> None:
+            with contextlib.suppress(RuntimeError):  # finish() stopped the thread: left
+                self._thread.submit(self._remove_windows, recording)
+        when_all_done(manifests, remove_parts)
+
+    def _remove_windows(self, recording: int) -> None:
+        assert self.farm is not None
+        self.farm.discard(recording)
+        for output_key in self.plan.videos_of(recording).values():
+            folder = parts_folder(output_key)
+            try:
+                self.plan.dataset.delete_prefix(folder)
+            except StorageError as exc:  # the dataset is whole without them
+                logger.warning("recording %d was cleared, but its encoded windows at %s/%s "
+                               "could not be removed (%s): delete that folder by hand",
+                               recording, self.plan.dataset.url, folder, exc)
 
     # -- committing --------------------------------------------------------------------
 
@@ -247,7 +300,8 @@ class EpisodeCommitter:
         record = load_staged(self.raw, delivery.recording)
         missing = {key: video for key, video in record.videos.items()
                    if not self.plan.dataset.exists(video)}
-        jobs = self.plan.jobs(delivery.recording, missing, frames=record.length)
+        # Its windows, if any, were sent by a run that is gone: its videos are sent whole.
+        jobs = self.plan.jobs(delivery.recording, missing, frames=record.length, windows=False)
         logger.warning("recording %d, committed by an earlier run that stopped before it was "
                        "uploaded, is uploaded now: %s its %d missing videos",
                        delivery.recording, "encoding" if self.inline else "sending the farm",

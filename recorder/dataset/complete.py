@@ -26,7 +26,7 @@ from encoder_worker.storage import Storage
 from recorder.dataset import metadata
 from recorder.dataset.failpoints import failpoint
 from recorder.dataset.layout import INFO_KEY, Layout
-from recorder.dataset.retention import drop_counted_raw
+from recorder.dataset.retention import drop_counted_raw, drop_parts_left
 from recorder.dataset.staging import StagedEpisode, load_rows, load_staged, staged_recordings
 from recorder.dataset.videos import VideoProbe, local_video, probe_video
 
@@ -89,6 +89,7 @@ def complete_dataset(dataset: Storage, raw: Storage, *,
         tasks = metadata.read_tasks(dataset, fmt)
         result = Completion()
         new_rows: list[dict[str, Any]] = []
+        added_videos: list[str] = []
         frames = info["total_frames"]
         for recording in staged:
             episode = load_staged(raw, recording)
@@ -112,6 +113,7 @@ def complete_dataset(dataset: Storage, raw: Storage, *,
             new_rows.append(_episode_row(episode, fmt=fmt, index=index, first_frame=frames,
                                          durations=durations, layout=layout))
             frames += episode.length
+            added_videos += episode.videos.values()
         result.staged_left = len(staged) - len(new_rows)
         if new_rows:
             failpoint("complete:data-written")
@@ -130,6 +132,7 @@ def complete_dataset(dataset: Storage, raw: Storage, *,
             metadata.write_json(dataset, INFO_KEY, info)  # the commit point
             result.added = [row["episode_index"] for row in new_rows]
             logger.info("dataset %s: episodes %s joined", dataset.url, result.added)
+            drop_parts_left(dataset, added_videos)
         result.total_episodes = info["total_episodes"]
         result.total_frames = info["total_frames"]
         if not keep_raw:

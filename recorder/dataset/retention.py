@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Iterable
 
+from encoder_worker.jobs import PARTS_ROOT, parts_folder
 from encoder_worker.raw_layout import RAW_ROOT, recording_of, recording_prefix
 from encoder_worker.storage import Storage, StorageError
 from recorder.dataset.failpoints import failpoint
@@ -61,3 +62,23 @@ def drop_counted_raw(raw: Storage, counted: Iterable[int]) -> list[int]:
         logger.info("raw frames of recordings %s deleted: their episodes are in the dataset "
                     "(--keep-raw keeps them)", dropped)
     return dropped
+
+
+def drop_parts_left(dataset: Storage, videos: Iterable[str]) -> None:
+    """Delete what is left of the parts of videos the dataset counts: a join removes its
+    parts, but one that died after publishing, or windows whose run stopped before the
+    episode's save sent its last part (the next run encodes it whole), leave theirs."""
+    for key in videos:
+        try:
+            dataset.delete_prefix(parts_folder(key))
+        except StorageError as exc:  # the dataset is complete; only disk space waits
+            logger.warning("parts of %s could not be deleted (%s); the next completion "
+                           "deletes them", key, exc)
+    root = dataset.local_path(PARTS_ROOT)
+    if root is not None and root.is_dir():
+        # Empty folders only (deepest first): a video being encoded keeps its own.
+        for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        with contextlib.suppress(OSError):
+            root.rmdir()

@@ -39,7 +39,7 @@ from recorder.dataset.commit import EpisodeCommitter
 from recorder.dataset.complete import Completion, complete_dataset, verified_videos
 from recorder.dataset.episode import CapturedEpisode, finish_writers, image_sampler
 from recorder.dataset.features import checked_value, validate_features
-from recorder.dataset.jobs import JobPlan
+from recorder.dataset.jobs import JobPlan, window_frames
 from recorder.dataset.layout import Layout, camera_name
 from recorder.dataset.options import DatasetOptions
 from recorder.dataset.report import EpisodeReport
@@ -133,7 +133,9 @@ class FarmDataset:
                  for key in self.video_keys}
         plan = JobPlan(run_id=uuid.uuid4().hex[:8], raw=self.raw_storage, dataset=self.storage,
                        layout=Layout(self.options.dataset_format), encoder=self.encoder,
-                       farm=self.farm_options, fps=fps, frame_sizes=sizes)
+                       farm=self.farm_options, fps=fps, frame_sizes=sizes,
+                       window_frames=window_frames(self.farm_options, fps,
+                                                   self.options.segment_frames))
         self.committer = EpisodeCommitter(
             plan, farm=self.farm, spool_dir=self.options.spool_root,
             spool_max_bytes=self.options.spool_max_mb * 1_000_000)
@@ -234,7 +236,8 @@ class FarmDataset:
         for key in self.video_keys:
             height, width, _ = self.features[key]["shape"]
             camera = camera_name(key)
-            sink = self.committer.sink(raw_prefix(recording=recording, camera=camera))
+            sink = self.committer.sink(raw_prefix(recording=recording, camera=camera),
+                                       recording=recording, video_key=key)
             sinks.append(sink)
             stats = image_stats[key] = ImageStats()
             writers[key] = CameraWriter(
@@ -244,7 +247,8 @@ class FarmDataset:
                                                                       self.encoder.pix_fmt),
                                  input_pix_fmt="rgb24",
                                  compression=self.options.raw_compression,
-                                 segment_frames=self.options.segment_frames),
+                                 segment_frames=self.options.segment_frames,
+                                 window_frames=self.committer.plan.window_frames),
                 queue_frames=self.options.writer_queue_frames,
                 on_written=image_sampler(stats, stride))
         columns: dict[str, list[np.ndarray]] = {
@@ -296,7 +300,10 @@ class FarmDataset:
         episode, self._episode = self._episode, None
         self._capturing(False)
         if episode is not None:
-            finish_writers(episode.writers.values(), interrupted=True)
+            try:
+                finish_writers(episode.writers.values(), interrupted=True)
+            finally:
+                self.committer.discard_windows(episode)
 
     # -- finishing ---------------------------------------------------------------------
 

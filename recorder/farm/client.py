@@ -86,9 +86,11 @@ class EncodingFarmClient:
     waiting, jobs that the farm no longer knows of are sent again (their videos are
     published once: a job that finds its verified video returns already_done).
 
-    A long episode's video may come as part jobs (EncodeJob.part): their results are held
-    until the last one comes, and callers get one merged result per video (`results`,
-    `poll`, `wait`), counted as one in `submitted` and get_stats.
+    A video may come as part jobs (EncodeJob.part): a long episode's, or the windows of one
+    sent while it was recorded. Their results are held until the last one comes, and
+    callers get one merged result per video (`results`, `poll`, `wait`), counted as one in
+    `submitted` and get_stats once the part that knows the count is sent. The windows of a
+    recording that is then discarded are forgotten.
     """
 
     def __init__(self, broker: str, *, queue_size: int = 100, queue: str = ENCODE_QUEUE,
@@ -110,6 +112,9 @@ class EncodingFarmClient:
         self.results: list[EncodeResult] = []
         # parent job id -> part index -> result, of split videos with parts still running
         self._parts: dict[str, dict[int, EncodeResult]] = {}
+        self._part_counts: dict[str, int] = {}  # parent job id -> its parts, once known
+        self._saved: set[int] = set()  # recordings whose every video is sent (not windows)
+        self._discarded: set[int] = set()  # recordings cleared after windows were sent
         # Called while waiting; raises when the farm can no longer finish (local workers died).
         self.health_check: Callable[[], None] | None = None
         self.submitted = 0
@@ -127,7 +132,9 @@ class EncodingFarmClient:
         """Recordings with a video not encoded yet (sent, or waiting to be sent), with also
         (episodes recorded and not handed over yet); said to the farm for its status."""
         recordings = {e.job.recording for e in self._outstanding.values()}
-        recordings |= {job.recording for job in self._unsent} | set(also)
+        recordings |= {job.recording for job in self._unsent}
+        # An episode still being captured has windows with the farm: not a backlog yet.
+        recordings = (recordings & self._saved) | set(also)
         self._announcer.backlog(len(recordings))
         return len(recordings)
 
@@ -143,10 +150,16 @@ class EncodingFarmClient:
         waited = time.perf_counter() - started
         self.submission_wait_s += waited
         self._unsent.append(job.model_copy(update={"submitted_at": time.time()}))
-        if job.part is None or job.part.index == 0:
+        if _counts_the_video(job):
             self.submitted += 1  # videos, not part jobs
+            self._saved.add(job.recording)
         self._send_unsent()
         return waited
+
+    def discard(self, recording: int) -> None:
+        """Forget the windows sent of a recording that was cleared or interrupted: their
+        results are dropped as they come (their workers keep nothing of them)."""
+        self._discarded.add(recording)
 
     def _send_unsent(self) -> None:
         while self._unsent:
@@ -200,6 +213,8 @@ class EncodingFarmClient:
                 result = _result_of(entry)
                 entry.handle.forget()
                 del self._outstanding[job_id]
+                if entry.job.recording in self._discarded:
+                    continue
                 merged = self._video_result(entry.job, result)
                 if merged is None:
                     continue  # a part; the video's other parts are still running
@@ -216,14 +231,18 @@ class EncodingFarmClient:
     def _video_result(self, job: EncodeJob, result: EncodeResult) -> EncodeResult | None:
         """result, or for a part job the merged result of its video once every part has
         one (None before)."""
-        if job.part is None:
+        part = job.part
+        if part is None:
             return result
-        parts = self._parts.setdefault(job.part.parent_id, {})
-        parts[job.part.index] = result
-        if len(parts) < job.part.count:
+        parts = self._parts.setdefault(part.parent_id, {})
+        parts[part.index] = result
+        if part.count is not None:
+            self._part_counts[part.parent_id] = part.count
+        count = self._part_counts.get(part.parent_id)
+        if count is None or len(parts) < count:
             return None
-        del self._parts[job.part.parent_id]
-        return merge_part_results(job.part.parent_id, [parts[i] for i in sorted(parts)])
+        del self._parts[part.parent_id], self._part_counts[part.parent_id]
+        return merge_part_results(part.parent_id, [parts[i] for i in sorted(parts)])
 
     def resend_lost_jobs(self) -> list[str]:
         """Send again the outstanding jobs the farm's Redis does not know (twice in a row,
@@ -284,7 +303,8 @@ class EncodingFarmClient:
     def _note_waiting(self, waited_s: float) -> None:
         """Say what the wait is for: a log line, for output that is not a terminal."""
         missing = [f"recording {e.job.recording} {e.job.camera}" + (
-                       f" part {e.job.part.index + 1}/{e.job.part.count}" if e.job.part else "")
+                       f" part {e.job.part.index + 1}/{e.job.part.count or '?'}" if e.job.part
+                       else "")
                    for e in list(self._outstanding.values())[:WAIT_NOTE_JOBS]]
         missing += [f"recording {j.recording} {j.camera} (not sent yet)"
                     for j in list(self._unsent)[:WAIT_NOTE_JOBS - len(missing)]]
@@ -357,3 +377,15 @@ def _result_of(entry: _Outstanding) -> EncodeResult:
     else:  # an exception of an older worker, or one outside the task
         reason = FailureReason.EXCEPTION
     return EncodeResult.failed(entry.job, f"task {state}: {value!r}", reason=reason)
+
+
+def _counts_the_video(job: EncodeJob) -> bool:
+    """Whether sending job makes its video one of those submitted: a whole job, a split
+    video's first part, or the part of a windowed video that its save sends (the one
+    with the count; windows sent before may still be discarded)."""
+    part = job.part
+    if part is None:
+        return True
+    if part.window_frames is not None:
+        return part.count is not None
+    return part.index == 0

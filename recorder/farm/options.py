@@ -34,12 +34,20 @@ class FarmOptions(BaseModel):
         default=1, ge=0,
         description="CPUs a capture keeps for itself when workers on its host share it "
                     "(0: none, the encodes run on every CPU during the capture)")
+    encode_window_s: float = Field(
+        default=5.0, ge=0,
+        description="async: each camera's frames are sent to the farm in windows of about "
+                    "this many seconds while the episode is recorded, and joined into one "
+                    "video when it is saved, so that the dataset is complete soon after the "
+                    "last frame; 0: an episode is sent only once saved "
+                    "(benchmarks/README.md, 'Encoding while recording')")
     # Defaults measured (benchmarks/README.md, "Split episodes"): see recorder/dataset/
     # jobs.py's part_count for why.
     split_after_s: float = Field(
         default=20.0, ge=0,
-        description="async: an episode longer than this many seconds is encoded as parts by "
-                    "several workers at once, joined into one video; 0: never split")
+        description="async, with --encode-window-s 0: an episode longer than this many "
+                    "seconds is encoded as parts by several workers at once, joined into one "
+                    "video; 0: never split")
     split_part_s: float = Field(
         default=7.5, gt=0,
         description="seconds per part of a split episode, at most (the part count is "

@@ -95,6 +95,25 @@ class Upload:
         return callbacks
 
 
+def when_all_done(uploads: list[Upload], callback: Callable[[], None]) -> None:
+    """Call callback once every one of uploads is stored (from the thread that stored the
+    last; now if all are)."""
+    left = [len(uploads)]
+    lock = threading.Lock()
+
+    def one_done() -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            callback()
+
+    if not uploads:
+        callback()
+    for upload in uploads:
+        upload.when_done(one_done)
+
+
 class UploadSpool:
     """A local spool folder and the threads that upload its files into storage.
 
