@@ -25,8 +25,9 @@ import script_tables
 from markdown_tables import render
 from real_content import frames as real_frames
 
-from encoder_worker.raw_episode import DirectSink, RawEpisodeReader, RawEpisodeWriter
+from encoder_worker.raw_episode import RawEpisodeReader, RawEpisodeWriter
 from encoder_worker.raw_frames import Compression
+from encoder_worker.raw_sinks import DirectSink
 from encoder_worker.storage import open_storage
 from recorder.capture.raw_writer import CameraWriter
 

@@ -68,6 +68,7 @@ from run_tables import (
     TIME,
     TOTAL_CAPTURE,
     WAIT,
+    WINDOWS,
     WORKERS,
     WORKERS_BESIDE,
     Goal,
@@ -138,6 +139,13 @@ CAPTURE_SHARING = [A(1796581128), A(1796581250), A(1796583299), A(1796583442), A
                    A(1796581361), A(1796581524), A(1796581660)]
 SHARING = [FILE, LOAD, SHAPE, WORKERS_BESIDE, BACKGROUND_LOAD, LATE, COMPLETE_START, COMPLETE,
            BACKLOG, RAW_LEFT, CPU, STAGES_SUMMED, FRAMES]
+# Issue 21's scenarios again, each camera's frames encoded while recorded (windows of
+# --encode-window-s), one run each; the last two compare with windows off.
+ENCODING_WINDOWS = [A(1796589436), A(1796589463), A(1796590620), A(1796589581), A(1796589690),
+                    A(1796590468), A(1796590692), A(1796589861), WINDOWS_6X20_R2,
+                    A(1796590144), WINDOWS_OFF_BG, A(1796590302)]
+WINDOWS_TABLE = [FILE, LOAD, SHAPE, WINDOWS, WORKERS_BESIDE, BACKGROUND_LOAD, LATE,
+                 COMPLETE_START, COMPLETE, BACKLOG, RAW_LEFT, CPU, STAGES_SUMMED, FRAMES]
 # What the user waits for (issue 21), one row per run.
 WAITS = [FILE, TIME, LOAD, LATE, OVERRUNS, WAIT, COMPLETE, COMPLETE_START, BACKLOG, RAW_LEFT,
          CPU, FRAMES]
@@ -232,6 +240,7 @@ def readme_tables(r: Results) -> dict[str, Callable[[], Table | Pending]]:
         "raw-formats": script(RAW_FORMATS, RawFormatsResult, script_tables.raw_formats),
         "raw-transport": script(RAW_TRANSPORT, RawTransportResult, script_tables.raw_transport),
         "capture-sharing": lambda: by_run(r, CAPTURE_SHARING, SHARING),
+        "encoding-windows": lambda: by_run(r, ENCODING_WINDOWS, WINDOWS_TABLE),
         "worker-efficiency": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
                                     script_tables.worker_efficiency),
         "worker-ratios": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,

@@ -38,8 +38,9 @@ from real_content import frames as real_frames
 from encoder_worker.encode import encode_job
 from encoder_worker.jobs import EncodeJob, EncoderOptions, Status
 from encoder_worker.priority import demote_realtime_threads
-from encoder_worker.raw_episode import DirectSink, RawEpisodeWriter
+from encoder_worker.raw_episode import RawEpisodeWriter
 from encoder_worker.raw_frames import FramePacker
+from encoder_worker.raw_sinks import DirectSink
 from encoder_worker.storage import open_storage
 from encoder_worker.verify import PacketVerifier
 

@@ -245,6 +245,8 @@ def _encode_counted(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
                  "each time (out of memory? a codec crash?); see the workers' logs",
             reason=FailureReason.WORKER_DEATHS, **_this_worker())
     pause = capture_yield(ledger, job, settings, progress)
+    if pause is not None:
+        job = pause.fitted(job)
     try:
         with idle_scheduling(settings.idle_priority):
             if job.part is not None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from encoder_worker.jobs import EncodeJob, EncoderOptions
-from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeWriter
+from encoder_worker.raw_episode import Manifest, RawEpisodeWriter
 from encoder_worker.raw_frames import Compression
 from encoder_worker.raw_layout import raw_prefix
+from encoder_worker.raw_sinks import DirectSink
 from encoder_worker.storage import Storage
 from recorder.capture.cameras.synthetic import SyntheticCamera
 from recorder.dataset.layout import Layout, camera_key

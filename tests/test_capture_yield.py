@@ -147,6 +147,30 @@ def test_a_capture_that_keeps_no_cpu_leaves_every_cpu_to_a_sharing_encode(broker
     assert pauses == [True, False]
 
 
+def test_a_job_that_starts_beside_a_capture_it_shares_gets_svt_av1s_fewest_threads(
+        tmp_path, broker_url):
+    all_cpus = os.sched_getaffinity(0)
+    if len(all_cpus) < 2:
+        pytest.skip("sharing CPUs with a capture needs 2 of them")
+    storage = open_storage(tmp_path)
+    job = job_for(storage, write_episode(storage, frames=2))
+    ledger = JobLedger(redis_client(broker_url))
+    share = CaptureYield(ledger, budget_s=60, share=True)
+    assert share.fitted(job) == job  # no capture
+    ledger.announce_capture(HOST, ttl_s=30, cpus=[min(all_cpus)])
+    assert share.fitted(job).options.extra == {"svtav1-params": "lp=1"}
+    assert share.fitted(job).options.codec_options()["svtav1-params"] == "lp=1"
+    # Not for other codecs, a user's own SVT parameters, or a pausing worker.
+    x264 = job.model_copy(update={"options": job.options.model_copy(update={"codec": "libx264"})})
+    assert share.fitted(x264) == x264
+    own = job.model_copy(update={"options": job.options.model_copy(
+        update={"extra": {"svtav1-params": "lp=2"}})})
+    assert share.fitted(own) == own
+    assert CaptureYield(ledger, budget_s=60).fitted(job) == job
+    ledger.announce_capture(HOST, ttl_s=30, cpus=[])  # --capture-cpus 0: every CPU
+    assert share.fitted(job) == job
+
+
 def test_a_job_that_ends_during_a_capture_leaves_the_next_job_every_cpu(broker_url):
     all_cpus = os.sched_getaffinity(0)
     if len(all_cpus) < 2:

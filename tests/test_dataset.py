@@ -19,7 +19,8 @@ from recordings import CAMERAS, TASKS, features, record_episodes
 
 from encoder_worker.broker import redis_client
 from encoder_worker.jobs import ENCODE_QUEUE
-from encoder_worker.raw_episode import DirectSink, Manifest
+from encoder_worker.raw_episode import Manifest
+from encoder_worker.raw_sinks import DirectSink
 from recorder.capture.raw_writer import WriterFailed
 from recorder.dataset import DatasetError, FarmDataset
 from recorder.dataset.pack import pack_dataset

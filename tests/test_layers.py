@@ -28,11 +28,12 @@ RECORDER_LAYERS: dict[str, set[str]] = {
     "recorder.cli": {"recorder"},
 }
 # The worker side's modules that are the contract both sides share: the job and raw
-# formats, the storage backends and broker URLs, the app jobs are sent with, the ledger
+# formats and sinks, the storage backends and broker URLs, the app jobs are sent with, the ledger
 # (the farm client's read-only queries and the capture announcement), the encode function
 # that inline encoding calls, and the one flag/environment naming convention.
 CONTRACT = {"encoder_worker.jobs", "encoder_worker.raw_episode", "encoder_worker.raw_layout",
-            "encoder_worker.raw_frames", "encoder_worker.storage", "encoder_worker.broker",
+            "encoder_worker.raw_frames", "encoder_worker.raw_sinks", "encoder_worker.storage",
+            "encoder_worker.broker",
             "encoder_worker.celery_app", "encoder_worker.ledger", "encoder_worker.encode",
             "encoder_worker.cli_settings"}
 

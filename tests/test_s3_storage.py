@@ -10,7 +10,8 @@ import pytest
 from conftest import free_port
 from s3_fixtures import MotoServer
 
-from encoder_worker.raw_episode import DirectSink, RawEpisodeReader, RawEpisodeWriter
+from encoder_worker.raw_episode import RawEpisodeReader, RawEpisodeWriter
+from encoder_worker.raw_sinks import DirectSink
 from encoder_worker.storage import KeyNotFound, Storage, StorageError, open_storage
 from encoder_worker.storage import s3 as s3_module
 from encoder_worker.storage.s3 import S3Settings, S3Storage, parse_s3_url

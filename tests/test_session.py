@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from video_checks import frame_index, make_video
 
-from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeReader, RawEpisodeWriter
+from encoder_worker.raw_episode import Manifest, RawEpisodeReader, RawEpisodeWriter
 from encoder_worker.raw_layout import raw_prefix
+from encoder_worker.raw_sinks import DirectSink
 from encoder_worker.storage import open_storage
 from recorder.capture.cameras import CameraError
 from recorder.capture.cameras.video import VideoFileCamera

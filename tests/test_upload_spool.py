@@ -11,7 +11,8 @@ import pytest
 from botocore.exceptions import ClientError
 from conftest import wait_for
 
-from encoder_worker.raw_episode import DirectSink, RawEpisodeReader, RawEpisodeWriter
+from encoder_worker.raw_episode import RawEpisodeReader, RawEpisodeWriter
+from encoder_worker.raw_sinks import DirectSink
 from encoder_worker.storage import StorageError
 from encoder_worker.storage.local import LocalStorage
 from encoder_worker.storage.s3 import S3Storage, s3_error

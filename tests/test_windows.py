@@ -22,8 +22,9 @@ from encoder_worker.jobs import (
 )
 from encoder_worker.ledger import JobLedger
 from encoder_worker.parts import encode_part_and_join, part_key, video_id
-from encoder_worker.raw_episode import DirectSink, Manifest, RawEpisodeReader, RawEpisodeWriter
+from encoder_worker.raw_episode import Manifest, RawEpisodeReader, RawEpisodeWriter
 from encoder_worker.raw_layout import raw_prefix
+from encoder_worker.raw_sinks import DirectSink
 from encoder_worker.storage.local import LocalStorage
 from recorder.capture.cameras.synthetic import SyntheticCamera, synthetic_cameras
 from recorder.capture.robot import SyntheticRobot

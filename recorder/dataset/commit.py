@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from encoder_worker.jobs import EncodeJob, EncodeResult, parts_folder
-from encoder_worker.raw_episode import DirectSink, Manifest
+from encoder_worker.raw_episode import Manifest
 from encoder_worker.raw_layout import RAW_ROOT, record_key, recording_of_record, rows_key
+from encoder_worker.raw_sinks import DirectSink
 from encoder_worker.storage import Storage, StorageError
 from recorder.dataset.episode import CapturedEpisode, RawSink, finish_writers
 from recorder.dataset.jobs import JobPlan, encode_inline, video_job_ids

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from encoder_worker.raw_episode import DirectSink, Manifest
+from encoder_worker.raw_episode import Manifest
+from encoder_worker.raw_sinks import DirectSink
 from recorder.capture.raw_writer import CameraWriter
 from recorder.dataset.staging import StagedEpisode, rows_to_parquet
 from recorder.dataset.stats import ImageStats, Stats, numeric_stats, to_json

@@ -1,7 +1,7 @@
 """Submitting encode jobs to the farm and collecting their results: the embeddable API.
 
     with EncodingFarmClient(broker_url, queue_size=100) as farm:
-        farm.submit(job)            # returns at once unless queue_size jobs are outstanding
+        farm.submit(job)            # returns at once unless queue_size videos are outstanding
         ...
         results = farm.wait()
         farm.get_stats()
@@ -78,7 +78,8 @@ class _Outstanding:
 
 
 class EncodingFarmClient:
-    """Sends EncodeJobs to the farm's queue, at most queue_size outstanding at once.
+    """Sends EncodeJobs to the farm's queue, for at most queue_size videos at once (a video's
+    windows and parts count once: an episode being recorded sends one every few seconds).
 
     The farm's Redis may go away for a while (a restart, a network cut): jobs submitted
     meanwhile are kept here and sent once it answers again, so recording goes on. A Redis
@@ -139,12 +140,15 @@ class EncodingFarmClient:
         return len(recordings)
 
     def submit(self, job: EncodeJob) -> float:
-        """Queue one job; returns the seconds spent waiting for room under queue_size.
+        """Queue one job; returns the seconds spent waiting for room under queue_size (a job
+        of a video already outstanding needs none).
 
         Never raises for an unreachable Redis: the job is sent once Redis answers.
         """
         started = time.perf_counter()
-        while len(self._outstanding) + len(self._unsent) >= self.queue_size:
+        video = _video_of(job)
+        while video not in (videos := self._videos_outstanding()) and \
+                len(videos) >= self.queue_size:
             if not self.poll():
                 time.sleep(POLL_INTERVAL_S)
         waited = time.perf_counter() - started
@@ -155,6 +159,10 @@ class EncodingFarmClient:
             self._saved.add(job.recording)
         self._send_unsent()
         return waited
+
+    def _videos_outstanding(self) -> set[str]:
+        return {_video_of(e.job) for e in self._outstanding.values()} | \
+            {_video_of(job) for job in self._unsent}
 
     def discard(self, recording: int) -> None:
         """Forget the windows sent of a recording that was cleared or interrupted: their
@@ -389,3 +397,8 @@ def _counts_the_video(job: EncodeJob) -> bool:
     if part.window_frames is not None:
         return part.count is not None
     return part.index == 0
+
+
+def _video_of(job: EncodeJob) -> str:
+    """The id of the video job encodes (or a part of)."""
+    return job.part.parent_id if job.part is not None else job.job_id

@@ -12,7 +12,9 @@ class FarmOptions(BaseModel):
     video_encoding_workers: int = Field(
         default=2, ge=1, le=64, description="local workers of the zero-config farm")
     video_encoding_queue_size: int = Field(
-        default=100, ge=1, description="encode jobs outstanding at most; then the recorder waits")
+        default=100, ge=1,
+        description="videos being encoded at most (a video's windows and parts count once); "
+                    "then the recorder waits")
     wait: bool = Field(default=True, description="wait for every video at the end")
     broker: str | None = Field(
         default=None, description="Redis URL of a farm; none starts a private one")
@@ -35,7 +37,7 @@ class FarmOptions(BaseModel):
         description="CPUs a capture keeps for itself when workers on its host share it "
                     "(0: none, the encodes run on every CPU during the capture)")
     encode_window_s: float = Field(
-        default=5.0, ge=0,
+        default=2.0, ge=0,
         description="async: each camera's frames are sent to the farm in windows of about "
                     "this many seconds while the episode is recorded, and joined into one "
                     "video when it is saved, so that the dataset is complete soon after the "

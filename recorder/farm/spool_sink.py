@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from typing import BinaryIO
 
-from encoder_worker.raw_episode import Manifest, WindowCallback
+from encoder_worker.raw_episode import Manifest
 from encoder_worker.raw_layout import MANIFEST_NAME, manifest_key, partial_name
+from encoder_worker.raw_sinks import WindowCallback
 from recorder.farm.upload_spool import Upload, UploadSpool, when_all_done
 
 
