@@ -140,11 +140,16 @@ CAPTURE_SHARING = [A(1796581128), A(1796581250), A(1796583299), A(1796583442), A
 SHARING = [FILE, LOAD, SHAPE, WORKERS_BESIDE, BACKGROUND_LOAD, LATE, COMPLETE_START, COMPLETE,
            BACKLOG, RAW_LEFT, CPU, STAGES_SUMMED, FRAMES]
 # Issue 21's scenarios again, each camera's frames encoded while recorded (windows of
-# --encode-window-s), one run each; the last two compare with windows off.
-ENCODING_WINDOWS = [A(1796589436), A(1796589463), A(1796590620), A(1796589581), A(1796589690),
-                    A(1796590468), A(1796590692), A(1796589861), WINDOWS_6X20_R2,
-                    A(1796590144), WINDOWS_OFF_BG, A(1796590302)]
-WINDOWS_TABLE = [FILE, LOAD, SHAPE, WINDOWS, WORKERS_BESIDE, BACKGROUND_LOAD, LATE,
+# --encode-window-s), one run each. First code (f377975): 2 cameras with windows of 5 and
+# 2 s, 4 cameras likewise, --capture-cpus 0, 6 x 20 s, --background-load 2 with windows
+# and without, 1080p. Then (f56857f: the queue counts videos, SVT-AV1's fewest threads
+# beside a capture) with the default windows of 2 s.
+ENCODING_WINDOWS = [A(1796589436), A(1796589463), A(1796590623), A(1796589581), A(1796589690),
+                    A(1796590471), A(1796590696), A(1796589861), A(1796590977),
+                    A(1796590147), A(1796590829), A(1796590306),
+                    A(1796591873), A(1796591368), A(1796591750), A(1796591457),
+                    A(1796591930)]
+WINDOWS_TABLE = [FILE, TIME, LOAD, SHAPE, WINDOWS, WORKERS_BESIDE, BACKGROUND_LOAD, LATE,
                  COMPLETE_START, COMPLETE, BACKLOG, RAW_LEFT, CPU, STAGES_SUMMED, FRAMES]
 # What the user waits for (issue 21), one row per run.
 WAITS = [FILE, TIME, LOAD, LATE, OVERRUNS, WAIT, COMPLETE, COMPLETE_START, BACKLOG, RAW_LEFT,

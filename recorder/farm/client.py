@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from encoder_worker.broker import redact, redis_client
-from encoder_worker.celery_app import ENCODE_TASK, make_app
+from encoder_worker.celery_app import ENCODE_TASK, finished_tasks, make_app
 from encoder_worker.jobs import (
     ENCODE_QUEUE,
     EncodeJob,
@@ -215,9 +215,8 @@ class EncodingFarmClient:
         self._send_unsent()
         ready = []
         try:
-            for job_id, entry in list(self._outstanding.items()):
-                if not entry.handle.ready():
-                    continue
+            finished = finished_tasks(self.app, list(self._outstanding))
+            for job_id, entry in [(i, e) for i, e in self._outstanding.items() if i in finished]:
                 result = _result_of(entry)
                 entry.handle.forget()
                 del self._outstanding[job_id]
