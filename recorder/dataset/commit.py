@@ -136,6 +136,9 @@ class EpisodeCommitter:
                 return
         assert self.farm is not None
         self.farm.submit(self.plan.window_job(recording, video_key, window))
+        # Results taken a few at a time: left to the next save, a session's 40 finished
+        # windows were read at once, beside the next episode's first slot (measured: late).
+        self.farm.poll()
 
     def discard_windows(self, episode: CapturedEpisode) -> None:
         """The episode was cleared or interrupted (its writers finished, interrupted): no
