@@ -140,15 +140,20 @@ CAPTURE_SHARING = [A(1796581128), A(1796581250), A(1796583299), A(1796583442), A
 SHARING = [FILE, LOAD, SHAPE, WORKERS_BESIDE, BACKGROUND_LOAD, LATE, COMPLETE_START, COMPLETE,
            BACKLOG, RAW_LEFT, CPU, STAGES_SUMMED, FRAMES]
 # Issue 21's scenarios again, each camera's frames encoded while recorded (windows of
-# --encode-window-s), one run each. First code (f377975): 2 cameras with windows of 5 and
-# 2 s, 4 cameras likewise, --capture-cpus 0, 6 x 20 s, --background-load 2 with windows
-# and without, 1080p. Then (f56857f: the queue counts videos, SVT-AV1's fewest threads
-# beside a capture) with the default windows of 2 s.
-ENCODING_WINDOWS = [A(1796589436), A(1796589463), A(1796590623), A(1796589581), A(1796589690),
-                    A(1796590471), A(1796590696), A(1796589861), A(1796590977),
-                    A(1796590147), A(1796590829), A(1796590306),
-                    A(1796591873), A(1796591368), A(1796591750), A(1796591457),
-                    A(1796591930)]
+# --encode-window-s), one run each, in the order the code changed:
+# f377975, the first windows: 2 cameras with windows of 5 and 2 s, 4 cameras likewise,
+#   --capture-cpus 0, 6 x 20 s, --background-load 2 with windows and without, 1080p;
+# f56857f, the queue limit counting videos and SVT-AV1's fewest threads beside a capture
+#   (the default windows of 2 s from here on);
+# f2d66d5, finished results found with one MGET;
+# the committer reading results at each window sent.
+ENCODING_WINDOWS = [
+    A(1796589436), A(1796589463), A(1796590623), A(1796589581), A(1796589690), A(1796590471),
+    A(1796590696), A(1796589861), A(1796590977), A(1796590147), A(1796590829), A(1796590306),
+    A(1796591873), A(1796591368), A(1796591750), A(1796591457), A(1796592214), A(1796591930),
+    A(1796592084),
+    A(1796593136), A(1796592677), A(1796593259), A(1796592978), A(1796593558),
+    A(1796593721), A(1796594013)]
 WINDOWS_TABLE = [FILE, TIME, LOAD, SHAPE, WINDOWS, WORKERS_BESIDE, BACKGROUND_LOAD, LATE,
                  COMPLETE_START, COMPLETE, BACKLOG, RAW_LEFT, CPU, STAGES_SUMMED, FRAMES]
 # What the user waits for (issue 21), one row per run.
