@@ -36,11 +36,11 @@ from encoder_worker.celery_app import make_app  # noqa: E402
 from encoder_worker.encode import verify_video  # noqa: E402
 from encoder_worker.jobs import EncodeJob, EncodeResult, Status, split_job  # noqa: E402
 from encoder_worker.raw_episode import (  # noqa: E402
-    DirectSink,
     RawEpisodeReader,
     RawEpisodeWriter,
 )
 from encoder_worker.raw_layout import raw_prefix  # noqa: E402
+from encoder_worker.raw_sinks import DirectSink  # noqa: E402
 from encoder_worker.storage import open_storage  # noqa: E402
 from recorder.capture.cameras.synthetic import SyntheticCamera  # noqa: E402
 from recorder.dataset.jobs import part_count  # noqa: E402

@@ -6,13 +6,13 @@ import pytest
 from episodes import write_episode
 
 from encoder_worker.raw_episode import (
-    DirectSink,
     ManifestMissing,
     RawEpisodeError,
     RawEpisodeReader,
     RawEpisodeWriter,
 )
 from encoder_worker.raw_layout import raw_prefix
+from encoder_worker.raw_sinks import DirectSink
 from encoder_worker.storage import open_storage
 from encoder_worker.storage.local import FILE_MODE, LocalStorage
 from recorder.capture.cameras.synthetic import SyntheticCamera
