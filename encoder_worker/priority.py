@@ -146,8 +146,8 @@ class CaptureYield:
         """job, with SVT-AV1's fewest threads (lp=1) when it starts beside a capture that
         it shares the host with: then it runs on the CPUs the capture leaves, with the other
         local workers, and SVT's thread pool for every CPU only costs it switches.
-        Measured (benchmarks/README.md, "Encoding while recording"): two encodes of 300
-        frames on one CPU took 2.6 s of CPU each with lp=1, 3.0 s without."""
+        Measured (benchmarks/svt_threads.py): two encodes of 300 frames on one CPU took
+        2.49 s of CPU each with lp=1, 2.75 s without."""
         options = job.options
         if not self.share or options.codec != "libsvtav1" or "svtav1-params" in options.extra:
             return job

@@ -578,9 +578,10 @@ def scenario(farm: Farm) -> None:
     hosts = {farm.inspect(name)["Config"]["Hostname"]: name for name in workers}
     finished = {w["name"]: w["finished_last_hour"] for w in farm.status()["workers"]}
     url = f"s3://{BUCKET}/datasets/long"
+    # One job (no windows sent while recording), slow enough to be caught mid-encode.
     recorder = farm.recorder("--storage", url, "--episodes", "1", "--episode-time", "4",
                              "--cameras", "1", "--width", "1280", "--height", "720",
-                             "--preset", "8", s3=True)
+                             "--preset", "8", "--encode-window-s", "0", s3=True)
     try:
         deadline = time.monotonic() + 180
         busy = None
