@@ -203,13 +203,16 @@ def test_raw_local_videos_to_s3_with_local_farm(s3_url: str, tmp_path: Path) -> 
 def test_recorder_and_workers_share_only_s3_and_redis(
         s3_url: str, broker_url: str, start_worker: Callable[..., object],
         tmp_path: Path) -> None:
-    for index in range(2):
-        start_worker(broker_url, "--storage", s3_url, "--concurrency", "1",
-                     **worker_args(tmp_path, index, s3_url))
+    workers = [start_worker(broker_url, "--storage", s3_url, "--concurrency", "1",
+                            **worker_args(tmp_path, index, s3_url)) for index in range(2)]
+    # Windows of 10 frames (2 segments) of the 15 per episode: each sent once its segments
+    # are uploaded from the spool, joined with the rest when the episode is saved.
     process, log, spool = start_recorder(
         tmp_path, "--storage", s3_url, "--async-encoding", "--broker", broker_url,
-        "--episodes", "2", "--episode-time", "1", "--cameras", "2", *SMALL)
+        "--episodes", "2", "--episode-time", "1", "--cameras", "2", *SMALL,
+        "--encode-window-s", "0.4")
     assert process.wait(timeout=240) == 0, log.read_text()
+    assert sum(w.output().count("joined 2 parts") for w in workers) == 4  # 2 x 2 videos
     counts = check_outputs(s3_url, s3_url, episodes=2, cameras=2, tmp_path=tmp_path)
     assert len(counts) == 4 and all(counts.values())
     # Nothing was left in the recorder's spool; the raw data lives in S3 only.
