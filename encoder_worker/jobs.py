@@ -195,6 +195,11 @@ class EncodeJob(BaseModel):
     window_manifest: Manifest | None = None
     submitted_at: float = Field(default_factory=time.time, description="unix time")
 
+    @property
+    def video_job_id(self) -> str:
+        """The id of the video this job encodes, or encodes a part of (its one result's)."""
+        return self.part.parent_id if self.part is not None else self.job_id
+
     @field_validator("raw_prefix", "output_key")
     @classmethod
     def _key_inside_storage(cls, key: str) -> str:

@@ -93,13 +93,20 @@ class JobPlan:
         """The job of one window of a camera's frames, sent while the episode is recorded
         (window: raw_episode.window_of, what the writer handed over)."""
         first = window.segments[0].first_frame
-        job = self._video_job(recording, video_key)
-        index = first // self.window_frames
-        return self._limited(job.model_copy(update={
-            "job_id": window_job_id(job.job_id, index), "window_manifest": window,
-            "part": PartSpec(parent_id=job.job_id, index=index, first_frame=first,
-                             frame_count=window.frame_count - first,
-                             window_frames=self.window_frames)}), video_key)
+        job = self._as_window(self._video_job(recording, video_key),
+                              first // self.window_frames, first, window.frame_count - first)
+        job.window_manifest = window
+        return self._limited(job, video_key)
+
+    def _as_window(self, job: EncodeJob, index: int, first: int, count: int, *,
+                   parts: int | None = None) -> EncodeJob:
+        """The part of job's video that is its window index (parts: the video's count of
+        parts, known to the part sent when the episode is saved)."""
+        return job.model_copy(update={
+            "job_id": window_job_id(job.job_id, index),
+            "part": PartSpec(parent_id=job.job_id, index=index, count=parts,
+                             first_frame=first, frame_count=count,
+                             window_frames=self.window_frames)})
 
     def _video_job(self, recording: int, video_key: str,
                    output_key: str | None = None) -> EncodeJob:
@@ -123,13 +130,7 @@ class JobPlan:
         job = self._video_job(recording, video_key, output_key)
         if windows and self.window_frames and frames > self.window_frames:
             ranges = window_ranges(frames, self.window_frames)
-            index = len(ranges) - 1
-            first, count = ranges[index]
-            jobs = [job.model_copy(update={
-                "job_id": window_job_id(job.job_id, index),
-                "part": PartSpec(parent_id=job.job_id, index=index, count=len(ranges),
-                                 first_frame=first, frame_count=count,
-                                 window_frames=self.window_frames)})]
+            jobs = [self._as_window(job, len(ranges) - 1, *ranges[-1], parts=len(ranges))]
         else:
             parts = part_count(frames, self.fps, self.farm) if self.farm.async_encoding else 1
             jobs = split_job(job, frames=frames, parts=parts)
@@ -149,7 +150,7 @@ def window_job_id(video_job_id: str, index: int) -> str:
 
 def video_job_ids(jobs: Iterable[EncodeJob]) -> list[str]:
     """One id per video: a split video's parts have their whole job's id."""
-    return list(dict.fromkeys(j.part.parent_id if j.part else j.job_id for j in jobs))
+    return list(dict.fromkeys(j.video_job_id for j in jobs))
 
 
 def encode_inline(job: EncodeJob) -> EncodeResult:

@@ -146,7 +146,7 @@ class EncodingFarmClient:
         Never raises for an unreachable Redis: the job is sent once Redis answers.
         """
         started = time.perf_counter()
-        video = _video_of(job)
+        video = job.video_job_id
         while video not in (videos := self._videos_outstanding()) and \
                 len(videos) >= self.queue_size:
             if not self.poll():
@@ -161,8 +161,8 @@ class EncodingFarmClient:
         return waited
 
     def _videos_outstanding(self) -> set[str]:
-        return {_video_of(e.job) for e in self._outstanding.values()} | \
-            {_video_of(job) for job in self._unsent}
+        return {e.job.video_job_id for e in self._outstanding.values()} | \
+            {job.video_job_id for job in self._unsent}
 
     def discard(self, recording: int) -> None:
         """Forget the windows sent of a recording that was cleared or interrupted: their
@@ -397,7 +397,3 @@ def _counts_the_video(job: EncodeJob) -> bool:
         return part.count is not None
     return part.index == 0
 
-
-def _video_of(job: EncodeJob) -> str:
-    """The id of the video job encodes (or a part of)."""
-    return job.part.parent_id if job.part is not None else job.job_id
