@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from encoder_worker.celery_app import make_app
 from recorder.farm.local import RedisServer
@@ -80,7 +81,13 @@ def redis_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Red
     server = RedisServer(tmp_path / "redis", port=free_port(), appendonly=True)
     server.start()
     yield server
+    # No test stops it but through stop(): if it went by itself, say so, from its own log.
+    exit_code = server.process.poll() if server.process is not None else None
     server.stop()
+    if exit_code is not None:
+        pytest.fail(f"the test's redis-server exited by itself (status {exit_code}):\n"
+                    f"{(server.workdir / 'redis.log').read_text(errors='replace')[-3000:]}",
+                    pytrace=False)
 
 
 @pytest.fixture
@@ -155,13 +162,8 @@ def start_worker(tmp_path: Path,
         worker = WorkerProcess(process, log, name)
         workers.append(worker)
         if wait:
-            app = make_app(broker)
-            try:
-                wait_for(lambda: process.poll() is not None or any(
-                    name in reply for reply in app.control.ping(timeout=0.3)),
-                    timeout_s=60, what=f"worker {name} to answer pings")
-            finally:
-                app.close()
+            wait_for(lambda: process.poll() is not None or answers_ping(broker, name),
+                     timeout_s=60, what=f"worker {name} to answer pings")
             if process.poll() is not None:
                 pytest.fail(f"worker exited with {process.returncode}:\n{worker.output()}")
         return worker
@@ -169,6 +171,19 @@ def start_worker(tmp_path: Path,
     yield start
     for worker in workers:
         worker.kill(signal.SIGTERM)
+
+
+def answers_ping(broker: str, name: str) -> bool:
+    """One ping from a fresh app: a connection the broker dropped is not reused, and the
+    redis_server fixture says whether the server itself went."""
+    app = make_app(broker)
+    try:
+        return any(name in reply for reply in app.control.ping(timeout=0.3))
+    except redis.exceptions.ConnectionError as exc:
+        print(f"ping to {name}: {exc}")  # shown with the test's output if it fails
+        return False
+    finally:
+        app.close()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
