@@ -7,8 +7,11 @@ import pytest
 from conftest import free_port, wait_for
 
 from encoder_worker.broker import redis_client
+from encoder_worker.cli_settings import settings_from_args
+from encoder_worker.jobs import EncoderOptions
 from recorder.cli import build_parser
 from recorder.farm.local import RedisServer, find_redis_server
+from recorder.farm.options import FarmOptions
 from recorder.settings import RecorderSettings
 
 
@@ -108,6 +111,23 @@ def test_lerobot_dotted_aliases_are_accepted():
     assert settings.video_encoding_queue_size == 7
     assert settings.episodes == 4
     assert settings.repo_id == "me/set"
+
+
+def test_lerobot_record_takes_every_farm_and_encoder_flag_that_recorder_record_takes():
+    """`recorder lerobot-record` lists the farm's flags by name: a farm or encoder setting
+    added later must be reachable from lerobot-record too (async_encoding is implied)."""
+    from recorder.lerobot import command
+
+    farm = (set(FarmOptions.model_fields) - {"async_encoding"}) \
+        | (set(EncoderOptions.model_fields) - {"extra"})
+    assert farm <= set(command.FARM_FIELDS)
+    parser = command.build_parser()
+    args, rest = parser.parse_known_args(["--capture-cpus", "0", "--no-share-capture-host",
+                                          "--backlog-limit", "5", "--robot.type=so101"])
+    settings = settings_from_args(parser, RecorderSettings, args, async_encoding=True)
+    assert (settings.capture_cpus, settings.share_capture_host, settings.backlog_limit) \
+        == (0, False, 5)
+    assert rest == ["--robot.type=so101"]  # passed on to LeRobot
 
 
 def test_environment_variables_carry_the_flag_names(monkeypatch):

@@ -45,7 +45,8 @@ FARM_FIELDS = ["broker", "storage", "output_storage", "video_encoding_workers",
                "video_encoding_queue_size", "wait", "shared_folder", "spool_dir",
                "spool_max_mb", "codec", "crf", "gop", "preset", "pix_fmt", "raw_format",
                "raw_compression", "segment_frames", "writer_queue_frames", "split_after_s",
-               "split_part_s", "encode_window_s", "capture_nice", "keep_raw"]
+               "split_part_s", "encode_window_s", "capture_nice", "keep_raw",
+               "backlog_limit", "share_capture_host", "capture_cpus"]
 # lerobot-record flags for how LeRobot encodes or writes images: the farm has neither.
 UNUSED_FLAGS = {
     "--dataset.streaming_encoding": "the farm's workers encode every episode",
