@@ -31,8 +31,10 @@ from encoder_worker.ledger import (
     PROGRESS_KEY,
     REJECTED_KEY,
     TIME_LIMITS_PREFIX,
+    JobLedger,
 )
 from encoder_worker.raw_layout import manifest_key, raw_prefix
+from encoder_worker.reaper import LeaseReaper
 from encoder_worker.settings import WorkerSettings
 from encoder_worker.storage import local_storage_id, open_storage
 from encoder_worker.storage.s3 import S3Settings
@@ -333,9 +335,14 @@ def test_an_encode_that_cannot_stop_at_its_soft_limit_is_killed_at_the_hard_limi
     wait_for(lambda: not os.path.exists(f"/proc/{encoding}"), timeout_s=30,
              what="the stopped process to be killed")
     assert "Hard time limit (5.0s) exceeded for encoder_worker.encode[hung]" in worker.output()
-    # Its recorder has the failed result and forgot it: once the lease lapses, the reaper
-    # sends the job again, and a fresh pool process encodes it.
-    wait_for(lambda: storage.exists(job.output_key), timeout_s=120,
-             what="the job sent again to be encoded")
-    assert "job hung lost its worker; re-queued" in worker.output()
+    # Its recorder took the failed result: the job is over, not lost. Once the killed
+    # run's lease lapses, no reaper sends it again.
+    ledger = JobLedger(client)
+    wait_for(lambda: not ledger.leased("hung"), timeout_s=30,
+             what="the killed run's lease to lapse")
+    assert not ledger.claimed("hung")
+    reaper = LeaseReaper(client, lease_ttl_s=10, resend=lambda *_: pytest.fail("sent again"),
+                         is_done=lambda _: False)
+    assert reaper.reap_once() == []
+    assert not storage.exists(job.output_key)
     assert worker.process.poll() is None, worker.output()
