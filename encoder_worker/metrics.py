@@ -203,6 +203,12 @@ def count_retry(reason: str) -> None:
         m.retried.labels(reason if reason in RETRY_REASONS else "other").inc()
 
 
+def count_result(result: EncodeResult) -> None:
+    """A run that ended outside its task (killed at its hard time limit)."""
+    if (m := metrics()) is not None:
+        _observe(result, m)
+
+
 def count_takeover(kind: str) -> None:
     """The lease reaper sent a job of a dead worker again."""
     if (m := metrics()) is not None and kind in TAKEOVER_KINDS:

@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 from celery import Task, shared_task
-from celery.exceptions import Retry, SoftTimeLimitExceeded
-from celery.signals import worker_ready, worker_shutdown
+from celery.exceptions import Retry, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import task_failure, worker_ready, worker_shutdown
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
@@ -25,7 +25,7 @@ from encoder_worker.celery_app import ENCODE_TASK, worker_settings
 from encoder_worker.encode import ProgressCallback, encode_job
 from encoder_worker.jobs import EncodeJob, EncodeResult, FailureReason, JobFailed, Status
 from encoder_worker.ledger import JobLease, JobLedger, LeaseLost
-from encoder_worker.metrics import count_retry, count_takeover
+from encoder_worker.metrics import count_result, count_retry, count_takeover
 from encoder_worker.mounts import localize, storage_mismatch, storage_not_allowed
 from encoder_worker.parts import encode_part_and_join, video_id
 from encoder_worker.priority import CAPTURE_YIELD_MAX_S, CaptureYield, idle_scheduling
@@ -79,7 +79,7 @@ def encode(self: Task, payload: dict[str, Any], transient_failures: int = 0) -> 
             **_this_worker())
     if result.ok:
         return result.model_dump(mode="json")
-    _keep_failure(self, payload, result)
+    _keep_failure(worker_settings(self.app), self.request.id, payload, result)
     raise JobFailed.of(result)
 
 
@@ -91,16 +91,41 @@ def _this_worker() -> dict[str, Any]:
     return {"worker_host": socket.gethostname(), "worker_pid": os.getpid()}
 
 
-def _keep_failure(task: Task, payload: Any, result: EncodeResult) -> None:
-    settings = worker_settings(task.app)
+def _keep_failure(settings: WorkerSettings, task_id: str, payload: Any,
+                  result: EncodeResult, *, unclaim: bool = False) -> None:
+    """Keep a failed job for `encoder-worker failed` (and `requeue`); unclaim: and drop
+    its claim, for a run that ended without reaching its own unclaim."""
     job_id = _job_id(payload)
     try:
-        JobLedger(redis_client(settings.broker)).record_failure(
-            job_id, task_id=task.request.id, payload=payload,
-            result=result.model_dump(mode="json"), keep_s=settings.failed_keep_s)
+        ledger = JobLedger(redis_client(settings.broker))
+        if unclaim:
+            ledger.unclaim(job_id)
+        ledger.record_failure(job_id, task_id=task_id, payload=payload,
+                              result=result.model_dump(mode="json"),
+                              keep_s=settings.failed_keep_s)
     except RedisError as exc:  # the result still reaches the recorder
         logger.warning("job %s: could not keep its failure for `encoder-worker failed`: %s",
                        job_id, exc)
+
+
+@task_failure.connect
+def _killed_at_hard_limit(sender: Task | None = None, task_id: str = "",
+                          exception: BaseException | None = None, args: Any = None,
+                          **_: Any) -> None:
+    """A run killed at its hard time limit (Celery tells the worker's main process) never
+    reached its own unclaim: the reaper would take the job for lost once its lease lapsed
+    and run it again, its result unread. It failed: kept and counted as every failure."""
+    if sender is None or sender.name != ENCODE_TASK \
+            or not isinstance(exception, TimeLimitExceeded):
+        return
+    payload = args[0] if args else None
+    limit = exception.args[0] if exception.args else "?"
+    result = EncodeResult.failed_payload(
+        payload, f"killed at its hard time limit ({limit}s): the encode could "
+                 "not stop at its soft limit (a process stopped or stuck in the codec); "
+                 "see the worker's log", reason=FailureReason.TIME_LIMIT, **_this_worker())
+    _keep_failure(worker_settings(sender.app), task_id, payload, result, unclaim=True)
+    count_result(result)
 
 
 def _encode_task(self: Task, payload: dict[str, Any], transient_failures: int) -> EncodeResult:

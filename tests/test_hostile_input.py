@@ -335,12 +335,15 @@ def test_an_encode_that_cannot_stop_at_its_soft_limit_is_killed_at_the_hard_limi
     wait_for(lambda: not os.path.exists(f"/proc/{encoding}"), timeout_s=30,
              what="the stopped process to be killed")
     assert "Hard time limit (5.0s) exceeded for encoder_worker.encode[hung]" in worker.output()
-    # Its recorder took the failed result: the job is over, not lost. Once the killed
-    # run's lease lapses, no reaper sends it again.
+    # The job failed, not lost: once the killed run's lease lapses no reaper sends it
+    # again, and `encoder-worker failed` lists it.
     ledger = JobLedger(client)
     wait_for(lambda: not ledger.leased("hung"), timeout_s=30,
              what="the killed run's lease to lapse")
     assert not ledger.claimed("hung")
+    kept = ledger.failures()["hung"]
+    assert kept["result"]["reason"] == FailureReason.TIME_LIMIT.value
+    assert "killed at its hard time limit (5.0s)" in kept["result"]["error"]
     reaper = LeaseReaper(client, lease_ttl_s=10, resend=lambda *_: pytest.fail("sent again"),
                          is_done=lambda _: False)
     assert reaper.reap_once() == []

@@ -218,12 +218,6 @@ class EncodingFarmClient:
             finished = finished_tasks(self.app, list(self._outstanding))
             for job_id, entry in [(i, e) for i, e in self._outstanding.items() if i in finished]:
                 result = _result_of(entry)
-                if not result.ok:
-                    # A run killed at its hard limit (or revoked) left its claim; once its
-                    # result is forgotten, the reaper would take the job for lost and run
-                    # it again. Dropped before the forget, so that no reaper pass between
-                    # them sees a claim with no result.
-                    self._ledger.unclaim(job_id)
                 entry.handle.forget()
                 del self._outstanding[job_id]
                 if entry.job.recording in self._discarded:
