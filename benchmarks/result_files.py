@@ -83,6 +83,18 @@ class WorkerEfficiencyResult(ScriptResult):
         description="the worker's EncodeResult.timings, per round")
 
 
+class SvtThreadsResult(ScriptResult):
+    benchmark: Literal["svt_threads"] = "svt_threads"
+    clip: str
+    frames: int
+    rounds: int
+    cpu: int = Field(description="the one CPU both encodes of a round share")
+    cpu_s: dict[str, list[float]] = Field(
+        description="SVT-AV1's lp (\"default\": its own) -> CPU seconds of each encode, "
+                    "two per round, rounds alternated")
+    wall_s: dict[str, list[float]] = Field(description="the same encodes' wall seconds")
+
+
 class RawFormatSample(BaseModel):
     bytes_per_frame: float
     write_cpu_ms: float = Field(description="the recorder's CPU (all threads) per frame written")

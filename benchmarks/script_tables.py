@@ -12,6 +12,7 @@ from result_files import (
     RawTransportResult,
     SplitEpisodeResult,
     StatusLatencyResult,
+    SvtThreadsResult,
     WorkerEfficiencyResult,
 )
 
@@ -129,3 +130,16 @@ def status_latency(result: StatusLatencyResult, source: Path | None = None) -> T
                   "`encoder-worker status --json` s, median (range)",
                   "farm_status() s, median (range)", "its answered_in_s, median"], rows,
                  right=[True] * 5, sources=[source] if source else [])
+
+
+def svt_threads(result: SvtThreadsResult, source: Path | None = None) -> Table:
+    """Per SVT-AV1 thread count, each encode's CPU and wall seconds and their medians."""
+    rows = []
+    for lp, cpu in result.cpu_s.items():
+        wall = result.wall_s[lp]
+        name = "SVT-AV1's own (`lp` unset)" if lp == "default" else f"`svtav1-params lp={lp}`"
+        rows.append([name, str(len(cpu)), joined(f"{v:.2f}" for v in cpu),
+                     f"**{statistics.median(cpu):.2f}**", f"{statistics.median(wall):.2f}"])
+    return Table(["threads", "encodes", "CPU s per encode", "median CPU s", "median wall s"],
+                 rows, right=[False, True, False, True, True],
+                 sources=[source] if source else [])

@@ -34,6 +34,7 @@ from result_files import (
     RawTransportResult,
     SplitEpisodeResult,
     StatusLatencyResult,
+    SvtThreadsResult,
     WorkerEfficiencyResult,
 )
 from run_tables import (
@@ -111,6 +112,7 @@ RAW_TRANSPORT = "raw_transport_1796582110"
 WORKER_EFFICIENCY = "worker_efficiency_1796586066"
 SPLIT_EPISODE = "split_episode_1796583173"
 STATUS_LATENCY = "status_latency_1796570795"
+SVT_THREADS = "svt_threads_1796601440"
 
 GOALS = [
     Goal("0 late capture slots, async, 4 cameras, 2 local workers (2 x 10 s at 30 fps)",
@@ -258,6 +260,7 @@ def readme_tables(r: Results) -> dict[str, Callable[[], Table | Pending]]:
         "split-episode": script(SPLIT_EPISODE, SplitEpisodeResult, script_tables.split_episode),
         "status-latency": script(STATUS_LATENCY, StatusLatencyResult,
                                  script_tables.status_latency),
+        "svt-threads": script(SVT_THREADS, SvtThreadsResult, script_tables.svt_threads),
     }
 
 

@@ -30,6 +30,7 @@ from result_files import (
     SplitRun,
     StatusCase,
     StatusLatencyResult,
+    SvtThreadsResult,
     WorkerEfficiencyResult,
 )
 
@@ -41,7 +42,7 @@ RESULTS = REPO / "benchmarks" / "results"
 MODELS: dict[str, type[result_files.ScriptResult]] = {
     "worker_efficiency": WorkerEfficiencyResult, "raw_formats": RawFormatsResult,
     "raw_transport": RawTransportResult, "split_episode": SplitEpisodeResult,
-    "status_latency": StatusLatencyResult}
+    "status_latency": StatusLatencyResult, "svt_threads": SvtThreadsResult}
 LEROBOT_MODELS: dict[str, type[lerobot_results.LeRobotBenchmark]] = {
     "lerobot_compare": lerobot_results.LeRobotComparison,
     "lerobot_record": lerobot_results.LeRobotRecordComparison}
