@@ -81,6 +81,10 @@ class WorkerEfficiencyResult(ScriptResult):
                     "frames, per round; rounds interleaved")
     worker_stages: list[dict[str, float]] = Field(
         description="the worker's EncodeResult.timings, per round")
+    cpu_seconds: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="path -> CPU seconds of this process (every thread) for the same runs; "
+                    "empty in files written before it was measured")
 
 
 class SvtThreadsResult(ScriptResult):

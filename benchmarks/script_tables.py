@@ -40,11 +40,27 @@ def _fps(result: WorkerEfficiencyResult) -> dict[str, list[float]]:
     return {path: [result.frames / s for s in seconds] for path, seconds in result.seconds.items()}
 
 
+def _cpu_ms_per_frame(result: WorkerEfficiencyResult, path: str) -> float | None:
+    cpu = result.cpu_seconds.get(path)
+    return statistics.median(cpu) * 1000 / result.frames if cpu else None
+
+
 def worker_efficiency(result: WorkerEfficiencyResult, source: Path | None = None) -> Table:
-    """fps of each path per round and their median."""
-    rows = [[WORKER_PATHS.get(path, path), joined(f"{v:.1f}" for v in values),
-             f"{statistics.median(values):.1f}"] for path, values in _fps(result).items()]
-    return Table(["path", "fps per round", "median fps"], rows, right=[False, False, True],
+    """fps of each path per round and their median; with the CPU it used per frame, in
+    files that measured it."""
+    with_cpu = bool(result.cpu_seconds)
+    rows = []
+    for path, values in _fps(result).items():
+        row = [WORKER_PATHS.get(path, path), joined(f"{v:.1f}" for v in values),
+               f"{statistics.median(values):.1f}"]
+        if with_cpu:
+            cpu_ms = _cpu_ms_per_frame(result, path)
+            row.append("-" if cpu_ms is None else f"{cpu_ms:.2f}")
+        rows.append(row)
+    header = ["path", "fps per round", "median fps"]
+    if with_cpu:
+        header.append("median CPU ms per frame (all threads)")
+    return Table(header, rows, right=[False, False, *[True] * (len(header) - 2)],
                  sources=[source] if source else [])
 
 

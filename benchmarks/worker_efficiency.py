@@ -25,6 +25,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -82,13 +83,28 @@ PATHS = ("bare yuv420p", "bare yuv420p, threads demoted", "bare + verify, thread
          "bare rgb24", "worker")
 
 
+class Clock:
+    """Each path's wall seconds (as its code measures them) and this process's CPU seconds
+    (every thread: the codec's, the verifier's, the reader's) around it."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, list[float]] = {name: [] for name in PATHS}
+        self.cpu_seconds: dict[str, list[float]] = {name: [] for name in PATHS}
+
+    def run(self, path: str, timed: Callable[[], float]) -> None:
+        started = time.process_time()
+        self.seconds[path].append(timed())
+        self.cpu_seconds[path].append(time.process_time() - started)
+
+
 def measure(rgb: list[np.ndarray], rounds: int, options: EncoderOptions
-            ) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
-    """Seconds per round of each path, rounds interleaved; the worker's stage timings."""
+            ) -> tuple[Clock, list[dict[str, float]]]:
+    """Wall and CPU seconds per round of each path, rounds interleaved; the worker's stage
+    timings."""
     height, width, _ = rgb[0].shape
     packer = FramePacker(width=width, height=height, pix_fmt="yuv420p", input_pix_fmt="rgb24")
     yuv = [packer.convert(frame) for frame in rgb]
-    times: dict[str, list[float]] = {name: [] for name in PATHS}
+    clock = Clock()
     stages: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="worker-efficiency-") as tmp:
         storage = open_storage(Path(tmp) / "farm")
@@ -99,27 +115,32 @@ def measure(rgb: list[np.ndarray], rounds: int, options: EncoderOptions
             writer.write(frame, index / 30)
         writer.close()
         for round_ in range(rounds):
-            times["bare yuv420p"].append(
-                bare_encode(yuv, "yuv420p", Path(tmp) / f"bare-{round_}.mp4", options))
-            times["bare yuv420p, threads demoted"].append(
-                bare_encode(yuv, "yuv420p", Path(tmp) / f"demoted-{round_}.mp4", options,
-                            demote=True))
-            times["bare + verify, threads demoted"].append(
-                bare_encode(yuv, "yuv420p", Path(tmp) / f"verified-{round_}.mp4", options,
-                            demote=True, verify=True))
+            clock.run("bare yuv420p", lambda r=round_: bare_encode(
+                yuv, "yuv420p", Path(tmp) / f"bare-{r}.mp4", options))
+            clock.run("bare yuv420p, threads demoted", lambda r=round_: bare_encode(
+                yuv, "yuv420p", Path(tmp) / f"demoted-{r}.mp4", options, demote=True))
+            clock.run("bare + verify, threads demoted", lambda r=round_: bare_encode(
+                yuv, "yuv420p", Path(tmp) / f"verified-{r}.mp4", options, demote=True,
+                verify=True))
             job = EncodeJob(job_id=f"round-{round_}", recording=0, camera="cam0",
                             raw_storage=storage.url, raw_prefix="raw/cam0",
                             output_storage=storage.url, output_key=f"videos/{round_}.mp4",
                             options=options)
-            started = time.perf_counter()
-            result = encode_job(job)
-            times["worker"].append(time.perf_counter() - started)
-            if result.status != Status.SUCCEEDED:
-                raise SystemExit(f"the worker's encode failed: {result.error}")
-            stages.append(result.timings.model_dump())
-            times["bare rgb24"].append(
-                bare_encode(rgb, "rgb24", Path(tmp) / f"bare-rgb-{round_}.mp4", options))
-    return times, stages
+            clock.run("worker", lambda job=job: worker_encode(job, stages))
+            clock.run("bare rgb24", lambda r=round_: bare_encode(
+                rgb, "rgb24", Path(tmp) / f"bare-rgb-{r}.mp4", options))
+    return clock, stages
+
+
+def worker_encode(job: EncodeJob, stages: list[dict[str, float]]) -> float:
+    """Seconds for encode_job(job); its stage timings appended to stages."""
+    started = time.perf_counter()
+    result = encode_job(job)
+    seconds = time.perf_counter() - started
+    if result.status != Status.SUCCEEDED:
+        raise SystemExit(f"the worker's encode failed: {result.error}")
+    stages.append(result.timings.model_dump())
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     header = result_files.begin(args, argv)
     options = EncoderOptions()
     rgb = list(real_frames(args.frames))
-    times, stages = measure(rgb, args.rounds, options)
+    clock, stages = measure(rgb, args.rounds, options)
     height, width, _ = rgb[0].shape
     result = result_files.WorkerEfficiencyResult(
         **header.model_dump(), frames=args.frames, width=width, height=height,
         rounds=args.rounds, codec=options.codec, codec_options=options.codec_options(),
-        seconds=times, worker_stages=stages)
+        seconds=clock.seconds, cpu_seconds=clock.cpu_seconds, worker_stages=stages)
     path = result_files.save(result, args.output_dir)
     print(render(script_tables.worker_efficiency(result, path)))
     print()

@@ -190,6 +190,19 @@ def test_worker_ratios_are_per_round_then_the_median() -> None:
         "**0.900**"
 
 
+def test_the_cpu_per_frame_column_comes_with_files_that_measured_it() -> None:
+    old = script_tables.worker_efficiency(worker_result())
+    assert len(old.header) == 3  # files from before cpu_seconds: no column
+    result = worker_result()
+    result.cpu_seconds = {"worker": [2.6, 2.4, 3.0], "bare yuv420p": [2.0]}
+    table = script_tables.worker_efficiency(result)
+    rows = {row[0]: row for row in table.rows}
+    assert table.header[-1] == "median CPU ms per frame (all threads)"
+    # median 2.6 s over 100 frames; a path without CPU times says so
+    assert rows[script_tables.WORKER_PATHS["worker"]][-1] == "26.00"
+    assert rows[script_tables.WORKER_PATHS["bare rgb24"]][-1] == "-"
+
+
 def test_split_latency_against_the_goal() -> None:
     result = SplitEpisodeResult(
         **header("split_episode"), seconds=30, fps=30, width=640, height=480, frames=900,
