@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import av
@@ -115,20 +116,22 @@ def measure(rgb: list[np.ndarray], rounds: int, options: EncoderOptions
             writer.write(frame, index / 30)
         writer.close()
         for round_ in range(rounds):
-            clock.run("bare yuv420p", lambda r=round_: bare_encode(
-                yuv, "yuv420p", Path(tmp) / f"bare-{r}.mp4", options))
-            clock.run("bare yuv420p, threads demoted", lambda r=round_: bare_encode(
-                yuv, "yuv420p", Path(tmp) / f"demoted-{r}.mp4", options, demote=True))
-            clock.run("bare + verify, threads demoted", lambda r=round_: bare_encode(
-                yuv, "yuv420p", Path(tmp) / f"verified-{r}.mp4", options, demote=True,
-                verify=True))
+            folder = Path(tmp)
+            clock.run("bare yuv420p", partial(
+                bare_encode, yuv, "yuv420p", folder / f"bare-{round_}.mp4", options))
+            clock.run("bare yuv420p, threads demoted", partial(
+                bare_encode, yuv, "yuv420p", folder / f"demoted-{round_}.mp4", options,
+                demote=True))
+            clock.run("bare + verify, threads demoted", partial(
+                bare_encode, yuv, "yuv420p", folder / f"verified-{round_}.mp4", options,
+                demote=True, verify=True))
             job = EncodeJob(job_id=f"round-{round_}", recording=0, camera="cam0",
                             raw_storage=storage.url, raw_prefix="raw/cam0",
                             output_storage=storage.url, output_key=f"videos/{round_}.mp4",
                             options=options)
-            clock.run("worker", lambda job=job: worker_encode(job, stages))
-            clock.run("bare rgb24", lambda r=round_: bare_encode(
-                rgb, "rgb24", Path(tmp) / f"bare-rgb-{r}.mp4", options))
+            clock.run("worker", partial(worker_encode, job, stages))
+            clock.run("bare rgb24", partial(
+                bare_encode, rgb, "rgb24", folder / f"bare-rgb-{round_}.mp4", options))
     return clock, stages
 
 
