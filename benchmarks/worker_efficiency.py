@@ -108,7 +108,8 @@ def measure(rgb: list[np.ndarray], rounds: int, options: EncoderOptions
     clock = Clock()
     stages: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="worker-efficiency-") as tmp:
-        storage = open_storage(Path(tmp) / "farm")
+        folder = Path(tmp)
+        storage = open_storage(folder / "farm")
         writer = RawEpisodeWriter(DirectSink(storage, "raw/cam0"), episode=0, camera="cam0",
                                   width=width, height=height, fps=30, pix_fmt="yuv420p",
                                   input_pix_fmt="rgb24")
@@ -116,7 +117,6 @@ def measure(rgb: list[np.ndarray], rounds: int, options: EncoderOptions
             writer.write(frame, index / 30)
         writer.close()
         for round_ in range(rounds):
-            folder = Path(tmp)
             clock.run("bare yuv420p", partial(
                 bare_encode, yuv, "yuv420p", folder / f"bare-{round_}.mp4", options))
             clock.run("bare yuv420p, threads demoted", partial(
