@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -96,6 +97,30 @@ def idle_scheduling(enabled: bool) -> Iterator[None]:
                            "(raise RLIMIT_NICE, or run the worker with CAP_SYS_NICE)")
 
 
+# The threads (native ids) of an encode's side work: the raw reader's read-ahead and the
+# verifier's decode, one thread each. See CaptureYield: beside a capture, in SCHED_IDLE,
+# they may also run on the CPUs the capture keeps.
+_SIDE_THREADS: set[int] = set()
+
+
+@contextlib.contextmanager
+def side_work() -> Iterator[None]:
+    """Mark the calling thread as an encode's side work while the block runs."""
+    tid = threading.get_native_id()
+    _SIDE_THREADS.add(tid)
+    try:
+        yield
+    finally:
+        _SIDE_THREADS.discard(tid)
+
+
+def _idle_class(tid: int) -> bool:
+    try:
+        return os.sched_getscheduler(tid) == getattr(os, "SCHED_IDLE", None)
+    except OSError:  # the thread just ended
+        return False
+
+
 # While paused, how often the worker looks whether the capture ended.
 CAPTURE_POLL_S = 0.2
 # A job pauses at most this long in all, when it has no time limit to stay within.
@@ -130,6 +155,7 @@ class CaptureYield:
         self._warned = False
         self._all_cpus = set(WORKER_CPUS)
         self._cpus = os.sched_getaffinity(0)  # the encode's threads run on these now
+        self._side: set[int] = set()  # side-work threads on every CPU meanwhile
 
     def __call__(self) -> None:
         kept = self._kept_cpus()
@@ -181,17 +207,28 @@ class CaptureYield:
                 self.on_pause(False)
 
     def _run_on(self, cpus: set[int]) -> None:
-        """Every thread of this process (the codec's, the reader's, the verifier's) on
-        cpus: Linux keeps affinity per thread."""
-        if cpus == self._cpus:
+        """The codec's threads on cpus (Linux keeps affinity per thread); the side work's
+        (the reader's, the verifier's) on every CPU when they run in SCHED_IDLE.
+
+        A capture keeps its CPUs for its own threads, which use a third to a half of one
+        (4 cameras at 30 fps, measured). A SCHED_IDLE thread there runs only when they
+        do not, and preempts none of them: the side work, about 15 % of an encode's CPU,
+        uses that idle time, and leaves the CPUs a capture leaves to the codec. Side work
+        in a normal class would take a share of the capture's CPUs: it stays on cpus.
+        """
+        side = {tid for tid in _SIDE_THREADS if _idle_class(tid)} \
+            if cpus != self._all_cpus else set()
+        if cpus == self._cpus and side == self._side:
             return
         for task in os.listdir("/proc/self/task"):
+            tid = int(task)
             with contextlib.suppress(OSError):  # a thread that just ended
-                os.sched_setaffinity(int(task), cpus)
-        logger.info("a recorder on %s is %s: encoding on CPUs %s", self.host,
-                    "capturing" if cpus != self._all_cpus else "done capturing",
-                    ",".join(map(str, sorted(cpus))))
-        self._cpus = cpus
+                os.sched_setaffinity(tid, self._all_cpus if tid in side else cpus)
+        if cpus != self._cpus:
+            logger.info("a recorder on %s is %s: encoding on CPUs %s", self.host,
+                        "capturing" if cpus != self._all_cpus else "done capturing",
+                        ",".join(map(str, sorted(cpus))))
+        self._cpus, self._side = cpus, side
 
     def _kept_cpus(self) -> set[int] | None:
         """Which of this worker's CPUs a capture on this host keeps; None: no capture."""

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import av
 
+from encoder_worker.priority import side_work
+
 # Decoders for encoders' outputs where FFmpeg's default one is not a software decoder
 # (FFmpeg's own "av1" decodes only through hardware).
 _DECODERS = {"av1": "libdav1d"}
@@ -71,6 +73,10 @@ class PacketVerifier:
                               f"{expected} were encoded")
 
     def _run(self) -> None:
+        with side_work():  # may use a capture's idle CPU (priority.CaptureYield)
+            self._decode_all()
+
+    def _decode_all(self) -> None:
         while (packet := self._packets.get()) is not _END:
             if self._error is None:
                 try:
