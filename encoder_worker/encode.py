@@ -324,7 +324,7 @@ def read_ahead(items: Iterator[T], depth: int) -> Iterator[Iterator[T]]:
 
     def produce() -> None:
         try:
-            with side_work():  # may use a capture's idle CPU (priority.CaptureYield)
+            with side_work(codec_waits=True):  # may use a capture's idle CPU too
                 for item in items:
                     if not offer((False, item)):
                         return

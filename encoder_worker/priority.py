@@ -97,21 +97,31 @@ def idle_scheduling(enabled: bool) -> Iterator[None]:
                            "(raise RLIMIT_NICE, or run the worker with CAP_SYS_NICE)")
 
 
-# The threads (native ids) of an encode's side work: the raw reader's read-ahead and the
-# verifier's decode, one thread each. See CaptureYield: beside a capture, in SCHED_IDLE,
-# they may also run on the CPUs the capture keeps.
-_SIDE_THREADS: set[int] = set()
+# The threads (native ids) of an encode's side work, and whether the codec waits for it:
+# the raw reader's read-ahead (it does) and the verifier's decode (not until the last
+# frame). See CaptureYield._run_on: beside a capture they may use the CPUs it keeps.
+_SIDE_THREADS: dict[int, bool] = {}
 
 
 @contextlib.contextmanager
-def side_work() -> Iterator[None]:
+def side_work(*, codec_waits: bool) -> Iterator[None]:
     """Mark the calling thread as an encode's side work while the block runs."""
     tid = threading.get_native_id()
-    _SIDE_THREADS.add(tid)
+    _SIDE_THREADS[tid] = codec_waits
     try:
         yield
     finally:
-        _SIDE_THREADS.discard(tid)
+        _SIDE_THREADS.pop(tid, None)
+
+
+def codec_waits_for(thread: threading.Thread) -> None:
+    """The codec now waits for this side-work thread (the verifier's, after the last
+    frame): off the capture's CPUs alone, onto every CPU of the worker."""
+    if thread.native_id is None or thread.native_id not in _SIDE_THREADS:
+        return
+    _SIDE_THREADS[thread.native_id] = True
+    with contextlib.suppress(OSError):  # it just ended
+        os.sched_setaffinity(thread.native_id, WORKER_CPUS or os.sched_getaffinity(0))
 
 
 def _idle_class(tid: int) -> bool:
@@ -155,7 +165,7 @@ class CaptureYield:
         self._warned = False
         self._all_cpus = set(WORKER_CPUS)
         self._cpus = os.sched_getaffinity(0)  # the encode's threads run on these now
-        self._side: set[int] = set()  # side-work threads on every CPU meanwhile
+        self._side: dict[int, set[int]] = {}  # side-work threads: their CPUs
 
     def __call__(self) -> None:
         kept = self._kept_cpus()
@@ -207,23 +217,27 @@ class CaptureYield:
                 self.on_pause(False)
 
     def _run_on(self, cpus: set[int]) -> None:
-        """The codec's threads on cpus (Linux keeps affinity per thread); the side work's
-        (the reader's, the verifier's) on every CPU when they run in SCHED_IDLE.
+        """The codec's threads on cpus (Linux keeps affinity per thread); side work in
+        SCHED_IDLE also on the CPUs a capture keeps.
 
-        A capture keeps its CPUs for its own threads, which use a third to a half of one
-        (4 cameras at 30 fps, measured). A SCHED_IDLE thread there runs only when they
-        do not, and preempts none of them: the side work, about 15 % of an encode's CPU,
-        uses that idle time, and leaves the CPUs a capture leaves to the codec. Side work
-        in a normal class would take a share of the capture's CPUs: it stays on cpus.
+        A capture's own threads use a third to a half of the CPU it keeps (4 cameras at
+        30 fps, measured). A SCHED_IDLE thread there runs only when they do not, and
+        preempts none of them. The verifier's decode, about 15 % of an encode's CPU,
+        runs there alone until the codec waits for it (codec_waits_for), which leaves
+        the codec's CPUs to the codec; the reader, which the codec waits for, may run on
+        every CPU (alone there, a capture that used its whole CPU would stall the encode).
+        Side work in a normal class would take a share of the capture's CPUs: it stays
+        on cpus.
         """
-        side = {tid for tid in _SIDE_THREADS if _idle_class(tid)} \
-            if cpus != self._all_cpus else set()
+        kept = self._all_cpus - cpus
+        side = {tid: self._all_cpus if waits else kept for tid, waits in _SIDE_THREADS.items()
+                if kept and _idle_class(tid)}
         if cpus == self._cpus and side == self._side:
             return
         for task in os.listdir("/proc/self/task"):
             tid = int(task)
             with contextlib.suppress(OSError):  # a thread that just ended
-                os.sched_setaffinity(tid, self._all_cpus if tid in side else cpus)
+                os.sched_setaffinity(tid, side.get(tid, cpus))
         if cpus != self._cpus:
             logger.info("a recorder on %s is %s: encoding on CPUs %s", self.host,
                         "capturing" if cpus != self._all_cpus else "done capturing",
