@@ -246,6 +246,8 @@ COMMITTING = Metric("of which committing episodes (raw flush, manifests, rows, r
                     lambda run: f"{sum(ep.save_s for ep in run.result.episodes):.2f} s")
 INLINE_OR_SENT = Metric("of which inline encoding (sync) / job submission (async)", _inline_or_sent)
 ENCODE_STAGE = Metric("encode stage per video, mean", partial(_stage, stage="encode"))
+FETCH_STAGE = Metric("fetch stage per job, mean (the encoder waiting for frames)",
+                     partial(_stage, stage="fetch"))
 WORKERS = Metric("workers that ran an encode, of those answering", _workers)
 SPEEDUP = Metric("speedup (sync / async recording time)", lambda run: _vs_sync(
     run, lambda s, a: f"{s.totals.total_recording_s / a.totals.total_recording_s:.2f}x"))

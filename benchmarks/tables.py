@@ -50,6 +50,7 @@ from run_tables import (
     CPU,
     ENCODE_STAGE,
     ENCODING,
+    FETCH_STAGE,
     FILE,
     FRAMES,
     INLINE_OR_SENT,
@@ -73,6 +74,7 @@ from run_tables import (
     WORKERS,
     WORKERS_BESIDE,
     Goal,
+    Metric,
     by_metric,
     by_run,
     goal_late,
@@ -160,6 +162,20 @@ ENCODING_WINDOWS = [
     A(1796603530), A(1796603663), A(1796603719), A(1796603832),
     # the same day, --capture-cpus 0
     A(1796604158), A(1796604297), A(1796604414), A(1796604542), A(1796604630)]
+# An encode's side work on the capture's idle CPU: 4 replayed cameras, 2 x 10 s, windows of
+# 2 s, the code before it and with it, runs alternated (each file -> the commit it ran).
+SIDE_WORK = {
+    # d65af34: the reader and the verifier's decode on every CPU beside a capture.
+    A(1796608155): "d65af34", A(1796608277): "cc9aee3", A(1796608443): "d65af34",
+    A(1796608577): "cc9aee3", A(1796608720): "d65af34",
+    A(1796608875): "cc9aee3", A(1796609008): "d65af34", A(1796609132): "cc9aee3",
+    # 81b78ec: the verifier's decode on the capture's CPU alone until the last frame.
+    A(1796609301): "81b78ec", A(1796609415): "cc9aee3", A(1796609562): "81b78ec",
+    A(1796609705): "cc9aee3", A(1796609809): "81b78ec", A(1796609963): "cc9aee3",
+}
+CODE = Metric("code", lambda run: f"`{SIDE_WORK[run.name]}`", right=False)
+SIDE_WORK_TABLE = [FILE, TIME, LOAD, CODE, LATE, COMPLETE_START, COMPLETE, BACKLOG, RAW_LEFT,
+                   CPU, FETCH_STAGE, FRAMES]
 WINDOWS_TABLE = [FILE, TIME, LOAD, SHAPE, WINDOWS, WORKERS_BESIDE, BACKGROUND_LOAD, LATE,
                  COMPLETE_START, COMPLETE, BACKLOG, RAW_LEFT, CPU, STAGES_SUMMED, FRAMES]
 # What the user waits for (issue 21), one row per run.
@@ -257,6 +273,7 @@ def readme_tables(r: Results) -> dict[str, Callable[[], Table | Pending]]:
         "raw-transport": script(RAW_TRANSPORT, RawTransportResult, script_tables.raw_transport),
         "capture-sharing": lambda: by_run(r, CAPTURE_SHARING, SHARING),
         "encoding-windows": lambda: by_run(r, ENCODING_WINDOWS, WINDOWS_TABLE),
+        "side-work": lambda: by_run(r, list(SIDE_WORK), SIDE_WORK_TABLE),
         "worker-efficiency": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
                                     script_tables.worker_efficiency),
         "worker-ratios": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
