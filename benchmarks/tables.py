@@ -162,20 +162,27 @@ ENCODING_WINDOWS = [
     A(1796603530), A(1796603663), A(1796603719), A(1796603832),
     # the same day, --capture-cpus 0
     A(1796604158), A(1796604297), A(1796604414), A(1796604542), A(1796604630)]
-# An encode's side work on the capture's idle CPU: 4 replayed cameras, 2 x 10 s, windows of
-# 2 s, the code before it and with it, runs alternated (each file -> the commit it ran).
+# Tried, not kept: an encode's side work on the capture's CPU (issue 21), the code before
+# it (cc9aee3) and with it, runs alternated on one day; each file -> the commit it ran.
 SIDE_WORK = {
-    # d65af34: the reader and the verifier's decode on every CPU beside a capture.
+    # 4 cameras, 2 x 10 s. d65af34: the reader and the verifier's decode on every CPU.
     A(1796608155): "d65af34", A(1796608277): "cc9aee3", A(1796608443): "d65af34",
     A(1796608577): "cc9aee3", A(1796608720): "d65af34",
     A(1796608875): "cc9aee3", A(1796609008): "d65af34", A(1796609132): "cc9aee3",
     # 81b78ec: the verifier's decode on the capture's CPU alone until the last frame.
     A(1796609301): "81b78ec", A(1796609415): "cc9aee3", A(1796609562): "81b78ec",
     A(1796609705): "cc9aee3", A(1796609809): "81b78ec", A(1796609963): "cc9aee3",
+    A(1796611649): "81b78ec", A(1796611770): "cc9aee3", A(1796611902): "81b78ec",
+    A(1796612023): "cc9aee3",
+    # 4 cameras, 6 x 20 s; 2 x 1080p mjpeg, 2 x 5 s; 81b78ec alone: 2 cameras, and
+    # --background-load 2.
+    A(1796610237): "81b78ec", A(1796610877): "cc9aee3",
+    A(1796610741): "81b78ec", A(1796611235): "cc9aee3",
+    A(1796610136): "81b78ec", A(1796610584): "81b78ec",
 }
 CODE = Metric("code", lambda run: f"`{SIDE_WORK[run.name]}`", right=False)
-SIDE_WORK_TABLE = [FILE, TIME, LOAD, CODE, LATE, COMPLETE_START, COMPLETE, BACKLOG, RAW_LEFT,
-                   CPU, FETCH_STAGE, FRAMES]
+SIDE_WORK_TABLE = [FILE, TIME, LOAD, CODE, SHAPE, BACKGROUND_LOAD, LATE, COMPLETE_START,
+                   COMPLETE, BACKLOG, RAW_LEFT, CPU, FETCH_STAGE, FRAMES]
 WINDOWS_TABLE = [FILE, TIME, LOAD, SHAPE, WINDOWS, WORKERS_BESIDE, BACKGROUND_LOAD, LATE,
                  COMPLETE_START, COMPLETE, BACKLOG, RAW_LEFT, CPU, STAGES_SUMMED, FRAMES]
 # What the user waits for (issue 21), one row per run.

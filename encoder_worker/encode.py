@@ -26,7 +26,7 @@ import av
 from av.video.reformatter import VideoReformatter
 
 from encoder_worker.jobs import EncodeJob, EncodeResult, FailureReason, Status
-from encoder_worker.priority import demote_realtime_threads, side_work
+from encoder_worker.priority import demote_realtime_threads
 from encoder_worker.raw_episode import Manifest, RawEpisodeError, RawEpisodeReader
 from encoder_worker.storage import KeyNotFound, Storage, open_storage
 from encoder_worker.verify import PacketVerifier, VerifyError, check_file
@@ -324,10 +324,9 @@ def read_ahead(items: Iterator[T], depth: int) -> Iterator[Iterator[T]]:
 
     def produce() -> None:
         try:
-            with side_work(codec_waits=True):  # may use a capture's idle CPU too
-                for item in items:
-                    if not offer((False, item)):
-                        return
+            for item in items:
+                if not offer((False, item)):
+                    return
             offer((True, None))
         except BaseException as exc:  # raised in the consumer's thread instead
             offer((True, exc))

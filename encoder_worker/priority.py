@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,40 +96,6 @@ def idle_scheduling(enabled: bool) -> Iterator[None]:
                            "(raise RLIMIT_NICE, or run the worker with CAP_SYS_NICE)")
 
 
-# The threads (native ids) of an encode's side work, and whether the codec waits for it:
-# the raw reader's read-ahead (it does) and the verifier's decode (not until the last
-# frame). See CaptureYield._run_on: beside a capture they may use the CPUs it keeps.
-_SIDE_THREADS: dict[int, bool] = {}
-
-
-@contextlib.contextmanager
-def side_work(*, codec_waits: bool) -> Iterator[None]:
-    """Mark the calling thread as an encode's side work while the block runs."""
-    tid = threading.get_native_id()
-    _SIDE_THREADS[tid] = codec_waits
-    try:
-        yield
-    finally:
-        _SIDE_THREADS.pop(tid, None)
-
-
-def codec_waits_for(thread: threading.Thread) -> None:
-    """The codec now waits for this side-work thread (the verifier's, after the last
-    frame): off the capture's CPUs alone, onto every CPU of the worker."""
-    if thread.native_id is None or thread.native_id not in _SIDE_THREADS:
-        return
-    _SIDE_THREADS[thread.native_id] = True
-    with contextlib.suppress(OSError):  # it just ended
-        os.sched_setaffinity(thread.native_id, WORKER_CPUS or os.sched_getaffinity(0))
-
-
-def _idle_class(tid: int) -> bool:
-    try:
-        return os.sched_getscheduler(tid) == getattr(os, "SCHED_IDLE", None)
-    except OSError:  # the thread just ended
-        return False
-
-
 # While paused, how often the worker looks whether the capture ended.
 CAPTURE_POLL_S = 0.2
 # A job pauses at most this long in all, when it has no time limit to stay within.
@@ -165,7 +130,6 @@ class CaptureYield:
         self._warned = False
         self._all_cpus = set(WORKER_CPUS)
         self._cpus = os.sched_getaffinity(0)  # the encode's threads run on these now
-        self._side: dict[int, set[int]] = {}  # side-work threads: their CPUs
 
     def __call__(self) -> None:
         kept = self._kept_cpus()
@@ -217,32 +181,17 @@ class CaptureYield:
                 self.on_pause(False)
 
     def _run_on(self, cpus: set[int]) -> None:
-        """The codec's threads on cpus (Linux keeps affinity per thread); side work in
-        SCHED_IDLE also on the CPUs a capture keeps.
-
-        A capture's own threads use a third to a half of the CPU it keeps (4 cameras at
-        30 fps, measured). A SCHED_IDLE thread there runs only when they do not, and
-        preempts none of them. The verifier's decode, about 15 % of an encode's CPU,
-        runs there alone until the codec waits for it (codec_waits_for), which leaves
-        the codec's CPUs to the codec; the reader, which the codec waits for, may run on
-        every CPU (alone there, a capture that used its whole CPU would stall the encode).
-        Side work in a normal class would take a share of the capture's CPUs: it stays
-        on cpus.
-        """
-        kept = self._all_cpus - cpus
-        side = {tid: self._all_cpus if waits else kept for tid, waits in _SIDE_THREADS.items()
-                if kept and _idle_class(tid)}
-        if cpus == self._cpus and side == self._side:
+        """Every thread of this process (the codec's, the reader's, the verifier's) on
+        cpus: Linux keeps affinity per thread."""
+        if cpus == self._cpus:
             return
         for task in os.listdir("/proc/self/task"):
-            tid = int(task)
             with contextlib.suppress(OSError):  # a thread that just ended
-                os.sched_setaffinity(tid, side.get(tid, cpus))
-        if cpus != self._cpus:
-            logger.info("a recorder on %s is %s: encoding on CPUs %s", self.host,
-                        "capturing" if cpus != self._all_cpus else "done capturing",
-                        ",".join(map(str, sorted(cpus))))
-        self._cpus, self._side = cpus, side
+                os.sched_setaffinity(int(task), cpus)
+        logger.info("a recorder on %s is %s: encoding on CPUs %s", self.host,
+                    "capturing" if cpus != self._all_cpus else "done capturing",
+                    ",".join(map(str, sorted(cpus))))
+        self._cpus = cpus
 
     def _kept_cpus(self) -> set[int] | None:
         """Which of this worker's CPUs a capture on this host keeps; None: no capture."""

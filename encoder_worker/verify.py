@@ -17,8 +17,6 @@ from pathlib import Path
 
 import av
 
-from encoder_worker.priority import codec_waits_for, side_work
-
 # Decoders for encoders' outputs where FFmpeg's default one is not a software decoder
 # (FFmpeg's own "av1" decodes only through hardware).
 _DECODERS = {"av1": "libdav1d"}
@@ -65,7 +63,6 @@ class PacketVerifier:
         """Wait for the last packet's frames; raises VerifyError unless expected frames
         of the right size came, in order."""
         self._packets.put(_END)
-        codec_waits_for(self._thread)
         self._thread.join()
         if self._error is not None:
             raise VerifyError(str(self._error)) from self._error
@@ -74,10 +71,6 @@ class PacketVerifier:
                               f"{expected} were encoded")
 
     def _run(self) -> None:
-        with side_work(codec_waits=False):  # on a capture's idle CPU (CaptureYield)
-            self._decode_all()
-
-    def _decode_all(self) -> None:
         while (packet := self._packets.get()) is not _END:
             if self._error is None:
                 try:

@@ -21,7 +21,7 @@ from video_checks import check_video_against_raw
 from encoder_worker.broker import redis_client
 from encoder_worker.jobs import Status
 from encoder_worker.ledger import PROGRESS_KEY, JobLedger
-from encoder_worker.priority import CaptureYield, codec_waits_for, side_work
+from encoder_worker.priority import CaptureYield
 from encoder_worker.raw_layout import raw_prefix
 from encoder_worker.storage import open_storage
 from recorder.dataset.writer import FarmDataset
@@ -131,50 +131,6 @@ def test_sharing_a_capture_host_encodes_on_the_cpus_the_capture_leaves(broker_ur
         share()
         assert os.sched_getaffinity(0) == all_cpus, "back on every CPU"
     finally:
-        os.sched_setaffinity(0, all_cpus)
-
-
-def test_an_encodes_side_work_in_sched_idle_uses_the_cpus_a_capture_keeps(broker_url):
-    all_cpus = os.sched_getaffinity(0)
-    if len(all_cpus) < 2:
-        pytest.skip("sharing CPUs with a capture needs 2 of them")
-    kept = min(all_cpus)
-    ledger = JobLedger(redis_client(broker_url))
-    share = CaptureYield(ledger, budget_s=60, share=True)
-    started, stop = threading.Barrier(4), threading.Event()
-
-    def side(policy: int, codec_waits: bool) -> None:
-        os.sched_setscheduler(0, policy, os.sched_param(0))
-        with side_work(codec_waits=codec_waits):
-            started.wait()
-            stop.wait(30)
-
-    verifier = threading.Thread(target=side, args=(os.SCHED_IDLE, False), daemon=True)
-    reader = threading.Thread(target=side, args=(os.SCHED_IDLE, True), daemon=True)
-    normal = threading.Thread(target=side, args=(os.SCHED_OTHER, False), daemon=True)
-    for thread in (verifier, reader, normal):
-        thread.start()
-    started.wait(10)
-    try:
-        ledger.announce_capture(HOST, ttl_s=30, cpus=[kept])
-        share()
-        assert os.sched_getaffinity(0) == all_cpus - {kept}, "the codec's: the CPUs left"
-        assert os.sched_getaffinity(verifier.native_id) == {kept}, \
-            "side work the codec does not wait for: the capture's idle CPU"
-        assert os.sched_getaffinity(reader.native_id) == all_cpus, \
-            "side work the codec waits for: every CPU"
-        assert os.sched_getaffinity(normal.native_id) == all_cpus - {kept}, \
-            "side work in a normal class would take the capture's CPU: kept off it"
-        codec_waits_for(verifier)  # the last frame was encoded
-        assert os.sched_getaffinity(verifier.native_id) == all_cpus
-        share()
-        assert os.sched_getaffinity(verifier.native_id) == all_cpus
-        ledger.end_capture(HOST)
-        share()
-        for thread in (verifier, reader, normal):
-            assert os.sched_getaffinity(thread.native_id) == all_cpus
-    finally:
-        stop.set()
         os.sched_setaffinity(0, all_cpus)
 
 
