@@ -52,17 +52,28 @@ class DirectSink:
         self.storage = storage
         self.prefix = prefix
         self.on_window = on_window
-        folder = storage.local_path(prefix)
-        self._in_place = folder is not None
-        self._dir = folder if folder is not None else scratch_dir
-        if self._dir is None:
-            raise ValueError(f"{storage.url} is not a local folder: give a scratch_dir")
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._scratch_dir = scratch_dir
+        # Found and made at the first segment, in the writer's thread: the record loop
+        # makes an episode's sinks in its first slot, where path lookups and mkdir cost
+        # it milliseconds on a busy host (each syscall gives the GIL away).
+        self._dir: Path | None = None
+        self._in_place = False
         self._unsynced: list[Path] = []
 
+    def _folder(self) -> Path:
+        if self._dir is None:
+            folder = self.storage.local_path(self.prefix)
+            self._in_place = folder is not None
+            if folder is None:
+                folder = self._scratch_dir
+            if folder is None:
+                raise ValueError(f"{self.storage.url} is not a local folder: give a scratch_dir")
+            folder.mkdir(parents=True, exist_ok=True)
+            self._dir = folder
+        return self._dir
+
     def open_segment(self, name: str) -> BinaryIO:
-        assert self._dir is not None
-        return open(self._dir / partial_name(name), "wb")
+        return open(self._folder() / partial_name(name), "wb")
 
     def commit_segment(self, name: str, file: BinaryIO) -> None:
         start_writeback(file)
@@ -70,8 +81,7 @@ class DirectSink:
         if not self._in_place:
             self.storage.publish_file(f"{self.prefix}/{name}", Path(file.name))
             return
-        assert self._dir is not None
-        final = self._dir / name
+        final = self._folder() / name
         os.replace(file.name, final)
         self._unsynced.append(final)
 

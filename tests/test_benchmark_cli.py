@@ -192,6 +192,7 @@ def test_background_load_runs_beside_the_recording_and_is_reported(
     assert result.config.background_load == 1
     for episode in result.episodes:
         assert 0 < episode.busy_ms_median <= episode.busy_ms_p99
+        assert episode.first_slot_busy_ms > 0
     printed = capsys.readouterr().out
     assert "1 background load processes" in printed
     assert "Late slots per episode: " in printed and "the loop's work per slot" in printed

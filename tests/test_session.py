@@ -1,6 +1,7 @@
 """Session logic that needs no farm: episode numbering, committing every camera, a
 camera failing mid-episode."""
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from encoder_worker.raw_sinks import DirectSink
 from encoder_worker.storage import open_storage
 from recorder.capture.cameras import CameraError
 from recorder.capture.cameras.video import VideoFileCamera
-from recorder.capture.raw_writer import CameraWriter, WriterFailed
+from recorder.capture.raw_writer import CameraWriter, WriterFailed, writer_threads
 from recorder.dataset.writer import finish_writers, next_recording
 from recorder.session import RecordingSession
 from recorder.settings import RecorderSettings
@@ -35,6 +36,36 @@ def test_recording_numbers_continue_after_raw_data_and_videos(tmp_path):
     assert next_recording(raw, videos) == 10
     assert next_recording(raw, videos, spooled=["raw/episode_000012/cam0/segment_00000.raw"]) \
         == 13
+
+
+def test_an_episodes_writers_start_on_threads_started_before_it(tmp_path):
+    """The record loop starts an episode's writers in its first slot: no thread starts
+    there, and no folder is made (both cost it milliseconds on a busy host)."""
+    storage = open_storage(tmp_path / "dataset")
+    threads = writer_threads(4)
+    try:
+        before = threading.active_count()
+        for recording in range(3):  # more episodes than started threads: they are reused
+            sinks = [DirectSink(storage, raw_prefix(recording=recording, camera=c))
+                     for c in ("cam0", "cam1")]
+            assert not any((tmp_path / "dataset" / sink.prefix).exists() for sink in sinks)
+            writers = [CameraWriter(RawEpisodeWriter(sink, episode=recording,
+                                                     camera=sink.prefix.rsplit("/", 1)[1],
+                                                     width=8, height=8, fps=30,
+                                                     segment_frames=4),
+                                    queue_frames=100, threads=threads) for sink in sinks]
+            assert threading.active_count() == before, "no thread started for a writer"
+            for index in range(6):
+                for writer in writers:
+                    writer.put(np.full((8, 8, 3), index, np.uint8), index / 30, period_s=1.0)
+            finish_writers(writers, interrupted=False)
+        for recording in range(3):
+            for camera in ("cam0", "cam1"):
+                prefix = raw_prefix(recording=recording, camera=camera)
+                reader = RawEpisodeReader(storage, prefix)
+                assert [int(frame[0, 0, 0]) for frame in reader.frames()] == list(range(6))
+    finally:
+        threads.shutdown()
 
 
 class FailingSink(DirectSink):

@@ -98,6 +98,9 @@ class EpisodeTiming(BaseModel):
                                   "cameras' and robot's reads (synthetic cameras make their "
                                   "frames there): median")
     read_ms_p99: float = Field(default=0.0, description="the same, 99th percentile")
+    first_slot_busy_ms: float = Field(
+        default=0.0, description="the loop's work in the episode's first slot, where it "
+                                 "starts the episode's writers (0: not recorded)")
     overrun_slots: list[int] = Field(
         default_factory=list, description="slots whose own work (not waiting) took longer "
                                           "than a period: late whatever else ran")
@@ -239,6 +242,7 @@ def episode_timing(ep: EpisodeReport) -> EpisodeTiming:
         writer_waits=c.writer_waits,
         busy_ms_median=c.busy_ms(0.5), busy_ms_p99=c.busy_ms(0.99),
         read_ms_median=c.read_ms(0.5), read_ms_p99=c.read_ms(0.99),
+        first_slot_busy_ms=1000 * c.busy_s[0] if c.busy_s else 0.0,
         overrun_slots=c.overrun_slots,
         frames_recorded=dict(ep.frames_recorded), raw_bytes=ep.raw_bytes,
         save_s=ep.save_s,

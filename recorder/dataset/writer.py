@@ -33,7 +33,7 @@ from encoder_worker.jobs import EncodeResult, EncoderOptions
 from encoder_worker.raw_episode import RawEpisodeWriter
 from encoder_worker.raw_layout import RAW_ROOT, raw_prefix, recording_of
 from encoder_worker.storage import Storage, open_storage
-from recorder.capture.raw_writer import CameraWriter
+from recorder.capture.raw_writer import CameraWriter, writer_threads
 from recorder.dataset import metadata
 from recorder.dataset.commit import EpisodeCommitter
 from recorder.dataset.complete import Completion, complete_dataset, verified_videos
@@ -141,6 +141,8 @@ class FarmDataset:
             spool_max_bytes=self.options.spool_max_mb * 1_000_000)
         self._next_recording = next_recording(self.raw_storage, self.storage,
                                               spooled=self.committer.spooled_keys)
+        self._writer_threads = writer_threads(2 * len(self.video_keys))
+        self._exit.callback(self._writer_threads.shutdown, wait=False)
 
     @classmethod
     def create(cls, repo_id: str, fps: int, features: dict[str, dict], *,
@@ -250,7 +252,7 @@ class FarmDataset:
                                  segment_frames=self.options.segment_frames,
                                  window_frames=self.committer.plan.window_frames),
                 queue_frames=self.options.writer_queue_frames,
-                on_written=image_sampler(stats, stride))
+                on_written=image_sampler(stats, stride), threads=self._writer_threads)
         columns: dict[str, list[np.ndarray]] = {
             key: [] for key, f in self.features.items() if f["dtype"] != "video"}
         self._episode = CapturedEpisode(recording, writers, sinks, image_stats, columns)
