@@ -246,6 +246,9 @@ COMMITTING = Metric("of which committing episodes (raw flush, manifests, rows, r
                     lambda run: f"{sum(ep.save_s for ep in run.result.episodes):.2f} s")
 INLINE_OR_SENT = Metric("of which inline encoding (sync) / job submission (async)", _inline_or_sent)
 ENCODE_STAGE = Metric("encode stage per video, mean", partial(_stage, stage="encode"))
+FIRST_SLOT = Metric("the loop's work in each episode's first slot",
+                    lambda run: joined(f"{ep.first_slot_busy_ms:.1f}" for ep in run.result.episodes)
+                    + " ms" if _set(run.result.episodes[0], "first_slot_busy_ms") else "-")
 FETCH_STAGE = Metric("fetch stage per job, mean (the encoder waiting for frames)",
                      partial(_stage, stage="fetch"))
 WORKERS = Metric("workers that ran an encode, of those answering", _workers)

@@ -52,6 +52,7 @@ from run_tables import (
     ENCODING,
     FETCH_STAGE,
     FILE,
+    FIRST_SLOT,
     FRAMES,
     INLINE_OR_SENT,
     LATE,
@@ -183,6 +184,13 @@ SIDE_WORK = {
 CODE = Metric("code", lambda run: f"`{SIDE_WORK[run.name]}`", right=False)
 SIDE_WORK_TABLE = [FILE, TIME, LOAD, CODE, SHAPE, BACKGROUND_LOAD, LATE, COMPLETE_START,
                    COMPLETE, BACKLOG, RAW_LEFT, CPU, FETCH_STAGE, FRAMES]
+# An episode's writers on threads started with the dataset (447921f) against the code
+# before (cc9aee3), runs alternated: 4 replayed cameras, 6 x 5 s (benchmarks/first_slot.py).
+FIRST_SLOT_RUNS = {A(1796612790): "cc9aee3", A(1796612963): "447921f",
+                   A(1796613131): "cc9aee3", A(1796613299): "447921f"}
+FIRST_SLOT_CODE = Metric("code", lambda run: f"`{FIRST_SLOT_RUNS[run.name]}`", right=False)
+FIRST_SLOT_TABLE = [FILE, TIME, LOAD, FIRST_SLOT_CODE, LATE, OVERRUNS, FIRST_SLOT,
+                    COMPLETE_START, BACKLOG, CPU, FRAMES]
 WINDOWS_TABLE = [FILE, TIME, LOAD, SHAPE, WINDOWS, WORKERS_BESIDE, BACKGROUND_LOAD, LATE,
                  COMPLETE_START, COMPLETE, BACKLOG, RAW_LEFT, CPU, STAGES_SUMMED, FRAMES]
 # What the user waits for (issue 21), one row per run.
@@ -281,6 +289,7 @@ def readme_tables(r: Results) -> dict[str, Callable[[], Table | Pending]]:
         "capture-sharing": lambda: by_run(r, CAPTURE_SHARING, SHARING),
         "encoding-windows": lambda: by_run(r, ENCODING_WINDOWS, WINDOWS_TABLE),
         "side-work": lambda: by_run(r, list(SIDE_WORK), SIDE_WORK_TABLE),
+        "first-slot": lambda: by_run(r, list(FIRST_SLOT_RUNS), FIRST_SLOT_TABLE),
         "worker-efficiency": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
                                     script_tables.worker_efficiency),
         "worker-ratios": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
