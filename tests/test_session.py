@@ -16,7 +16,7 @@ from encoder_worker.raw_sinks import DirectSink
 from encoder_worker.storage import open_storage
 from recorder.capture.cameras import CameraError
 from recorder.capture.cameras.video import VideoFileCamera
-from recorder.capture.raw_writer import CameraWriter, WriterFailed, writer_threads
+from recorder.capture.raw_writer import CameraWriter, WriterFailed, WriterThreads
 from recorder.dataset.writer import finish_writers, next_recording
 from recorder.session import RecordingSession
 from recorder.settings import RecorderSettings
@@ -42,7 +42,7 @@ def test_an_episodes_writers_start_on_threads_started_before_it(tmp_path):
     """The record loop starts an episode's writers in its first slot: no thread starts
     there, and no folder is made (both cost it milliseconds on a busy host)."""
     storage = open_storage(tmp_path / "dataset")
-    threads = writer_threads(4)
+    threads = WriterThreads(4)
     try:
         before = threading.active_count()
         for recording in range(3):  # more episodes than started threads: they are reused

@@ -7,7 +7,6 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 
@@ -17,23 +16,51 @@ from encoder_worker.storage import PERMANENT_HINTS
 logger = logging.getLogger(__name__)
 
 _END = None
-# A writer never waits for a thread: more start only when none is idle (one per camera
-# per episode still being written, at most), so this bound is never reached in practice.
-WRITER_THREADS_MAX = 256
 
 
-def writer_threads(started: int) -> ThreadPoolExecutor:
-    """Threads for CameraWriters, `started` of them started now (two per camera: the
-    episode being captured and the one still being committed). A writer that takes an
-    idle one starts at once: starting its own in an episode's first slot cost the record
-    loop 2-16 ms for 4 cameras (measured), as a new Python thread waits for the GIL."""
-    threads = ThreadPoolExecutor(max_workers=WRITER_THREADS_MAX,
-                                 thread_name_prefix="raw-writer")
-    if started:
-        all_running = threading.Barrier(started)  # one thread each: none is idle before
+class WriterThreads:
+    """Threads for CameraWriters, started ahead: `started` now (two per camera: the
+    episode being captured and the one still being committed), one more whenever none is
+    idle. A writer that takes an idle one starts at once: starting its own in an episode's
+    first slot cost the record loop 2-16 ms for 4 cameras (measured: a new Python thread
+    waits for the GIL).
+
+    Daemon threads, as a writer's own thread was: concurrent.futures' threads are not,
+    and one whose episode was never finished (a program that stops without finalize())
+    would hold the interpreter's exit for ever.
+    """
+
+    def __init__(self, started: int) -> None:
+        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)  # one release per thread waiting for a task
+        self._count = 0
         for _ in range(started):
-            threads.submit(all_running.wait, 10)
-    return threads
+            self._start()
+
+    def run(self, task: Callable[[], None]) -> None:
+        """Run task on an idle thread (a new one if none is)."""
+        if not self._idle.acquire(blocking=False):
+            self._start()
+            self._idle.acquire()  # the new thread's, given once it waits
+        self._tasks.put(task)
+
+    def shutdown(self) -> None:
+        """Idle threads end now, busy ones after their task."""
+        for _ in range(self._count):
+            self._tasks.put(None)
+        self._count = 0
+
+    def _start(self) -> None:
+        self._count += 1
+        threading.Thread(target=self._serve, daemon=True, name="raw-writer").start()
+
+    def _serve(self) -> None:
+        while True:
+            self._idle.release()
+            task = self._tasks.get()
+            if task is None:
+                return
+            task()
 
 
 class WriterFailed(Exception):
@@ -49,23 +76,28 @@ class CameraWriter:
 
     def __init__(self, writer: RawEpisodeWriter, *, queue_frames: int,
                  on_written: Callable[[int, np.ndarray], None] | None = None,
-                 threads: Executor | None = None) -> None:
-        """threads: where the writer runs (writer_threads()); default a thread of its own."""
+                 threads: WriterThreads | None = None) -> None:
+        """threads: where the writer runs; default a thread of its own."""
         self.writer = writer
         # Called with (frame index, frame) after each write, in this thread: image stats
         # are computed here, where the frames are anyway, never in the record loop.
         self._on_written = on_written
         self._queue: queue.Queue[tuple[np.ndarray, float] | None] = queue.Queue(queue_frames)
         self._error: BaseException | None = None
+        self._done = threading.Event()
         if threads is not None:
-            self._wait_done: Callable[[], object] = threads.submit(self._run).result
+            threads.run(self._run)
         else:
-            thread = threading.Thread(target=self._run, daemon=True,
-                                      name=f"writer-{writer.camera}")
-            thread.start()
-            self._wait_done = thread.join
+            threading.Thread(target=self._run, daemon=True,
+                             name=f"writer-{writer.camera}").start()
 
     def _run(self) -> None:
+        try:
+            self._write_all()
+        finally:
+            self._done.set()
+
+    def _write_all(self) -> None:
         while (item := self._queue.get()) is not _END:
             if self._error is not None:
                 continue  # drain, so that put() never blocks on a dead writer
@@ -101,7 +133,7 @@ class CameraWriter:
             kept under a manifest marked interrupted, where that is still possible.
         """
         self._queue.put(_END)
-        self._wait_done()
+        self._done.wait()
         if self._error is None:
             try:  # the last segment's commit can fail too (a disk that just filled up)
                 return self.writer.close(interrupted=interrupted)

@@ -33,7 +33,7 @@ from encoder_worker.jobs import EncodeResult, EncoderOptions
 from encoder_worker.raw_episode import RawEpisodeWriter
 from encoder_worker.raw_layout import RAW_ROOT, raw_prefix, recording_of
 from encoder_worker.storage import Storage, open_storage
-from recorder.capture.raw_writer import CameraWriter, writer_threads
+from recorder.capture.raw_writer import CameraWriter, WriterThreads
 from recorder.dataset import metadata
 from recorder.dataset.commit import EpisodeCommitter
 from recorder.dataset.complete import Completion, complete_dataset, verified_videos
@@ -141,8 +141,8 @@ class FarmDataset:
             spool_max_bytes=self.options.spool_max_mb * 1_000_000)
         self._next_recording = next_recording(self.raw_storage, self.storage,
                                               spooled=self.committer.spooled_keys)
-        self._writer_threads = writer_threads(2 * len(self.video_keys))
-        self._exit.callback(self._writer_threads.shutdown, wait=False)
+        self._writer_threads = WriterThreads(2 * len(self.video_keys))
+        self._exit.callback(self._writer_threads.shutdown)
 
     @classmethod
     def create(cls, repo_id: str, fps: int, features: dict[str, dict], *,
