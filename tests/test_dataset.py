@@ -39,6 +39,30 @@ def create(root: Path | str, **settings) -> FarmDataset:
 
 # --- without servers --------------------------------------------------------------------
 
+# A program that stops mid-episode without finalize(): the writers' threads (started
+# with the dataset, raw_writer.WriterThreads) must not hold the interpreter's exit.
+STOPS_MID_EPISODE = """
+import sys
+import numpy as np
+from recordings import features
+from recorder.dataset import FarmDataset
+dataset = FarmDataset.create("test/dataset", fps=30, features=features(), root=sys.argv[1])
+frame = {key: np.zeros(f["shape"], np.uint8) if f["dtype"] == "video"
+         else np.zeros(f["shape"], np.float32) for key, f in dataset.features.items()}
+for _ in range(5):
+    dataset.add_frame({**frame, "task": "stop"})
+print("exiting mid-episode")
+"""
+
+
+def test_a_program_that_stops_mid_episode_exits(tmp_path):
+    done = subprocess.run([sys.executable, "-c", STOPS_MID_EPISODE, str(tmp_path / "ds")],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"})
+    assert done.returncode == 0, done.stderr
+    assert "exiting mid-episode" in done.stdout
+
+
 def test_image_stats_equal_numpy_over_the_same_pixels():
     rng = np.random.default_rng(1)
     frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(4)]
