@@ -181,17 +181,18 @@ SIDE_WORK = {
     A(1796610741): "81b78ec", A(1796611235): "cc9aee3",
     A(1796610136): "81b78ec", A(1796610584): "81b78ec",
 }
-CODE = Metric("code", lambda run: f"`{SIDE_WORK[run.name]}`", right=False)
-SIDE_WORK_TABLE = [FILE, TIME, LOAD, CODE, SHAPE, BACKGROUND_LOAD, LATE, COMPLETE_START,
-                   COMPLETE, BACKLOG, RAW_LEFT, CPU, FETCH_STAGE, FRAMES]
 # An episode's writers on threads started with the dataset (447921f) against the code
 # before (cc9aee3), runs alternated: 4 replayed cameras, 6 x 5 s (benchmarks/first_slot.py).
 FIRST_SLOT_RUNS = {A(1796612790): "cc9aee3", A(1796612963): "447921f",
                    A(1796613131): "cc9aee3", A(1796613299): "447921f",
                    # d09b976: the same with daemon threads (WriterThreads), once.
                    A(1796613554): "d09b976"}
-FIRST_SLOT_CODE = Metric("code", lambda run: f"`{FIRST_SLOT_RUNS[run.name]}`", right=False)
-FIRST_SLOT_TABLE = [FILE, TIME, LOAD, FIRST_SLOT_CODE, LATE, OVERRUNS, FIRST_SLOT,
+# The commit each run of an old-and-new comparison ran (results files do not record it).
+CODE_OF_RUN = {**SIDE_WORK, **FIRST_SLOT_RUNS}
+CODE = Metric("code", lambda run: f"`{CODE_OF_RUN[run.name]}`", right=False)
+SIDE_WORK_TABLE = [FILE, TIME, LOAD, CODE, SHAPE, BACKGROUND_LOAD, LATE, COMPLETE_START,
+                   COMPLETE, BACKLOG, RAW_LEFT, CPU, FETCH_STAGE, FRAMES]
+FIRST_SLOT_TABLE = [FILE, TIME, LOAD, CODE, LATE, OVERRUNS, FIRST_SLOT,
                     COMPLETE_START, BACKLOG, CPU, FRAMES]
 WINDOWS_TABLE = [FILE, TIME, LOAD, SHAPE, WINDOWS, WORKERS_BESIDE, BACKGROUND_LOAD, LATE,
                  COMPLETE_START, COMPLETE, BACKLOG, RAW_LEFT, CPU, STAGES_SUMMED, FRAMES]

@@ -78,10 +78,11 @@ class DirectSink:
     def commit_segment(self, name: str, file: BinaryIO) -> None:
         start_writeback(file)
         file.close()
+        folder = self._folder()  # found with the segment's open: this also says in place
         if not self._in_place:
             self.storage.publish_file(f"{self.prefix}/{name}", Path(file.name))
             return
-        final = self._folder() / name
+        final = folder / name
         os.replace(file.name, final)
         self._unsynced.append(final)
 
