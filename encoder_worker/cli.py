@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         from encoder_worker.priority import lower_priority
 
         lower_priority(settings.nice)
+    if settings.share_with_capture:
+        from encoder_worker.cpu_cap import join_for_worker
+
+        join_for_worker()  # before the pool forks: its children are in the group too
     for flag, url in (("--storage", settings.storage),
                       ("--output-storage", settings.output_storage)):
         # A wrong path, endpoint, bucket or credentials show now, not as failed jobs later.

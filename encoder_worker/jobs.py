@@ -255,6 +255,9 @@ class EncodeResult(BaseModel):
     finished_at: float = 0.0
     # A part job's result: True when this job joined the parts and published the video.
     joined: bool = False
+    # How the encode shared its host with a recorder's capture (priority.CaptureYield):
+    # "capped at 1.30 CPUs", "on CPUs 1", "paused", "svtav1-params lp=1"; "": no capture.
+    beside_capture: str = ""
 
     @field_validator("reason", mode="before")
     @classmethod

@@ -12,8 +12,9 @@
                             for a set time (`encoder-worker failed`, `encoder-worker requeue`)
     farm:rejected           queue items that were not messages, set aside (transport.py)
     farm:capture:<host>     set while a recorder on that host captures an episode (a short
-                            TTL it refreshes), naming the CPUs it keeps for itself: workers
-                            there pause (--yield-to-capture) or encode on the other CPUs
+                            TTL it refreshes), naming the CPUs and the CPU time it keeps for
+                            itself: workers there pause (--yield-to-capture) or encode on
+                            the other CPUs, or capped to the rest of the CPU time
                             (--share-with-capture) meanwhile (priority.CaptureYield)
     farm:recorders          host -> {backlog, capturing, at}: what each recorder last said
                             (every second while it records; the key lapses a minute after
@@ -44,7 +45,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from redis.exceptions import LockError
@@ -78,6 +79,14 @@ _PIDBOX_SUFFIX = ".celery.pidbox"
 
 _DROP_CLAIM_IF_UNLEASED = ("if redis.call('exists', KEYS[2]) == 0 then "
                            "return redis.call('hdel', KEYS[1], ARGV[1]) else return 0 end")
+
+
+class CaptureWord(NamedTuple):
+    """What a capture keeps of its host: CPUs (ALL_CPUS: every one), and CPU time in CPUs
+    (None: a recorder that names none; older recorders)."""
+
+    cpus: frozenset[int] | str
+    cpu_time: float | None
 
 
 class LeaseLost(Exception):
@@ -256,13 +265,16 @@ class JobLedger:
         return dict(json.loads(raw))
 
     # a recorder capturing on a host, for the workers beside it
-    def announce_capture(self, host: str, *, ttl_s: float,
-                         cpus: Sequence[int] | None = None) -> None:
+    def announce_capture(self, host: str, *, ttl_s: float, cpus: Sequence[int] | None = None,
+                         cpu_time: float | None = None) -> None:
         """cpus: the CPUs the capture keeps for itself (empty: none, --capture-cpus 0);
-        None: all of them."""
+        None: all of them. cpu_time: the CPU time it keeps, in CPUs, for workers that cap
+        theirs (cpu_cap.py) instead of keeping off those CPUs."""
         kept: list[int] | str = ALL_CPUS if cpus is None else list(cpus)
-        self.client.set(CAPTURE_PREFIX + host, json.dumps({"cpus": kept}),
-                        px=max(1, int(ttl_s * 1000)))
+        word: dict[str, Any] = {"cpus": kept}
+        if cpu_time is not None:
+            word["cpu_time"] = cpu_time
+        self.client.set(CAPTURE_PREFIX + host, json.dumps(word), px=max(1, int(ttl_s * 1000)))
 
     def end_capture(self, host: str) -> None:
         self.client.delete(CAPTURE_PREFIX + host)
@@ -270,17 +282,20 @@ class JobLedger:
     def capturing(self, host: str) -> bool:
         return bool(self.client.exists(CAPTURE_PREFIX + host))
 
-    def capture_cpus(self, host: str) -> set[int] | str | None:
-        """The CPUs a capturing recorder on host keeps for itself; None: no capture;
-        ALL_CPUS: all of them (a recorder that names none, or a word not understood)."""
+    def capture_word(self, host: str) -> CaptureWord | None:
+        """What a capturing recorder on host keeps for itself; None: no capture. A word
+        not understood keeps every CPU."""
         raw = self.client.get(CAPTURE_PREFIX + host)
         if raw is None:
             return None
         try:
-            kept = json.loads(raw).get("cpus", ALL_CPUS)
-            return ALL_CPUS if kept == ALL_CPUS else {int(cpu) for cpu in kept}
+            word = json.loads(raw)
+            kept = word.get("cpus", ALL_CPUS)
+            cpus = ALL_CPUS if kept == ALL_CPUS else frozenset(int(cpu) for cpu in kept)
+            cpu_time = word.get("cpu_time")
+            return CaptureWord(cpus, None if cpu_time is None else float(cpu_time))
         except (ValueError, AttributeError, TypeError):
-            return ALL_CPUS
+            return CaptureWord(ALL_CPUS, None)
 
     # what each recorder last said of itself, for `encoder-worker status`
     def report_recorder(self, host: str, *, backlog: int, capturing: bool, now: float,

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from encoder_worker import cpu_cap
+
 if TYPE_CHECKING:
     from encoder_worker.jobs import EncodeJob
-    from encoder_worker.ledger import JobLedger
+    from encoder_worker.ledger import CaptureWord, JobLedger
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +107,10 @@ CAPTURE_YIELD_MAX_S = 600.0
 class CaptureYield:
     """An encode's pause point beside a recorder on this host: returns at once, unless a
     recorder on this host is capturing an episode. Then, with share (--share-with-capture),
-    the encode's threads move to the CPUs the capture leaves and the encode goes on (and
-    back to all CPUs once the capture ends); without it (--yield-to-capture) it waits
-    until the capture stops.
+    the encode goes on: in a worker that joined cpu_cap's group, on every CPU with the
+    group's CPU time capped to what the capture leaves (lifted once it ends); otherwise
+    its threads move to the CPUs the capture leaves (and back to all CPUs once it ends).
+    Without share (--yield-to-capture) it waits until the capture stops.
 
     Even SCHED_IDLE encoders cost a record loop slots on a small host (measured: two idle
     spinners gave 17 and 5 late slots of 300 where none ran gave 0 and 3): the cores
@@ -127,13 +130,17 @@ class CaptureYield:
         self.on_pause = on_pause
         self.share = share
         self.paused_s = 0.0
-        self._warned = False
+        self._warned = self._cap_warned = False
         self._all_cpus = set(WORKER_CPUS)
         self._cpus = os.sched_getaffinity(0)  # the encode's threads run on these now
+        self._shared: dict[str, None] = {}  # how the encode shared the host, in order
 
     def __call__(self) -> None:
-        kept = self._kept_cpus()
+        word = self._word()
+        kept = self._kept_cpus(word)
         if self.share:
+            if self._capped(word):  # on every CPU, in the CPU time the capture leaves
+                return
             free = self._all_cpus - (kept or set())
             if free:  # the capture leaves these (all of them: no capture)
                 self._run_on(free)
@@ -151,11 +158,16 @@ class CaptureYield:
         options = job.options
         if not self.share or options.codec != "libsvtav1" or "svtav1-params" in options.extra:
             return job
-        kept = self._kept_cpus()
+        kept = self._kept_cpus(self._word())
         if not kept or kept == self._all_cpus:  # no capture, or one that keeps every CPU
             return job
         extra = {**options.extra, "svtav1-params": "lp=1"}
+        self._shared["svtav1-params lp=1"] = None
         return job.model_copy(update={"options": options.model_copy(update={"extra": extra})})
+
+    def summary(self) -> str:
+        """How the encode shared the host with a capture ("" if it never met one)."""
+        return ", ".join(self._shared)
 
     def release(self) -> None:
         """The job is over: this process's threads back on every CPU the worker has."""
@@ -165,10 +177,11 @@ class CaptureYield:
         started = time.monotonic()
         logger.info("a recorder on %s is capturing: encode paused until its episode ends",
                     self.host)
+        self._shared["paused"] = None
         if self.on_pause is not None:
             self.on_pause(True)
         try:
-            while self._kept_cpus() is not None:
+            while self._word() is not None:
                 waited = self.paused_s + time.monotonic() - started
                 if waited >= self.budget_s:
                     logger.warning("paused %.0fs for the recorder's capture, this job's "
@@ -183,6 +196,8 @@ class CaptureYield:
     def _run_on(self, cpus: set[int]) -> None:
         """Every thread of this process (the codec's, the reader's, the verifier's) on
         cpus: Linux keeps affinity per thread."""
+        if cpus != self._all_cpus:
+            self._shared["on CPUs " + ",".join(map(str, sorted(cpus)))] = None
         if cpus == self._cpus:
             return
         for task in os.listdir("/proc/self/task"):
@@ -193,18 +208,51 @@ class CaptureYield:
                     ",".join(map(str, sorted(cpus))))
         self._cpus = cpus
 
-    def _kept_cpus(self) -> set[int] | None:
-        """Which of this worker's CPUs a capture on this host keeps; None: no capture."""
+    def _capped(self, word: CaptureWord | None) -> bool:
+        """With a cap on the workers' CPU time (this process joined cpu_cap's group) and a
+        capture that names the CPU time it keeps: the group capped to the rest, on every
+        CPU; True. Otherwise the cap lifted (the CPUs decide)."""
+        cap = cpu_cap.joined()
+        if cap is None:
+            return False
+        left = None
+        if word is not None and word.cpu_time is not None:
+            left = len(self._all_cpus) - word.cpu_time
+            if left <= 0:  # the capture keeps it all: a pause
+                left = None
         try:
-            kept = self.ledger.capture_cpus(self.host)
+            if cap.cap_cpus() != left:
+                cap.limit(left)
+                logger.info("a recorder on %s is %s: the workers' CPU time %s", self.host,
+                            "capturing" if left else "done capturing",
+                            f"capped at {left:.2f} CPUs" if left else "uncapped")
+        except OSError as exc:
+            if not self._cap_warned:
+                logger.warning("cannot set the workers' CPU cap in %s (%s): keeping off "
+                               "the CPUs the capture keeps instead", cap.folder, exc)
+                self._cap_warned = True
+            return False
+        if left is None:
+            return False
+        self._shared[f"capped at {left:.2f} CPUs"] = None
+        self._run_on(self._all_cpus)
+        return True
+
+    def _word(self) -> CaptureWord | None:
+        """What a capture on this host keeps; None: no capture (or no answer)."""
+        try:
+            return self.ledger.capture_word(self.host)
         except RedisError as exc:
             if not self._warned:
                 logger.warning("cannot tell whether a recorder captures here (%s): "
                                "encoding without pauses", exc)
                 self._warned = True
             return None
-        if kept is None:
+
+    def _kept_cpus(self, word: CaptureWord | None) -> set[int] | None:
+        """Which of this worker's CPUs a capture on this host keeps; None: no capture."""
+        if word is None:
             return None
-        if isinstance(kept, str):  # ALL_CPUS
+        if isinstance(word.cpus, str):  # ALL_CPUS
             return set(self._all_cpus)
-        return kept & self._all_cpus
+        return set(word.cpus) & self._all_cpus

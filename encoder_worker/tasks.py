@@ -286,6 +286,7 @@ def _encode_counted(ledger: JobLedger, job: EncodeJob, settings: WorkerSettings,
                                     pause=pause)
         if pause is not None:
             result.timings.paused_s = pause.paused_s
+            result.beside_capture = pause.summary()
     except Exception:
         # The worker lived: this start is not a worker death (only a killed worker skips
         # this). Transient errors have their own count (Celery's retries); without this,

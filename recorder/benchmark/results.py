@@ -57,8 +57,8 @@ class BenchmarkConfig(BaseModel):
     share_capture_host: bool | None = Field(
         default=None, description="local workers encoded on the CPUs a capture left "
                                   "(--share-capture-host), else paused; None: not recorded")
-    capture_cpus: int | None = Field(default=None,
-                                     description="--capture-cpus; None: not recorded")
+    capture_cpus: float | None = Field(default=None,
+                                       description="--capture-cpus; None: not recorded")
     encode_window_s: float | None = Field(
         default=None, description="--encode-window-s (0: episodes sent only when saved); "
                                   "None: not recorded (before windows existed: 0)")
@@ -141,6 +141,8 @@ class TaskTiming(BaseModel):
     verify_s: float
     publish_s: float
     total_s: float
+    beside_capture: str = Field(default="", description="how the worker shared its host with "
+                                "the capture (EncodeResult.beside_capture); '': none")
 
     @property
     def worker_s(self) -> float:
@@ -260,6 +262,7 @@ def task_timing(r: EncodeResult) -> TaskTiming:
         submitted_at=r.started_at - t.queue_wait_s, started_at=r.started_at,
         finished_at=r.finished_at, queue_wait_s=t.queue_wait_s, fetch_s=t.fetch_s,
         encode_s=t.encode_s, verify_s=t.verify_s, publish_s=t.publish_s, total_s=t.total_s,
+        beside_capture=r.beside_capture,
     )
 
 

@@ -6,6 +6,7 @@ of episodes recorded and not encoded yet (`encoder-worker status` shows it per h
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -29,12 +30,14 @@ class RecorderAnnouncer:
     A Redis that does not answer pauses nothing (said once per outage)."""
 
     def __init__(self, ledger: JobLedger, *, host: str | None = None,
-                 capture_cpus: int = 1) -> None:
-        """capture_cpus: how many of this process's CPUs a capture keeps for itself;
-        workers beside it with --share-with-capture encode on the others."""
+                 capture_cpus: float = 0.7) -> None:
+        """capture_cpus: how much CPU a capture keeps for itself, in CPUs: workers beside
+        it with --share-with-capture cap their CPU time to the rest (cpu_cap.py), or where
+        they cannot, encode on the CPUs left after the first capture_cpus (rounded up)."""
         self.ledger = ledger
         self.host = host or socket.gethostname()
-        self.cpus = sorted(os.sched_getaffinity(0))[:capture_cpus]
+        self.cpus = sorted(os.sched_getaffinity(0))[:math.ceil(capture_cpus)]
+        self.cpu_time = capture_cpus
         self._capturing = False
         self._backlog = 0
         self._wake = threading.Event()
@@ -73,7 +76,7 @@ class RecorderAnnouncer:
             try:
                 if self._capturing and not stopping:
                     self.ledger.announce_capture(self.host, ttl_s=3 * ANNOUNCE_S,
-                                                 cpus=self.cpus)
+                                                 cpus=self.cpus, cpu_time=self.cpu_time)
                     announced = True
                 elif announced:
                     self.ledger.end_capture(self.host)

@@ -96,7 +96,7 @@ class EncodingFarmClient:
 
     def __init__(self, broker: str, *, queue_size: int = 100, queue: str = ENCODE_QUEUE,
                  lost_job_check_s: float = LOST_JOB_CHECK_S,
-                 wait_note_s: float = WAIT_NOTE_S, capture_cpus: int = 1) -> None:
+                 wait_note_s: float = WAIT_NOTE_S, capture_cpus: float = 0.7) -> None:
         self.broker = broker
         self.queue = queue
         self.queue_size = queue_size
