@@ -195,7 +195,10 @@ def _workers_beside(run: Run) -> str:
         return "-"
     if not config.share_capture_host:
         return "pause"
-    return f"share, capture keeps {config.capture_cpus} CPU"
+    caps = sorted({part for task in run.result.tasks
+                   for part in task.beside_capture.split(", ") if part.startswith("capped")})
+    kept = f"capture keeps {config.capture_cpus:g} CPU"
+    return f"share, {kept}: workers {' / '.join(caps)}" if caps else f"share, {kept}"
 
 
 def _windows(run: Run) -> str:

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.share_with_capture:
         from encoder_worker.cpu_cap import join_for_worker
 
-        join_for_worker()  # before the pool forks: its children are in the group too
+        join_for_worker(settings.cpu_cap_group)  # before the pool forks: children join too
     for flag, url in (("--storage", settings.storage),
                       ("--output-storage", settings.output_storage)):
         # A wrong path, endpoint, bucket or credentials show now, not as failed jobs later.

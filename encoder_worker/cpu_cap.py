@@ -84,6 +84,13 @@ class CpuCap:
             raise CpuCapUnavailable("no cgroup with a CPU controller is mounted here")
         return v1
 
+    @classmethod
+    def remove(cls, name: str, *, mounts: Path = MOUNTS) -> None:
+        """Remove the group, once no process is in it (an OSError says why not)."""
+        folder = cls._find(name, mounts).folder
+        if folder.exists():
+            folder.rmdir()
+
     def limit(self, cpus: float | None) -> None:
         """At most cpus CPUs' time for the whole group, on any of its CPUs; None: no cap.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -216,10 +217,11 @@ class CaptureYield:
         if cap is None:
             return False
         left = None
-        if word is not None and word.cpu_time is not None:
+        # Only where keeping off CPUs would leave some too: a capture that keeps all of a
+        # 1-CPU host still gets a pause (a cap there was not measured).
+        if word is not None and word.cpu_time and \
+                math.ceil(word.cpu_time) < len(self._all_cpus):
             left = len(self._all_cpus) - word.cpu_time
-            if left <= 0:  # the capture keeps it all: a pause
-                left = None
         try:
             if cap.cap_cpus() != left:
                 cap.limit(left)

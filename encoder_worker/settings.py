@@ -17,6 +17,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from encoder_worker.cpu_cap import GROUP
 from encoder_worker.jobs import ENCODE_QUEUE
 from encoder_worker.storage import check_url
 
@@ -105,8 +106,14 @@ class WorkerSettings(BaseSettings):
                     "must not lose a slot; see docs/architecture.md)")
     share_with_capture: bool = Field(
         default=False,
-        description="while a recorder on this host captures an episode, encode only on the "
-                    "CPUs it leaves (it names the ones it keeps); pause where it keeps all")
+        description="while a recorder on this host captures an episode, encode in the CPU "
+                    "time it leaves (a cgroup's cap, --cpu-cap-group) or, where this worker "
+                    "cannot cap it, on the CPUs it leaves; pause where it keeps all")
+    cpu_cap_group: str = Field(
+        default=GROUP, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="with --share-with-capture: the cgroup that the host's workers join to "
+                    "cap their CPU time while a recorder captures (needs root or a delegated "
+                    "cgroup; without one they keep off the CPUs the capture keeps)")
     nice: int = Field(default=0, ge=0, le=19,
                       description="lower the worker's CPU priority (beside a record loop)")
     metrics_port: int | None = Field(

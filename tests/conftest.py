@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -65,6 +66,25 @@ def needs_integration_marker(request: pytest.FixtureRequest, what: str) -> None:
     if request.node.get_closest_marker("integration") is None:
         pytest.fail(f"{request.node.nodeid} starts {what}: mark it integration",
                     pytrace=False)
+
+
+# Workers that tests start with --share-with-capture join this cgroup, not the host's own
+# (encoder_worker/cpu_cap.py): a test's capture never caps another farm on this host.
+TEST_CPU_CAP_GROUP = f"robot-encoding-farm-tests-{os.getpid()}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _test_cpu_cap_group() -> Iterator[str]:
+    os.environ["FARM_WORKER_CPU_CAP_GROUP"] = TEST_CPU_CAP_GROUP
+    yield TEST_CPU_CAP_GROUP
+    from encoder_worker.cpu_cap import CpuCap, CpuCapUnavailable
+
+    try:
+        CpuCap.remove(TEST_CPU_CAP_GROUP)
+    except CpuCapUnavailable:
+        pass  # no cgroup here that workers could join: never made
+    except OSError as exc:
+        warnings.warn(f"the tests' cgroup {TEST_CPU_CAP_GROUP} is left: {exc}", stacklevel=1)
 
 
 @pytest.fixture(autouse=True)

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, WorkerProcess, wait_for
+from conftest import REPO, TEST_CPU_CAP_GROUP, WorkerProcess, require, wait_for
 from episodes import job_for, write_episode
+from test_cpu_cap import skip_without_cpu_cgroup
 from video_checks import check_video_against_raw
 
+from encoder_worker import cpu_cap
 from encoder_worker.broker import redis_client
+from encoder_worker.cpu_cap import CpuCap
 from encoder_worker.jobs import Status
 from encoder_worker.ledger import PROGRESS_KEY, JobLedger
 from encoder_worker.priority import CaptureYield
@@ -210,6 +213,30 @@ def test_a_worker_sharing_the_host_encodes_through_the_capture(tmp_path, broker_
     assert result.status is Status.SUCCEEDED, result.error
     assert result.timings.paused_s == 0
     assert f"is capturing: encoding on CPUs {free}" in worker.output()
+    check_video_against_raw(storage.path(result.output_key), storage.url,
+                            raw_prefix(recording=0, camera="cam0"))
+
+
+def test_a_worker_sharing_the_host_as_root_encodes_within_a_cpu_cap(tmp_path, broker_url,
+                                                                    start_worker):
+    skip_without_cpu_cgroup()
+    require(os.geteuid() == 0, "a worker caps its CPU time through a cgroup as root")
+    storage = open_storage(tmp_path / "data")
+    manifest = write_episode(storage, frames=120, width=320, height=240)
+    worker = start_worker(broker_url, "--share-with-capture", "--concurrency", "1")
+    assert "capped through the cgroup" in worker.output(), worker.output()
+    group = CpuCap._find(TEST_CPU_CAP_GROUP, cpu_cap.MOUNTS)
+    assert str(worker.process.pid) in (group.folder / "cgroup.procs").read_text().split()
+    ledger = JobLedger(redis_client(broker_url))
+    all_cpus = os.sched_getaffinity(0)
+    ledger.announce_capture(HOST, ttl_s=120, cpus=[min(all_cpus)], cpu_time=0.7)
+    left = len(all_cpus) - 0.7
+    with EncodingFarmClient(broker_url) as farm:
+        farm.submit(job_for(storage, manifest))
+        [result] = farm.wait(timeout_s=120)
+    assert result.status is Status.SUCCEEDED, result.error
+    assert f"capped at {left:.2f} CPUs" in result.beside_capture
+    assert group.cap_cpus() == pytest.approx(left), "the capture goes on: still capped"
     check_video_against_raw(storage.path(result.output_key), storage.url,
                             raw_prefix(recording=0, camera="cam0"))
 

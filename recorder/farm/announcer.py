@@ -23,6 +23,14 @@ logger = logging.getLogger(__name__)
 # backlog after a minute.
 ANNOUNCE_S = 1.0
 RECORDER_WORD_TTL_S = 60.0
+# Workers cap their CPU time beside a capture (cpu_cap.py) only once the recorder was
+# measured to fit in --capture-cpus with this to spare: with 4 cameras (about 0.5 CPU) a
+# cap leaving 0.7 gave no late slot; 2 cameras at 1080p use 1.2 CPUs, and a cap beside
+# them made slots late where keeping off a CPU made none (benchmarks/README.md, "A cap on
+# the workers' CPU time").
+CPU_MARGIN = 0.2
+# Weight of the last second's CPU use in the recorder's running estimate.
+CPU_SMOOTHING = 0.3
 
 
 class RecorderAnnouncer:
@@ -32,12 +40,15 @@ class RecorderAnnouncer:
     def __init__(self, ledger: JobLedger, *, host: str | None = None,
                  capture_cpus: float = 0.7) -> None:
         """capture_cpus: how much CPU a capture keeps for itself, in CPUs: workers beside
-        it with --share-with-capture cap their CPU time to the rest (cpu_cap.py), or where
-        they cannot, encode on the CPUs left after the first capture_cpus (rounded up)."""
+        it with --share-with-capture cap their CPU time to the rest (cpu_cap.py) once the
+        recorder was measured to fit in it (cpu_time), or else encode on the CPUs left
+        after the first capture_cpus (rounded up)."""
         self.ledger = ledger
         self.host = host or socket.gethostname()
         self.cpus = sorted(os.sched_getaffinity(0))[:math.ceil(capture_cpus)]
-        self.cpu_time = capture_cpus
+        self.capture_cpus = capture_cpus
+        self.cpu_used: float | None = None  # this process's CPUs in use while capturing
+        self._sampled: tuple[float, float] | None = None  # (wall, CPU) at the last sample
         self._capturing = False
         self._backlog = 0
         self._wake = threading.Event()
@@ -68,6 +79,25 @@ class RecorderAnnouncer:
         self._wake.set()
         self._thread.join()
 
+    def cpu_time(self) -> float | None:
+        """The CPU time the capture keeps (--capture-cpus), for workers that cap theirs;
+        None (they keep off its CPUs instead) until this process was measured to fit in
+        it while capturing, with CPU_MARGIN to spare (its robot, cameras, writers)."""
+        if self.cpu_used is None or self.cpu_used + CPU_MARGIN > self.capture_cpus:
+            return None
+        return self.capture_cpus
+
+    def _sample_cpu(self) -> None:
+        """Fold the CPU this process used since the last sample (while capturing) into a
+        running estimate; the first sample of a capture only starts the clock."""
+        now = (time.monotonic(), time.process_time())
+        if self._sampled is not None and now[0] - self._sampled[0] >= ANNOUNCE_S / 2:
+            rate = (now[1] - self._sampled[1]) / (now[0] - self._sampled[0])
+            self.cpu_used = rate if self.cpu_used is None else \
+                CPU_SMOOTHING * rate + (1 - CPU_SMOOTHING) * self.cpu_used
+        if self._sampled is None or now[0] - self._sampled[0] >= ANNOUNCE_S / 2:
+            self._sampled = now
+
     def _run(self) -> None:
         announced = failing = False
         while True:
@@ -75,12 +105,15 @@ class RecorderAnnouncer:
             stopping = self._stop
             try:
                 if self._capturing and not stopping:
+                    self._sample_cpu()
                     self.ledger.announce_capture(self.host, ttl_s=3 * ANNOUNCE_S,
-                                                 cpus=self.cpus, cpu_time=self.cpu_time)
+                                                 cpus=self.cpus, cpu_time=self.cpu_time())
                     announced = True
                 elif announced:
                     self.ledger.end_capture(self.host)
                     announced = False
+                if not self._capturing:
+                    self._sampled = None  # the commit between episodes is not the capture's
                 if stopping:
                     self.ledger.forget_recorder(self.host)
                 else:

@@ -29,15 +29,17 @@ class FarmOptions(BaseModel):
     share_capture_host: bool = Field(
         default=True,
         description="the zero-config farm's workers encode while an episode is captured, "
-                    "on the CPUs the capture leaves (--capture-cpus); off: they pause for "
+                    "in the CPU time the capture leaves (--capture-cpus); off: they pause for "
                     "the capture and encode between and after episodes "
                     "(benchmarks/README.md, 'Encoding during the capture')")
     capture_cpus: float = Field(
         default=0.7, ge=0,
         description="CPU a capture keeps for itself when workers on its host share it, in "
-                    "CPUs: workers that may cap their CPU time (a cgroup: as root) use every "
-                    "CPU within the rest of the host's CPU time; others keep off this many "
-                    "CPUs, rounded up (0: none, the encodes run on every CPU; "
+                    "CPUs: once the recorder was measured to use this less 0.2 at most, "
+                    "workers that may cap their CPU time (a cgroup: as root) use every CPU "
+                    "within the rest of the host's CPU time; until then, and always for "
+                    "others, they keep off this many CPUs, rounded up (0: none, the encodes "
+                    "run on every CPU; "
                     "benchmarks/README.md, 'A cap on the workers' CPU time')")
     encode_window_s: float = Field(
         default=2.0, ge=0,

@@ -1,0 +1,152 @@
+"""The workers' CPU-time cap beside a capture (encoder_worker/cpu_cap.py): the cgroup
+files it writes, a real cgroup's quota holding a process back, and CaptureYield setting
+and lifting the cap as a recorder's capture word comes and goes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TEST_CPU_CAP_GROUP, require
+
+from encoder_worker import cpu_cap
+from encoder_worker.cpu_cap import PERIOD_US, CpuCap, CpuCapUnavailable
+from encoder_worker.priority import CaptureYield
+
+HOST = socket.gethostname()
+
+
+def skip_without_cpu_cgroup() -> None:
+    """Not every host mounts a cgroup with a CPU controller (a container may not)."""
+    try:
+        CpuCap._find(TEST_CPU_CAP_GROUP, cpu_cap.MOUNTS)
+    except CpuCapUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def fake_mounts(tmp_path: Path, line: str) -> Path:
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"proc /proc proc rw 0 0\n{line}\n")
+    return mounts
+
+
+def test_cgroup_v2_group_is_made_joined_and_capped(tmp_path):
+    root = tmp_path / "cgroup2"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (root / "cgroup.subtree_control").write_text("memory pids\n")
+    mounts = fake_mounts(tmp_path, f"cgroup2 {root} cgroup2 rw,nosuid 0 0")
+    cap = CpuCap.join("farm", mounts=mounts)
+    assert (cap.folder, cap.version) == (root / "farm", 2)
+    assert (root / "cgroup.subtree_control").read_text() == "+cpu"
+    assert (root / "farm" / "cgroup.procs").read_text() == str(os.getpid())
+    cap.limit(1.3)
+    assert (root / "farm" / "cpu.max").read_text() == f"13000 {PERIOD_US}"
+    assert cap.cap_cpus() == 1.3
+    cap.limit(None)
+    assert (root / "farm" / "cpu.max").read_text() == f"max {PERIOD_US}"
+    assert cap.cap_cpus() is None
+    cap.limit(0.01)  # below the kernel's smallest quota: the smallest
+    assert cap.cap_cpus() == 0.1
+
+
+def test_cgroup_v1_cpu_hierarchy_is_used_when_v2_has_no_cpu_controller(tmp_path):
+    unified, cpu = tmp_path / "unified", tmp_path / "cpu,cpuacct"
+    unified.mkdir()
+    cpu.mkdir()
+    (unified / "cgroup.controllers").write_text("\n")  # the controllers are v1's
+    mounts = fake_mounts(tmp_path, f"cgroup2 {unified} cgroup2 rw 0 0\n"
+                                   f"cgroup {cpu} cgroup rw,relatime,cpu,cpuacct 0 0")
+    cap = CpuCap.join("farm", mounts=mounts)
+    assert (cap.folder, cap.version) == (cpu / "farm", 1)
+    assert (cpu / "farm" / "cpu.cfs_period_us").read_text() == str(PERIOD_US)
+    cap.limit(2.5)
+    assert (cpu / "farm" / "cpu.cfs_quota_us").read_text() == "25000"
+    cap.limit(None)
+    assert (cpu / "farm" / "cpu.cfs_quota_us").read_text() == "-1"
+
+
+def test_no_cgroup_or_one_not_ours_says_why(tmp_path):
+    with pytest.raises(CpuCapUnavailable, match="no cgroup with a CPU controller"):
+        CpuCap.join("farm", mounts=fake_mounts(tmp_path, "tmpfs /tmp tmpfs rw 0 0"))
+    cpu = tmp_path / "cpu"
+    (cpu / "farm" / "cgroup.procs").mkdir(parents=True)  # a write there fails
+    with pytest.raises(CpuCapUnavailable, match="run the worker as root"):
+        CpuCap.join("farm", mounts=fake_mounts(tmp_path, f"cgroup {cpu} cgroup rw,cpu 0 0"))
+
+
+def test_a_real_cgroups_cap_holds_a_busy_process_back(tmp_path):
+    skip_without_cpu_cgroup()
+    require(os.geteuid() == 0, "joining a cgroup of the host needs root")
+    name = f"{TEST_CPU_CAP_GROUP}-{uuid.uuid4().hex[:8]}"
+    spinner = textwrap.dedent(f"""
+        import time
+        from encoder_worker.cpu_cap import CpuCap
+        cap = CpuCap.join({name!r})
+        cap.limit(0.2)
+        started = time.process_time()
+        while time.process_time() - started < 0.3:  # CPU work, capped at 0.2 CPUs
+            pass
+        print(cap.cap_cpus(), cap.throttled())
+    """)
+    try:
+        done = subprocess.run([sys.executable, "-c", spinner], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stderr
+        cap_cpus, throttled = done.stdout.split()
+        assert float(cap_cpus) == 0.2
+        assert int(throttled) > 0, "the kernel held the process back at its cap"
+    finally:
+        CpuCap.remove(name)
+
+
+@pytest.fixture
+def fake_joined(tmp_path, monkeypatch) -> CpuCap:
+    """This process as a worker that joined a (file-only) v1 group."""
+    folder = tmp_path / "group"
+    folder.mkdir()
+    (folder / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+    (folder / "cpu.cfs_quota_us").write_text("-1")
+    cap = CpuCap(folder, 1)
+    monkeypatch.setattr(cpu_cap, "_JOINED", cap)
+    return cap
+
+
+@pytest.mark.integration
+def test_a_joined_worker_is_capped_on_every_cpu_while_a_capture_names_its_cpu_time(
+        fake_joined, broker_url):
+    from encoder_worker.broker import redis_client
+    from encoder_worker.ledger import JobLedger
+
+    all_cpus = os.sched_getaffinity(0)
+    kept = [min(all_cpus)]
+    ledger = JobLedger(redis_client(broker_url))
+    share = CaptureYield(ledger, budget_s=60, share=True)
+    try:
+        ledger.announce_capture(HOST, ttl_s=30, cpus=kept, cpu_time=0.7)
+        share()
+        left = len(all_cpus) - 0.7
+        assert fake_joined.cap_cpus() == pytest.approx(left)
+        assert os.sched_getaffinity(0) == all_cpus, "every CPU, within the cap"
+        assert share.summary() == f"capped at {left:.2f} CPUs"
+        ledger.end_capture(HOST)
+        share()
+        assert fake_joined.cap_cpus() is None, "lifted once the capture ends"
+        # An older recorder names only its CPUs: keep off them, uncapped.
+        ledger.announce_capture(HOST, ttl_s=30, cpus=kept)
+        share()
+        assert fake_joined.cap_cpus() is None
+        if len(all_cpus) > 1:
+            assert os.sched_getaffinity(0) == all_cpus - set(kept)
+        # A capture that keeps all the CPU time: a pause, not a cap of nothing.
+        ledger.announce_capture(HOST, ttl_s=1, cpus=sorted(all_cpus), cpu_time=len(all_cpus))
+        share()
+        assert fake_joined.cap_cpus() is None and share.paused_s > 0
+    finally:
+        os.sched_setaffinity(0, all_cpus)
