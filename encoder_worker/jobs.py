@@ -360,7 +360,8 @@ def task_outcome(state: str, value: Any) -> EncodeResult | None:
 def merge_part_results(parent_id: str, parts: list[EncodeResult]) -> EncodeResult:
     """The one result of a video encoded as parts: failed if any part failed (the first
     failed part's reason); frames, bytes, verified durations and stage times summed
-    (worker time), started_at..finished_at spanning them."""
+    (worker time), started_at..finished_at spanning them, each way a part shared its host
+    with a capture named once."""
     if not parts:
         raise ValueError("merge_part_results needs at least one part's result")
     failed = [r for r in parts if not r.ok]
@@ -384,5 +385,7 @@ def merge_part_results(parent_id: str, parts: list[EncodeResult]) -> EncodeResul
         "job_id": parent_id, "status": status, "error": error, "reason": reason,
         "frames": sum(r.frames for r in parts), "bytes": sum(r.bytes for r in parts),
         "duration_s": duration, "timings": timings, "joined": any(r.joined for r in parts),
+        "beside_capture": ", ".join(dict.fromkeys(
+            way for r in parts for way in r.beside_capture.split(", ") if way)),
         "started_at": min(r.started_at for r in parts),
         "finished_at": max(r.finished_at for r in parts)})

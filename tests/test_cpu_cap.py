@@ -150,3 +150,19 @@ def test_a_joined_worker_is_capped_on_every_cpu_while_a_capture_names_its_cpu_ti
         assert fake_joined.cap_cpus() is None and share.paused_s > 0
     finally:
         os.sched_setaffinity(0, all_cpus)
+
+
+def test_a_videos_merged_result_names_each_way_its_parts_shared_the_host():
+    from encoder_worker.jobs import EncodeResult, Status, merge_part_results
+
+    def part(index: int, beside: str) -> EncodeResult:
+        return EncodeResult(job_id=f"v-part{index}", recording=0, camera="cam0",
+                            status=Status.SUCCEEDED, output_storage="file:///x",
+                            output_key="v.mp4", frames=60, beside_capture=beside,
+                            finished_at=float(index))
+
+    merged = merge_part_results("v", [
+        part(0, "svtav1-params lp=1, capped at 1.30 CPUs"),
+        part(1, "svtav1-params lp=1, on CPUs 1"), part(2, "")])
+    assert merged.beside_capture == "svtav1-params lp=1, capped at 1.30 CPUs, on CPUs 1"
+    assert merge_part_results("v", [part(0, "")]).beside_capture == ""
