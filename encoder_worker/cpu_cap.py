@@ -55,12 +55,27 @@ class CpuCap:
             cap.folder.mkdir(exist_ok=True)
             if cap.version == 1:
                 (cap.folder / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            cap._make_idle()
             (cap.folder / "cgroup.procs").write_text(str(os.getpid()))
         except OSError as exc:
             raise CpuCapUnavailable(
                 f"cannot join the cgroup {cap.folder} ({exc.strerror or exc}): run the "
                 "worker as root, or in a cgroup delegated to its user") from exc
         return cap
+
+    def _make_idle(self) -> None:
+        """The group as a whole in SCHED_IDLE beside the rest of the host: a group is
+        one entity to the scheduler, of normal weight whatever its threads' class, so
+        the encodes' own SCHED_IDLE stops counting once they are in it (measured: a
+        recorder that needed more than its CPU then lost slots). Linux 5.15 and newer
+        have cpu.idle; older ones get the smallest weight."""
+        idle = self.folder / "cpu.idle"
+        if idle.exists():
+            idle.write_text("1")
+        elif self.version == 2:
+            (self.folder / "cpu.weight").write_text("1")
+        else:
+            (self.folder / "cpu.shares").write_text("2")
 
     @classmethod
     def _find(cls, name: str, mounts: Path) -> CpuCap:

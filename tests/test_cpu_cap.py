@@ -46,6 +46,7 @@ def test_cgroup_v2_group_is_made_joined_and_capped(tmp_path):
     assert (cap.folder, cap.version) == (root / "farm", 2)
     assert (root / "cgroup.subtree_control").read_text() == "+cpu"
     assert (root / "farm" / "cgroup.procs").read_text() == str(os.getpid())
+    assert (root / "farm" / "cpu.weight").read_text() == "1", "no cpu.idle: least weight"
     cap.limit(1.3)
     assert (root / "farm" / "cpu.max").read_text() == f"13000 {PERIOD_US}"
     assert cap.cap_cpus() == 1.3
@@ -66,6 +67,10 @@ def test_cgroup_v1_cpu_hierarchy_is_used_when_v2_has_no_cpu_controller(tmp_path)
     cap = CpuCap.join("farm", mounts=mounts)
     assert (cap.folder, cap.version) == (cpu / "farm", 1)
     assert (cpu / "farm" / "cpu.cfs_period_us").read_text() == str(PERIOD_US)
+    assert (cpu / "farm" / "cpu.shares").read_text() == "2", "no cpu.idle: least weight"
+    (cpu / "farm" / "cpu.idle").write_text("0")  # a kernel that has it (5.15 and newer)
+    CpuCap.join("farm", mounts=mounts)
+    assert (cpu / "farm" / "cpu.idle").read_text() == "1"
     cap.limit(2.5)
     assert (cpu / "farm" / "cpu.cfs_quota_us").read_text() == "25000"
     cap.limit(None)
@@ -89,6 +94,8 @@ def test_a_real_cgroups_cap_holds_a_busy_process_back(tmp_path):
         import time
         from encoder_worker.cpu_cap import CpuCap
         cap = CpuCap.join({name!r})
+        idle = cap.folder / "cpu.idle"
+        assert not idle.exists() or idle.read_text().strip() == "1"
         cap.limit(0.2)
         started = time.process_time()
         while time.process_time() - started < 0.3:  # CPU work, capped at 0.2 CPUs
