@@ -187,11 +187,48 @@ FIRST_SLOT_RUNS = {A(1796612790): "cc9aee3", A(1796612963): "447921f",
                    A(1796613131): "cc9aee3", A(1796613299): "447921f",
                    # d09b976: the same with daemon threads (WriterThreads), once.
                    A(1796613554): "d09b976"}
+# A cap on the workers' CPU time beside a capture (issue 21), 2026-12-07 on another VM
+# (Intel Xeon, 2 CPUs): probes first on 7fbcbf9 (the code before), then the code before
+# and the cap's commits alternated.
+BEFORE = "7fbcbf9"
+SIDE_RETRIED = "7fbcbf9 + 81b78ec's side work"
+CPU_CAP_PROBES = {
+    # --capture-cpus 0, no cap; the second with Python's switch interval at 0.5 ms.
+    A(1796619002): BEFORE, A(1796619100): BEFORE + ", switch interval 0.5 ms",
+    # --capture-cpus 0, the workers moved by hand into a v1 cgroup capped at 1.3 CPUs.
+    A(1796620069): BEFORE + ", cap of 1.3 CPUs by hand", A(1796620198):
+        BEFORE + ", cap of 1.3 CPUs by hand",
+    # The side work (verifier's decode) on the capture's CPU, retried on the first-slot fix.
+    A(1796619241): BEFORE, A(1796619364): SIDE_RETRIED, A(1796619455): BEFORE,
+    A(1796619547): SIDE_RETRIED, A(1796619668): BEFORE, A(1796619780): SIDE_RETRIED,
+    A(1796619871): BEFORE, A(1796619983): SIDE_RETRIED,
+}
+CPU_CAP_RUNS = {
+    # d24f537: the cap, from each capture's first word.
+    A(1796620616): BEFORE, A(1796620726): "d24f537", A(1796620853): BEFORE,
+    A(1796620943): "d24f537", A(1796621010): BEFORE, A(1796621140): "d24f537",
+    A(1796621207): BEFORE, A(1796621263): "d24f537",
+    A(1796621290): BEFORE, A(1796621590): "d24f537",
+    A(1796621850): BEFORE, A(1796622008): "d24f537",
+    A(1796622119): BEFORE, A(1796622237): "d24f537",
+    # bbc4f97: the cap only once the recorder was measured to fit in what it keeps (the
+    # 1080p capture does not: the workers keep off its CPU); the group of normal weight.
+    A(1796622500): BEFORE, A(1796622609): "bbc4f97", A(1796622716): BEFORE,
+    A(1796622814): "bbc4f97", A(1796622902): BEFORE, A(1796623032): "bbc4f97",
+    # 8de49b5: the group idle to the scheduler (cpu.idle), the code kept.
+    A(1796623176): BEFORE, A(1796623284): "8de49b5", A(1796623405): BEFORE,
+    A(1796623504): "8de49b5", A(1796623624): BEFORE, A(1796623733): "8de49b5",
+    A(1796623780): BEFORE, A(1796623880): "8de49b5", A(1796623937): BEFORE,
+    A(1796624215): "8de49b5", A(1796624477): BEFORE, A(1796624594): "8de49b5",
+    A(1796624743): BEFORE, A(1796624799): "8de49b5",
+}
 # The commit each run of an old-and-new comparison ran (results files do not record it).
-CODE_OF_RUN = {**SIDE_WORK, **FIRST_SLOT_RUNS}
+CODE_OF_RUN = {**SIDE_WORK, **FIRST_SLOT_RUNS, **CPU_CAP_PROBES, **CPU_CAP_RUNS}
 CODE = Metric("code", lambda run: f"`{CODE_OF_RUN[run.name]}`", right=False)
 SIDE_WORK_TABLE = [FILE, TIME, LOAD, CODE, SHAPE, BACKGROUND_LOAD, LATE, COMPLETE_START,
                    COMPLETE, BACKLOG, RAW_LEFT, CPU, FETCH_STAGE, FRAMES]
+CPU_CAP_TABLE = [FILE, TIME, LOAD, CODE, SHAPE, WORKERS_BESIDE, BACKGROUND_LOAD, LATE, OVERRUNS,
+                 COMPLETE_START, COMPLETE, BACKLOG, RAW_LEFT, CPU, FRAMES]
 FIRST_SLOT_TABLE = [FILE, TIME, LOAD, CODE, LATE, OVERRUNS, FIRST_SLOT,
                     COMPLETE_START, BACKLOG, CPU, FRAMES]
 WINDOWS_TABLE = [FILE, TIME, LOAD, SHAPE, WINDOWS, WORKERS_BESIDE, BACKGROUND_LOAD, LATE,
@@ -293,6 +330,8 @@ def readme_tables(r: Results) -> dict[str, Callable[[], Table | Pending]]:
         "encoding-windows": lambda: by_run(r, ENCODING_WINDOWS, WINDOWS_TABLE),
         "side-work": lambda: by_run(r, list(SIDE_WORK), SIDE_WORK_TABLE),
         "first-slot": lambda: by_run(r, list(FIRST_SLOT_RUNS), FIRST_SLOT_TABLE),
+        "cpu-cap-probes": lambda: by_run(r, list(CPU_CAP_PROBES), CPU_CAP_TABLE),
+        "cpu-cap": lambda: by_run(r, list(CPU_CAP_RUNS), CPU_CAP_TABLE),
         "worker-efficiency": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
                                     script_tables.worker_efficiency),
         "worker-ratios": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,

@@ -223,9 +223,14 @@ def test_a_worker_sharing_the_host_as_root_encodes_within_a_cpu_cap(tmp_path, br
     require(os.geteuid() == 0, "a worker caps its CPU time through a cgroup as root")
     storage = open_storage(tmp_path / "data")
     manifest = write_episode(storage, frames=120, width=320, height=240)
+    group = CpuCap._find(TEST_CPU_CAP_GROUP, cpu_cap.MOUNTS)
+    group.folder.mkdir(exist_ok=True)  # as a worker that died mid-capture left it: capped
+    if group.version == 1:
+        (group.folder / "cpu.cfs_period_us").write_text(str(cpu_cap.PERIOD_US))
+    group.limit(0.5)
     worker = start_worker(broker_url, "--share-with-capture", "--concurrency", "1")
     assert "capped through the cgroup" in worker.output(), worker.output()
-    group = CpuCap._find(TEST_CPU_CAP_GROUP, cpu_cap.MOUNTS)
+    assert group.cap_cpus() is None, "a starting worker lifts a cap left behind"
     assert str(worker.process.pid) in (group.folder / "cgroup.procs").read_text().split()
     ledger = JobLedger(redis_client(broker_url))
     all_cpus = os.sched_getaffinity(0)
