@@ -110,7 +110,7 @@ class WorkerSettings(BaseSettings):
                     "time it leaves (a cgroup's cap, --cpu-cap-group) or, where this worker "
                     "cannot cap it, on the CPUs it leaves; pause where it keeps all")
     cpu_cap_group: str = Field(
-        default=GROUP, pattern=r"^[A-Za-z0-9_.-]+$",
+        default=GROUP, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$",
         description="with --share-with-capture: the cgroup that the host's workers join to "
                     "cap their CPU time while a recorder captures (needs root or a delegated "
                     "cgroup; without one they keep off the CPUs the capture keeps)")

@@ -173,3 +173,14 @@ def test_a_videos_merged_result_names_each_way_its_parts_shared_the_host():
         part(1, "svtav1-params lp=1, on CPUs 1"), part(2, "")])
     assert merged.beside_capture == "svtav1-params lp=1, capped at 1.30 CPUs, on CPUs 1"
     assert merge_part_results("v", [part(0, "")]).beside_capture == ""
+
+
+def test_a_group_name_that_would_leave_the_cgroup_folder_is_refused():
+    from pydantic import ValidationError
+
+    from encoder_worker.settings import WorkerSettings
+
+    for name in ("..", ".", "a/b", ""):
+        with pytest.raises(ValidationError, match="cpu_cap_group"):
+            WorkerSettings(cpu_cap_group=name)
+    assert WorkerSettings(cpu_cap_group="farm.workers-2").cpu_cap_group == "farm.workers-2"
