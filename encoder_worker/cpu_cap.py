@@ -4,8 +4,8 @@ cgroup (v2's cpu.max, or v1's CFS quota) that the workers sharing the host join.
 Keeping a whole CPU free for a capture (affinity) leaves a half of it idle with 4
 cameras; letting encodes run in SCHED_IDLE on every CPU made the record loop wake late,
 as on a VM both CPUs were then busy all the time. A cap on every CPU at once uses the
-kept CPU's idle time and still leaves the host idle time (benchmarks/README.md,
-"Encoding during the capture: a cap on the workers' CPU time").
+kept CPU's idle time and still leaves the host idle time (benchmarks/README.md, "A cap
+on the workers' CPU time").
 """
 
 from __future__ import annotations
@@ -148,11 +148,12 @@ def join_for_worker(name: str = GROUP) -> CpuCap | None:
     global _JOINED
     try:
         _JOINED = CpuCap.join(name)
-    except CpuCapUnavailable as exc:
+        _JOINED.limit(None)  # a group left capped by a worker that died mid-capture
+    except (CpuCapUnavailable, OSError) as exc:
+        _JOINED = None
         logger.warning("cannot cap the workers' CPU time beside a capture (%s): keeping "
                        "off the CPUs the capture keeps instead", exc)
         return None
-    _JOINED.limit(None)  # a group left capped by a worker that died mid-capture
     logger.info("CPU time beside a capture: capped through the cgroup %s", _JOINED.folder)
     return _JOINED
 

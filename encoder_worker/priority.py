@@ -226,7 +226,7 @@ class CaptureYield:
             if cap.cap_cpus() != left:
                 cap.limit(left)
                 logger.info("a recorder on %s is %s: the workers' CPU time %s", self.host,
-                            "capturing" if left else "done capturing",
+                            "capturing" if word is not None else "done capturing",
                             f"capped at {left:.2f} CPUs" if left else "uncapped")
         except OSError as exc:
             if not self._cap_warned:
