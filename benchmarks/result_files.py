@@ -76,6 +76,10 @@ class WorkerEfficiencyResult(ScriptResult):
     rounds: int
     codec: str
     codec_options: dict[str, str]
+    worker_codec_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="the codec options the worker encoded with (encode.worker_codec_options); "
+                    "empty in files written before workers chose SVT-AV1's threads")
     seconds: dict[str, list[float]] = Field(
         description="path (bare PyAV in its variants, the worker) -> seconds to encode the "
                     "frames, per round; rounds interleaved")
@@ -92,11 +96,18 @@ class SvtThreadsResult(ScriptResult):
     clip: str
     frames: int
     rounds: int
-    cpu: int = Field(description="the one CPU both encodes of a round share")
+    cpu: int | str = Field(description="the CPUs both encodes of a round share (taskset's list)")
+    idle: bool = Field(default=True, description="the encodes ran in SCHED_IDLE")
+    verify: bool = Field(default=False,
+                         description="each encode decoded its packets as workers do")
     cpu_s: dict[str, list[float]] = Field(
         description="SVT-AV1's lp (\"default\": its own) -> CPU seconds of each encode, "
                     "two per round, rounds alternated")
     wall_s: dict[str, list[float]] = Field(description="the same encodes' wall seconds")
+    span_s: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="lp -> seconds from a round's first encode start to its last end (the "
+                    "encodes start together); empty in files written before it was measured")
 
 
 class RawFormatSample(BaseModel):

@@ -25,6 +25,10 @@ WORKER_PATHS = {
                                       "verification (every packet decoded as it comes)",
     "bare rgb24": "bare PyAV from rgb24 frames (what an inline encoder is given)",
     "worker": "worker: `encode_job` (read ahead, encode, verify, check the file, publish)",
+    "bare yuv420p, threads demoted, worker's SVT level":
+        "bare PyAV, threads demoted, at the worker's SVT-AV1 level of parallelism",
+    "bare + verify, threads demoted, worker's SVT level":
+        "bare PyAV, threads demoted, the worker's verification and SVT level",
 }
 # (numerator, denominator): the ratios the README compares, per round.
 WORKER_RATIOS = [
@@ -32,6 +36,10 @@ WORKER_RATIOS = [
     ("worker", "bare yuv420p"),
     ("bare + verify, threads demoted", "bare yuv420p, threads demoted"),
     ("worker", "bare + verify, threads demoted"),
+    ("worker", "bare yuv420p, threads demoted, worker's SVT level"),
+    ("bare + verify, threads demoted, worker's SVT level",
+     "bare yuv420p, threads demoted, worker's SVT level"),
+    ("worker", "bare + verify, threads demoted, worker's SVT level"),
 ]
 STAGES = ("fetch_s", "encode_s", "verify_s", "publish_s", "total_s")
 
@@ -70,6 +78,8 @@ def worker_ratios(result: WorkerEfficiencyResult, source: Path | None = None) ->
     fps = _fps(result)
     rows = []
     for top, bottom in WORKER_RATIOS:
+        if top not in fps or bottom not in fps:
+            continue  # a file from before that path was measured
         ratios = [a / b for a, b in zip(fps[top], fps[bottom], strict=True)]
         rows.append([f"{top} / {bottom}", joined(f"{r:.3f}" for r in ratios),
                      f"**{statistics.median(ratios):.3f}**"])
@@ -154,8 +164,13 @@ def svt_threads(result: SvtThreadsResult, source: Path | None = None) -> Table:
     for lp, cpu in result.cpu_s.items():
         wall = result.wall_s[lp]
         name = "SVT-AV1's own (`lp` unset)" if lp == "default" else f"`svtav1-params lp={lp}`"
-        rows.append([name, str(len(cpu)), joined(f"{v:.2f}" for v in cpu),
-                     f"**{statistics.median(cpu):.2f}**", f"{statistics.median(wall):.2f}"])
-    return Table(["threads", "encodes", "CPU s per encode", "median CPU s", "median wall s"],
-                 rows, right=[False, True, False, True, True],
+        row = [name, str(len(cpu)), joined(f"{v:.2f}" for v in cpu),
+               f"**{statistics.median(cpu):.2f}**", f"{statistics.median(wall):.2f}"]
+        if result.span_s:
+            row.append(f"**{statistics.median(result.span_s[lp]):.2f}**")
+        rows.append(row)
+    header = ["threads", "encodes", "CPU s per encode", "median CPU s", "median wall s"]
+    if result.span_s:
+        header.append("median s for both (started together)")
+    return Table(header, rows, right=[False, True, False, *[True] * (len(header) - 3)],
                  sources=[source] if source else [])

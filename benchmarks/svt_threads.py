@@ -1,9 +1,17 @@
-"""SVT-AV1's thread count for encodes that share one CPU, as two local workers do beside a
-capture that keeps the other CPU (issue 21): the CPU and wall time of two encodes of the
-same frames at once, both on one CPU in SCHED_IDLE, with SVT's own thread count and with
-its fewest (`svtav1-params lp=1`), rounds alternated.
+"""SVT-AV1's level of parallelism (its thread count) for two encodes at once, as two local
+workers run them: the CPU and wall time of two encodes of the same frames at once, rounds
+alternated over the levels.
 
-    python benchmarks/svt_threads.py /tmp/real_clip.mp4 --frames 300 --rounds 4 [--cpu 1]
+By default both share one CPU in SCHED_IDLE, as beside a capture that keeps the other CPU
+(issue 21), with SVT's own level and its fewest (`svtav1-params lp=1`):
+
+    python benchmarks/svt_threads.py /tmp/real_clip.mp4 --frames 300 --rounds 4 [--cpus 1]
+
+Two workers on a 2-CPU host with no capture, verifying as workers do (the level a worker
+chooses there, encode.SVT_LEVEL_FOR_CPUS, against SVT's own and the fewest):
+
+    python benchmarks/svt_threads.py /tmp/real_clip.mp4 --cpus 0,1 --normal-priority \
+        --verify --levels default,1,3
 
 Writes benchmarks/results/svt_threads_<unix time>.json (result_files.py) and prints the
 table the README shows of it (tables.py).
@@ -23,11 +31,15 @@ import result_files
 import script_tables
 from markdown_tables import render
 
+from encoder_worker.verify import PacketVerifier
+
 LEROBOT_OPTIONS = {"g": "2", "crf": "30", "preset": "12"}
 
 
-def encode(clip: Path, frames: int, lp: str) -> tuple[float, float]:
-    """Encode the clip's first frames with libsvtav1; (wall s, CPU s) of the encode alone."""
+def encode(clip: Path, frames: int, lp: str, verify: bool) -> tuple[float, float, float]:
+    """Encode the clip's first frames with libsvtav1 (verify: decoding every packet as a
+    worker does), once told to go on stdin: the encodes of a round start together.
+    Returns the encode's start and end (monotonic clock, shared by processes) and CPU s."""
     arrays = []
     with av.open(str(clip)) as source:
         for frame in source.decode(video=0):
@@ -38,16 +50,24 @@ def encode(clip: Path, frames: int, lp: str) -> tuple[float, float]:
     options = dict(LEROBOT_OPTIONS)
     if lp != "default":
         options["svtav1-params"] = f"lp={lp}"
-    wall, cpu = time.perf_counter(), time.process_time()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start, cpu = time.monotonic(), time.process_time()
     with av.open(os.devnull, "w", format="mp4") as out:
         stream = out.add_stream("libsvtav1", rate=30, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for array in arrays:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="yuv420p")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return time.perf_counter() - wall, time.process_time() - cpu
+        stream.codec_context.open()
+        verifier = PacketVerifier(stream.codec_context, width=width, height=height) \
+            if verify else None
+        for array in [*arrays, None]:
+            picture = None if array is None else av.VideoFrame.from_ndarray(array, "yuv420p")
+            packets = stream.encode(picture)
+            if verifier is not None:
+                verifier.add(packets)
+            out.mux(packets)
+    if verifier is not None:
+        verifier.check(len(arrays))
+    return start, time.monotonic(), time.process_time() - cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,36 +75,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("clip", type=Path, help="a video file (benchmarks/real_content.py)")
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--cpu", type=int, default=1, help="the one CPU both encodes share")
-    parser.add_argument("--one", choices=["default", "1"], help=argparse.SUPPRESS)
+    parser.add_argument("--cpus", "--cpu", default="1",
+                        help="the CPUs both encodes share, as taskset lists them (1, 0,1)")
+    parser.add_argument("--levels", default="default,1",
+                        help="SVT-AV1 levels of parallelism to alternate (default: SVT's own)")
+    parser.add_argument("--normal-priority", action="store_true",
+                        help="run the encodes at normal priority, not in SCHED_IDLE")
+    parser.add_argument("--verify", action="store_true",
+                        help="decode every packet as it comes, as workers do")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
     result_files.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.one:  # a child: one encode, its times on stdout
-        wall, cpu = encode(args.clip, args.frames, args.one)
-        print(f"{wall:.3f} {cpu:.3f}")
+        start, end, cpu = encode(args.clip, args.frames, args.one, args.verify)
+        print(f"{start:.4f} {end:.4f} {cpu:.3f}")
         return 0
+    levels = args.levels.split(",")
+    if any(level != "default" and not level.isdigit() for level in levels):
+        parser.error(f"--levels {args.levels}: give SVT-AV1 levels (1-6) or default, "
+                     "separated by commas")
     header = result_files.begin(args, argv)
-    cpu_s: dict[str, list[float]] = {"default": [], "1": []}
-    wall_s: dict[str, list[float]] = {"default": [], "1": []}
+    cpu_s: dict[str, list[float]] = {level: [] for level in levels}
+    wall_s: dict[str, list[float]] = {level: [] for level in levels}
+    span_s: dict[str, list[float]] = {level: [] for level in levels}
+    priority = [] if args.normal_priority else ["chrt", "-i", "0"]
     for _ in range(args.rounds):
-        for lp in ("default", "1"):
-            command = ["taskset", "-c", str(args.cpu), "chrt", "-i", "0", sys.executable,
-                       __file__, str(args.clip), "--frames", str(args.frames), "--one", lp]
+        for lp in levels:
+            command = ["taskset", "-c", args.cpus, *priority, sys.executable, __file__,
+                       str(args.clip), "--frames", str(args.frames), "--one", lp,
+                       *(["--verify"] if args.verify else [])]
             # SVT_LOG=1: SVT-AV1's errors only, not its banner per encode.
-            children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
-                                         env={**os.environ, "SVT_LOG": "1"})
+            children = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         text=True, env={**os.environ, "SVT_LOG": "1"})
                         for _ in range(2)]
+            for child in children:  # both have read their frames: start them together
+                assert child.stdout is not None
+                child.stdout.readline()
+            for child in children:
+                assert child.stdin is not None
+                child.stdin.write("go\n")
+                child.stdin.flush()
+            times = []
             for child in children:
                 out, _ = child.communicate()
                 if child.returncode:
                     return child.returncode
-                wall, cpu = map(float, out.split())
+                start, end, cpu = map(float, out.split())
+                times.append((start, end))
                 cpu_s[lp].append(cpu)
-                wall_s[lp].append(wall)
-                print(f"lp={lp:7} wall {wall:.2f} s  cpu {cpu:.2f} s")
+                wall_s[lp].append(end - start)
+                print(f"lp={lp:7} wall {end - start:.2f} s  cpu {cpu:.2f} s")
+            span_s[lp].append(max(end for _, end in times) - min(start for start, _ in times))
     result = result_files.SvtThreadsResult(
         **header.model_dump(), clip=args.clip.name, frames=args.frames, rounds=args.rounds,
-        cpu=args.cpu, cpu_s=cpu_s, wall_s=wall_s)
+        cpu=args.cpus, idle=not args.normal_priority, verify=args.verify, cpu_s=cpu_s,
+        wall_s=wall_s, span_s=span_s)
     path = result_files.save(result, args.output_dir)
     print(render(script_tables.svt_threads(result, path)))
     print(f"\nresults: {path}")

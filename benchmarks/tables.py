@@ -112,10 +112,11 @@ SYNTHETIC_LOADED = [A(1795804819), A(1795804994), A(1795805146), A(1795805356), 
                     A(1795808226), A(1795808501), A(1795808788)]  # three more at -10
 RAW_FORMATS = "raw_formats_1796582187"
 RAW_TRANSPORT = "raw_transport_1796582110"
-WORKER_EFFICIENCY = "worker_efficiency_1796603236"
+WORKER_EFFICIENCY = "worker_efficiency_1796630300"
 SPLIT_EPISODE = "split_episode_1796583173"
 STATUS_LATENCY = "status_latency_1796570795"
 SVT_THREADS = "svt_threads_1796601440"
+SVT_LEVELS = "svt_threads_1796631018"  # two workers on 2 CPUs, verifying
 
 GOALS = [
     Goal("0 late capture slots, async, 4 cameras, 2 local workers (2 x 10 s at 30 fps)",
@@ -340,6 +341,7 @@ def readme_tables(r: Results) -> dict[str, Callable[[], Table | Pending]]:
         "status-latency": script(STATUS_LATENCY, StatusLatencyResult,
                                  script_tables.status_latency),
         "svt-threads": script(SVT_THREADS, SvtThreadsResult, script_tables.svt_threads),
+        "svt-levels": script(SVT_LEVELS, SvtThreadsResult, script_tables.svt_threads),
     }
 
 

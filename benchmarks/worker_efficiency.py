@@ -11,7 +11,11 @@ threads real-time priority, which the farm's workers take back (a robot host's l
 must come first; priority.demote_realtime_threads): "bare, threads demoted" is bare PyAV
 as the workers, and any worker not run as root, encode. "bare + verify" adds the worker's
 verification alone (every packet decoded as it comes, verify.PacketVerifier) to it: what
-decoding every frame costs, apart from fetching and publishing.
+decoding every frame costs, apart from fetching and publishing. Workers run SVT-AV1 at a
+level of parallelism of their own where one was measured better for the host's CPUs
+(encode.worker_codec_options: level 3 on 2 CPUs, where SVT picks 2); the bare paths
+"at the worker's SVT level" are given the same, to show what that level brings apart from
+the rest of the worker.
 
     python benchmarks/worker_efficiency.py --frames 300 --rounds 3 --quiet-load 1.0
 
@@ -37,7 +41,7 @@ import script_tables
 from markdown_tables import render
 from real_content import frames as real_frames
 
-from encoder_worker.encode import encode_job
+from encoder_worker.encode import encode_job, worker_codec_options
 from encoder_worker.jobs import EncodeJob, EncoderOptions, Status
 from encoder_worker.priority import demote_realtime_threads
 from encoder_worker.raw_episode import RawEpisodeWriter
@@ -49,14 +53,17 @@ from encoder_worker.verify import PacketVerifier
 
 def bare_encode(arrays: list[np.ndarray], pix_fmt: str, path: Path,
                 options: EncoderOptions, *, demote: bool = False,
-                verify: bool = False) -> float:
+                verify: bool = False, worker_level: bool = False) -> float:
     """Seconds to encode arrays (of pix_fmt) to path with PyAV alone (verify: and decode
-    every packet as the worker does)."""
+    every packet as the worker does; worker_level: SVT-AV1's threads as a worker sets
+    them, else as SVT chooses)."""
     height, width = (arrays[0].shape[0] * 2 // 3, arrays[0].shape[1]) \
         if pix_fmt == "yuv420p" else arrays[0].shape[:2]
     started = time.perf_counter()
     with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream(options.codec, rate=30, options=options.codec_options())
+        codec_options = worker_codec_options(options) if worker_level \
+            else options.codec_options()
+        stream = container.add_stream(options.codec, rate=30, options=codec_options)
         assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = width, height, options.pix_fmt
         stream.time_base = Fraction(1, 30)
@@ -81,7 +88,8 @@ def bare_encode(arrays: list[np.ndarray], pix_fmt: str, path: Path,
 
 
 PATHS = ("bare yuv420p", "bare yuv420p, threads demoted", "bare + verify, threads demoted",
-         "bare rgb24", "worker")
+         "bare rgb24", "worker", "bare yuv420p, threads demoted, worker's SVT level",
+         "bare + verify, threads demoted, worker's SVT level")
 
 
 class Clock:
@@ -132,6 +140,12 @@ def measure(rgb: list[np.ndarray], rounds: int, options: EncoderOptions
             clock.run("worker", partial(worker_encode, job, stages))
             clock.run("bare rgb24", partial(
                 bare_encode, rgb, "rgb24", folder / f"bare-rgb-{round_}.mp4", options))
+            clock.run("bare yuv420p, threads demoted, worker's SVT level", partial(
+                bare_encode, yuv, "yuv420p", folder / f"level-{round_}.mp4", options,
+                demote=True, worker_level=True))
+            clock.run("bare + verify, threads demoted, worker's SVT level", partial(
+                bare_encode, yuv, "yuv420p", folder / f"level-verified-{round_}.mp4",
+                options, demote=True, verify=True, worker_level=True))
     return clock, stages
 
 
@@ -161,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     result = result_files.WorkerEfficiencyResult(
         **header.model_dump(), frames=args.frames, width=width, height=height,
         rounds=args.rounds, codec=options.codec, codec_options=options.codec_options(),
+        worker_codec_options=worker_codec_options(options),
         seconds=clock.seconds, cpu_seconds=clock.cpu_seconds, worker_stages=stages)
     path = result_files.save(result, args.output_dir)
     print(render(script_tables.worker_efficiency(result, path)))
