@@ -223,8 +223,16 @@ CPU_CAP_RUNS = {
     A(1796624215): "8de49b5", A(1796624477): BEFORE, A(1796624594): "8de49b5",
     A(1796624743): BEFORE, A(1796624799): "8de49b5",
 }
+# Workers at SVT-AV1 level 3 on 2 CPUs (747ec2d) against the code before (1a8ce9d),
+# alternated, 2026-12-07 (AMD EPYC, 2 CPUs): 4 cameras 2 x 10 s, then 6 x 20 s.
+SVT_LEVEL_RUNS = {
+    A(1796631245): "1a8ce9d", A(1796631316): "747ec2d",
+    A(1796631454): "1a8ce9d", A(1796631521): "747ec2d",
+    A(1796631637): "747ec2d", A(1796631971): "1a8ce9d",
+}
 # The commit each run of an old-and-new comparison ran (results files do not record it).
-CODE_OF_RUN = {**SIDE_WORK, **FIRST_SLOT_RUNS, **CPU_CAP_PROBES, **CPU_CAP_RUNS}
+CODE_OF_RUN = {**SIDE_WORK, **FIRST_SLOT_RUNS, **CPU_CAP_PROBES, **CPU_CAP_RUNS,
+               **SVT_LEVEL_RUNS}
 CODE = Metric("code", lambda run: f"`{CODE_OF_RUN[run.name]}`", right=False)
 SIDE_WORK_TABLE = [FILE, TIME, LOAD, CODE, SHAPE, BACKGROUND_LOAD, LATE, COMPLETE_START,
                    COMPLETE, BACKLOG, RAW_LEFT, CPU, FETCH_STAGE, FRAMES]
@@ -333,6 +341,7 @@ def readme_tables(r: Results) -> dict[str, Callable[[], Table | Pending]]:
         "first-slot": lambda: by_run(r, list(FIRST_SLOT_RUNS), FIRST_SLOT_TABLE),
         "cpu-cap-probes": lambda: by_run(r, list(CPU_CAP_PROBES), CPU_CAP_TABLE),
         "cpu-cap": lambda: by_run(r, list(CPU_CAP_RUNS), CPU_CAP_TABLE),
+        "svt-level-runs": lambda: by_run(r, list(SVT_LEVEL_RUNS), CPU_CAP_TABLE),
         "worker-efficiency": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
                                     script_tables.worker_efficiency),
         "worker-ratios": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,

@@ -24,11 +24,13 @@ logger = logging.getLogger(__name__)
 ANNOUNCE_S = 1.0
 RECORDER_WORD_TTL_S = 60.0
 # Workers cap their CPU time beside a capture (cpu_cap.py) only once the recorder was
-# measured to fit in --capture-cpus with this to spare: with 4 cameras (about 0.5 CPU) a
-# cap leaving 0.7 gave no late slot; 2 cameras at 1080p use 1.2 CPUs, and a cap beside
-# them made slots late where keeping off a CPU made none (benchmarks/README.md, "A cap on
-# the workers' CPU time").
+# measured, to leave it --capture-cpus or what it used with this to spare, whichever is
+# more: with 4 cameras (about 0.5 CPU) a cap leaving 0.7 gave no late slot; 2 cameras at
+# 1080p use 1.2 CPUs, and a cap leaving 0.7 beside them made slots late where keeping off
+# a CPU made none (benchmarks/README.md, "A cap on the workers' CPU time").
 CPU_MARGIN = 0.2
+# The CPU time named moves in steps of this, not with every sample's noise.
+CPU_STEP = 0.05
 # Weight of the last second's CPU use in the recorder's running estimate.
 CPU_SMOOTHING = 0.3
 
@@ -39,10 +41,10 @@ class RecorderAnnouncer:
 
     def __init__(self, ledger: JobLedger, *, host: str | None = None,
                  capture_cpus: float = 0.7) -> None:
-        """capture_cpus: how much CPU a capture keeps for itself, in CPUs: workers beside
-        it with --share-with-capture cap their CPU time to the rest (cpu_cap.py) once the
-        recorder was measured to fit in it (cpu_time), or else encode on the CPUs left
-        after the first capture_cpus (rounded up)."""
+        """capture_cpus: how much CPU a capture keeps for itself at least, in CPUs:
+        workers beside it with --share-with-capture cap their CPU time to the rest
+        (cpu_cap.py) once the recorder was measured (cpu_time), or else encode on the CPUs
+        left after the first capture_cpus (rounded up)."""
         self.ledger = ledger
         self.host = host or socket.gethostname()
         self.cpus = sorted(os.sched_getaffinity(0))[:math.ceil(capture_cpus)]
@@ -80,12 +82,16 @@ class RecorderAnnouncer:
         self._thread.join()
 
     def cpu_time(self) -> float | None:
-        """The CPU time the capture keeps (--capture-cpus), for workers that cap theirs;
-        None (they keep off its CPUs instead) until this process was measured to fit in
-        it while capturing, with CPU_MARGIN to spare (its robot, cameras, writers)."""
-        if self.cpu_used is None or self.cpu_used + CPU_MARGIN > self.capture_cpus:
+        """The CPU time the capture keeps, for workers that cap theirs: --capture-cpus, or
+        what this process was measured to use while capturing (its robot, cameras,
+        writers) with CPU_MARGIN to spare where that is more, in steps of CPU_STEP. None
+        until measured: the workers keep off its CPUs. Workers do not cap where this
+        rounds up to every CPU of the host (2 cameras at 1080p on 2 CPUs): they keep off
+        its CPUs then too."""
+        if self.cpu_used is None:
             return None
-        return self.capture_cpus
+        needed = math.ceil(round((self.cpu_used + CPU_MARGIN) / CPU_STEP, 6)) * CPU_STEP
+        return round(max(self.capture_cpus, needed), 2)
 
     def _sample_cpu(self) -> None:
         """Fold the CPU this process used since the last sample (while capturing) into a
