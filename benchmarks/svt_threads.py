@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         start, end, cpu = encode(args.clip, args.frames, args.one, args.verify)
         print(f"{start:.4f} {end:.4f} {cpu:.3f}")
         return 0
+    if not args.clip.is_file():
+        parser.error(f"{args.clip}: no such video file (make one with "
+                     "benchmarks/real_content.py)")
     levels = args.levels.split(",")
     if any(level != "default" and not level.isdigit() for level in levels):
         parser.error(f"--levels {args.levels}: give SVT-AV1 levels (1-6) or default, "
@@ -110,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                         for _ in range(2)]
             for child in children:  # both have read their frames: start them together
                 assert child.stdout is not None
-                child.stdout.readline()
+                if child.stdout.readline() != "ready\n":  # it failed: its error is shown
+                    for other in children:
+                        other.kill()
+                    return child.wait() or 1
             for child in children:
                 assert child.stdin is not None
                 child.stdin.write("go\n")

@@ -230,9 +230,17 @@ SVT_LEVEL_RUNS = {
     A(1796631454): "1a8ce9d", A(1796631521): "747ec2d",
     A(1796631637): "747ec2d", A(1796631971): "1a8ce9d",
 }
+# The CPU time a recorder keeps: at least --capture-cpus, more where it was measured to
+# need more (319a0b1), against only where it fit in --capture-cpus (747ec2d), alternated,
+# with --capture-cpus 0.5 so that 4 cameras do not fit; then 319a0b1's 6 x 20 s.
+CAP_GRADED_RUNS = {
+    A(1796632309): "747ec2d", A(1796632411): "319a0b1",
+    A(1796632458): "747ec2d", A(1796632537): "319a0b1",
+    A(1796632664): "319a0b1",
+}
 # The commit each run of an old-and-new comparison ran (results files do not record it).
 CODE_OF_RUN = {**SIDE_WORK, **FIRST_SLOT_RUNS, **CPU_CAP_PROBES, **CPU_CAP_RUNS,
-               **SVT_LEVEL_RUNS}
+               **SVT_LEVEL_RUNS, **CAP_GRADED_RUNS}
 CODE = Metric("code", lambda run: f"`{CODE_OF_RUN[run.name]}`", right=False)
 SIDE_WORK_TABLE = [FILE, TIME, LOAD, CODE, SHAPE, BACKGROUND_LOAD, LATE, COMPLETE_START,
                    COMPLETE, BACKLOG, RAW_LEFT, CPU, FETCH_STAGE, FRAMES]
@@ -342,6 +350,7 @@ def readme_tables(r: Results) -> dict[str, Callable[[], Table | Pending]]:
         "cpu-cap-probes": lambda: by_run(r, list(CPU_CAP_PROBES), CPU_CAP_TABLE),
         "cpu-cap": lambda: by_run(r, list(CPU_CAP_RUNS), CPU_CAP_TABLE),
         "svt-level-runs": lambda: by_run(r, list(SVT_LEVEL_RUNS), CPU_CAP_TABLE),
+        "cap-graded": lambda: by_run(r, list(CAP_GRADED_RUNS), CPU_CAP_TABLE),
         "worker-efficiency": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,
                                     script_tables.worker_efficiency),
         "worker-ratios": script(WORKER_EFFICIENCY, WorkerEfficiencyResult,

@@ -67,12 +67,13 @@ PAUSE_EVERY_FRAMES = 15
 # Frames fetched, unpacked and converted ahead of the encoder, in a thread of their own:
 # about 40 MB at 640x480 rgb24, enough to ride out an S3 round trip of a segment.
 READ_AHEAD_FRAMES = 45
-# SVT-AV1's level of parallelism (lp=) for a worker that may run on this many CPUs, where
-# it differs from SVT's own choice. SVT picks level 2 on 2 CPUs, which leaves them partly
-# idle: level 3 encoded 640x480 1.12x as fast there (1080p: 1.04x), the same bitstream, at
-# about 40 MB more memory (160 MB at 1080p), and so covers the verifier's decode beside it
+# SVT-AV1's level of parallelism (lp=) for an encode on a host of this many CPUs, where it
+# differs from SVT's own choice (SVT counts the host's CPUs, not the process's affinity).
+# SVT picks level 2 on 2 CPUs, which leaves them partly idle: level 3 encoded 640x480
+# 1.07-1.10x as fast there (1080p: 1.04x, a probe), the same bitstream, at about 40 MB
+# more memory (160 MB at 1080p), and so covers the verifier's decode beside it
 # (benchmarks/README.md, "Worker fps against bare PyAV"). Other CPU counts were not
-# measured to gain, so SVT chooses there (it counts the host's CPUs, not the affinity).
+# measured to gain, so SVT chooses there.
 SVT_LEVEL_FOR_CPUS = {2: 3}
 T = TypeVar("T")
 
@@ -314,18 +315,12 @@ def encode_frames(reader: RawEpisodeReader, video: Path, job: EncodeJob, *,
 
 def worker_codec_options(options: EncoderOptions, cpus: int | None = None
                          ) -> dict[str, str]:
-    """options' codec options as a worker encodes with them: SVT-AV1 at the level of
-    parallelism measured best for the CPUs this process may use (SVT_LEVEL_FOR_CPUS),
-    unless the options already give svtav1-params (a user's, or lp=1 beside a capture).
-    Threads change the speed, not the bitstream."""
-    codec_options = options.codec_options()
-    if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else os.cpu_count() or 1
-    level = SVT_LEVEL_FOR_CPUS.get(cpus)
-    if options.codec == "libsvtav1" and "svtav1-params" not in codec_options and level:
-        codec_options["svtav1-params"] = f"lp={level}"
-    return codec_options
+    """options' codec options as the farm encodes with them (workers, and the recorder's
+    inline encode): SVT-AV1 at the level of parallelism measured best for a host of cpus
+    CPUs (default: this host's; SVT_LEVEL_FOR_CPUS), unless the options give a level
+    (a user's, or lp=1 beside a capture). Threads change the speed, not the bitstream."""
+    level = SVT_LEVEL_FOR_CPUS.get(os.cpu_count() or 1 if cpus is None else cpus)
+    return (options.with_svt_level(level) if level else options).codec_options()
 
 
 @contextlib.contextmanager

@@ -58,6 +58,23 @@ class EncoderOptions(BaseModel):
     extra: dict[str, str] = Field(default_factory=dict,
                                   description="more ffmpeg codec options, as strings")
 
+    def svt_level(self) -> str | None:
+        """SVT-AV1's level of parallelism these options give (svtav1-params lp=), if any."""
+        params = self.extra.get("svtav1-params", "")
+        return next((v for k, _, v in (p.partition("=") for p in params.split(":"))
+                     if k == "lp"), None)
+
+    def with_svt_level(self, level: int) -> EncoderOptions:
+        """These options with SVT-AV1 at this level of parallelism (its threads), kept
+        with the other svtav1-params (LeRobot's fast-decode=1); unchanged for another
+        codec or where they give a level already. Threads change the speed, not the video."""
+        if self.codec != "libsvtav1" or self.svt_level() is not None:
+            return self
+        params = self.extra.get("svtav1-params")
+        extra = {**self.extra,
+                 "svtav1-params": f"{params}:lp={level}" if params else f"lp={level}"}
+        return self.model_copy(update={"extra": extra})
+
     def codec_options(self) -> dict[str, str]:
         """The ffmpeg options for this codec, as PyAV takes them."""
         options: dict[str, str] = {}

@@ -157,14 +157,13 @@ class CaptureYield:
         Measured (benchmarks/svt_threads.py): two encodes of 300 frames on one CPU took
         10-12 % less CPU each with lp=1 (benchmarks/README.md, the svt-threads table)."""
         options = job.options
-        if not self.share or options.codec != "libsvtav1" or "svtav1-params" in options.extra:
+        if not self.share or options.codec != "libsvtav1" or options.svt_level() is not None:
             return job
         kept = self._kept_cpus(self._word())
         if not kept or kept == self._all_cpus:  # no capture, or one that keeps every CPU
             return job
-        extra = {**options.extra, "svtav1-params": "lp=1"}
         self._shared["svtav1-params lp=1"] = None
-        return job.model_copy(update={"options": options.model_copy(update={"extra": extra})})
+        return job.model_copy(update={"options": options.with_svt_level(1)})
 
     def summary(self) -> str:
         """How the encode shared the host with a capture ("" if it never met one)."""
@@ -221,7 +220,8 @@ class CaptureYield:
         # 1-CPU host still gets a pause (a cap there was not measured).
         if word is not None and word.cpu_time and \
                 math.ceil(word.cpu_time) < len(self._all_cpus):
-            left = len(self._all_cpus) - word.cpu_time
+            # Rounded as the word is (0.05 steps): the same word finds the same cap.
+            left = round(len(self._all_cpus) - word.cpu_time, 2)
         try:
             if cap.cap_cpus() != left:
                 cap.limit(left)

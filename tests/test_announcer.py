@@ -31,6 +31,10 @@ def test_the_cpu_time_kept_is_capture_cpus_or_what_the_recorder_was_measured_to_
     assert announcer.cpu_time() == 0.75
     announcer.cpu_used = 1.2  # 2 cameras at 1080p: every CPU of a 2-CPU host, no cap there
     assert announcer.cpu_time() == 1.4
+    # --capture-cpus 0: the encodes run on every CPU, and no cap either.
+    uncapped = RecorderAnnouncer(JobLedger(fakeredis.FakeRedis()), host=HOST, capture_cpus=0)
+    uncapped.cpu_used = 0.5
+    assert uncapped.cpu_time() is None and uncapped.cpus == []
 
 
 def test_a_capturing_recorder_measures_its_cpu_and_says_what_it_keeps():
@@ -51,9 +55,9 @@ def test_a_capturing_recorder_measures_its_cpu_and_says_what_it_keeps():
                  what="an idle recorder to name the CPU time it keeps")
         spinning.set()
         threading.Thread(target=spin, daemon=True).start()
-        wait_for(lambda: ledger.capture_word(HOST).cpu_time >= 1.0, timeout_s=30,
-                 what="a busy recorder to name the CPU time it was measured to need")
-        assert announcer.cpu_used is not None and announcer.cpu_used > 0.5
+        wait_for(lambda: (word := ledger.capture_word(HOST)) is not None
+                 and (word.cpu_time or 0) > 0.7, timeout_s=30,
+                 what="a busy recorder to name more than --capture-cpus: what it needs")
     finally:
         spinning.clear()
         announcer.capturing(False)

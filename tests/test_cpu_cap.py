@@ -142,6 +142,18 @@ def test_a_joined_worker_is_capped_on_every_cpu_while_a_capture_names_its_cpu_ti
         assert fake_joined.cap_cpus() == pytest.approx(left)
         assert os.sched_getaffinity(0) == all_cpus, "every CPU, within the cap"
         assert share.summary() == f"capped at {left:.2f} CPUs"
+        if len(all_cpus) > 1:
+            # A recorder measured to need more names more, in 0.05 steps: a tighter cap,
+            # written once for the same word (the file's value is what is compared).
+            ledger.announce_capture(HOST, ttl_s=30, cpus=kept, cpu_time=0.85)
+            limits: list[float | None] = []
+            write = fake_joined.limit
+            fake_joined.limit = lambda cpus: (limits.append(cpus), write(cpus))[1]
+            share()
+            share()
+            assert limits == [round(len(all_cpus) - 0.85, 2)], "the same word, one write"
+            assert (fake_joined.folder / "cpu.cfs_quota_us").read_text() == \
+                str(round((len(all_cpus) - 0.85) * PERIOD_US))
         ledger.end_capture(HOST)
         share()
         assert fake_joined.cap_cpus() is None, "lifted once the capture ends"

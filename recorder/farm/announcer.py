@@ -85,13 +85,14 @@ class RecorderAnnouncer:
         """The CPU time the capture keeps, for workers that cap theirs: --capture-cpus, or
         what this process was measured to use while capturing (its robot, cameras,
         writers) with CPU_MARGIN to spare where that is more, in steps of CPU_STEP. None
-        until measured: the workers keep off its CPUs. Workers do not cap where this
-        rounds up to every CPU of the host (2 cameras at 1080p on 2 CPUs): they keep off
-        its CPUs then too."""
-        if self.cpu_used is None:
+        until measured (the workers keep off its CPUs), and with --capture-cpus 0 (the
+        encodes run on every CPU, uncapped). Workers do not cap where this rounds up to
+        every CPU of the host (2 cameras at 1080p on 2 CPUs): they keep off its CPUs."""
+        if self.cpu_used is None or not self.capture_cpus:  # 0: no cap, every CPU
             return None
-        needed = math.ceil(round((self.cpu_used + CPU_MARGIN) / CPU_STEP, 6)) * CPU_STEP
-        return round(max(self.capture_cpus, needed), 2)
+        needed = round(math.ceil(round((self.cpu_used + CPU_MARGIN) / CPU_STEP, 6))
+                       * CPU_STEP, 2)
+        return max(self.capture_cpus, needed)
 
     def _sample_cpu(self) -> None:
         """Fold the CPU this process used since the last sample (while capturing) into a

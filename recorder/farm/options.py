@@ -34,12 +34,13 @@ class FarmOptions(BaseModel):
                     "(benchmarks/README.md, 'Encoding during the capture')")
     capture_cpus: float = Field(
         default=0.7, ge=0,
-        description="CPU a capture keeps for itself when workers on its host share it, in "
-                    "CPUs: once the recorder was measured to use this less 0.2 at most, "
-                    "workers that may cap their CPU time (a cgroup: as root) use every CPU "
-                    "within the rest of the host's CPU time; until then, and always for "
-                    "others, they keep off this many CPUs, rounded up (0: none, the encodes "
-                    "run on every CPU; "
+        description="CPU a capture keeps for itself at least when workers on its host "
+                    "share it, in CPUs: once the recorder was measured, workers that may cap "
+                    "their CPU time (a cgroup: as root) use every CPU within the rest of the "
+                    "host's CPU time, leaving it this or what it was measured to use plus "
+                    "0.2, whichever is more; until then, where that is every CPU, and always "
+                    "for other workers, they keep off this many CPUs, rounded up (0: none, "
+                    "the encodes run on every CPU; "
                     "benchmarks/README.md, 'A cap on the workers' CPU time')")
     encode_window_s: float = Field(
         default=2.0, ge=0,
