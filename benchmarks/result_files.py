@@ -102,12 +102,17 @@ class SvtThreadsResult(ScriptResult):
                          description="each encode decoded its packets as workers do")
     cpu_s: dict[str, list[float]] = Field(
         description="SVT-AV1's lp (\"default\": its own) -> CPU seconds of each encode, "
-                    "two per round, rounds alternated")
+                    "two per round unless encodes says otherwise, rounds alternated")
+    encodes: int = Field(default=2, description="encodes at once per round")
     wall_s: dict[str, list[float]] = Field(description="the same encodes' wall seconds")
     span_s: dict[str, list[float]] = Field(
         default_factory=dict,
         description="lp -> seconds from a round's first encode start to its last end (the "
                     "encodes start together); empty in files written before it was measured")
+    memory_mb: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="lp -> MB each encode's process grew by while it encoded (frames read "
+                    "before); empty in files written before it was measured")
 
 
 class RawFormatSample(BaseModel):

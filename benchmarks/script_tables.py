@@ -166,11 +166,15 @@ def svt_threads(result: SvtThreadsResult, source: Path | None = None) -> Table:
         name = "SVT-AV1's own (`lp` unset)" if lp == "default" else f"`svtav1-params lp={lp}`"
         row = [name, str(len(cpu)), joined(f"{v:.2f}" for v in cpu),
                f"**{statistics.median(cpu):.2f}**", f"{statistics.median(wall):.2f}"]
-        if result.span_s:
+        if result.span_s and result.encodes > 1:
             row.append(f"**{statistics.median(result.span_s[lp]):.2f}**")
+        if result.memory_mb:
+            row.append(f"{statistics.median(result.memory_mb[lp]):.0f}")
         rows.append(row)
     header = ["threads", "encodes", "CPU s per encode", "median CPU s", "median wall s"]
-    if result.span_s:
+    if result.span_s and result.encodes > 1:
         header.append("median s for both (started together)")
+    if result.memory_mb:
+        header.append("median MB an encode grew its process by")
     return Table(header, rows, right=[False, True, False, *[True] * (len(header) - 3)],
                  sources=[source] if source else [])

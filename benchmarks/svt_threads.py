@@ -23,6 +23,7 @@ import argparse
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,15 +32,46 @@ import result_files
 import script_tables
 from markdown_tables import render
 
+from encoder_worker.priority import demote_realtime_threads
 from encoder_worker.verify import PacketVerifier
 
 LEROBOT_OPTIONS = {"g": "2", "crf": "30", "preset": "12"}
 
 
-def encode(clip: Path, frames: int, lp: str, verify: bool) -> tuple[float, float, float]:
-    """Encode the clip's first frames with libsvtav1 (verify: decoding every packet as a
-    worker does), once told to go on stdin: the encodes of a round start together.
-    Returns the encode's start and end (monotonic clock, shared by processes) and CPU s."""
+class PeakMemory:
+    """The most this process's resident memory grew over its size at start, sampled
+    every 10 ms in a thread of its own while the block runs."""
+
+    def __init__(self) -> None:
+        self.grown_mb = 0.0
+        self._done = threading.Event()
+        self._start = self._rss_mb()
+
+    @staticmethod
+    def _rss_mb() -> float:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.01):
+            self.grown_mb = max(self.grown_mb, self._rss_mb() - self._start)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def encode(clip: Path, frames: int, lp: str, verify: bool
+           ) -> tuple[float, float, float, float]:
+    """Encode the clip's first frames with libsvtav1, its threads demoted from real time
+    as workers' are (verify: decoding every packet as a worker does), once told to go on
+    stdin: the encodes of a round start together. Returns the encode's start and end
+    (monotonic clock, shared by processes), its CPU s and the MB its memory grew."""
     arrays = []
     with av.open(str(clip)) as source:
         for frame in source.decode(video=0):
@@ -53,10 +85,11 @@ def encode(clip: Path, frames: int, lp: str, verify: bool) -> tuple[float, float
     print("ready", flush=True)
     sys.stdin.readline()
     start, cpu = time.monotonic(), time.process_time()
-    with av.open(os.devnull, "w", format="mp4") as out:
+    with PeakMemory() as memory, av.open(os.devnull, "w", format="mp4") as out:
         stream = out.add_stream("libsvtav1", rate=30, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.open()
+        demote_realtime_threads()  # as root SVT-AV1 makes them SCHED_FIFO
         verifier = PacketVerifier(stream.codec_context, width=width, height=height) \
             if verify else None
         for array in [*arrays, None]:
@@ -65,9 +98,9 @@ def encode(clip: Path, frames: int, lp: str, verify: bool) -> tuple[float, float
             if verifier is not None:
                 verifier.add(packets)
             out.mux(packets)
-    if verifier is not None:
-        verifier.check(len(arrays))
-    return start, time.monotonic(), time.process_time() - cpu
+        if verifier is not None:
+            verifier.check(len(arrays))
+    return start, time.monotonic(), time.process_time() - cpu, memory.grown_mb
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,12 +116,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the encodes at normal priority, not in SCHED_IDLE")
     parser.add_argument("--verify", action="store_true",
                         help="decode every packet as it comes, as workers do")
+    parser.add_argument("--encodes", type=int, choices=[1, 2], default=2,
+                        help="encodes at once per round")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     result_files.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.one:  # a child: one encode, its times on stdout
-        start, end, cpu = encode(args.clip, args.frames, args.one, args.verify)
-        print(f"{start:.4f} {end:.4f} {cpu:.3f}")
+        start, end, cpu, grown_mb = encode(args.clip, args.frames, args.one, args.verify)
+        print(f"{start:.4f} {end:.4f} {cpu:.3f} {grown_mb:.1f}")
         return 0
     if not args.clip.is_file():
         parser.error(f"{args.clip}: no such video file (make one with "
@@ -101,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu_s: dict[str, list[float]] = {level: [] for level in levels}
     wall_s: dict[str, list[float]] = {level: [] for level in levels}
     span_s: dict[str, list[float]] = {level: [] for level in levels}
+    memory_mb: dict[str, list[float]] = {level: [] for level in levels}
     priority = [] if args.normal_priority else ["chrt", "-i", "0"]
     for _ in range(args.rounds):
         for lp in levels:
@@ -110,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             # SVT_LOG=1: SVT-AV1's errors only, not its banner per encode.
             children = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          text=True, env={**os.environ, "SVT_LOG": "1"})
-                        for _ in range(2)]
+                        for _ in range(args.encodes)]
             for child in children:  # both have read their frames: start them together
                 assert child.stdout is not None
                 if child.stdout.readline() != "ready\n":  # it failed: its error is shown
@@ -126,16 +162,18 @@ def main(argv: list[str] | None = None) -> int:
                 out, _ = child.communicate()
                 if child.returncode:
                     return child.returncode
-                start, end, cpu = map(float, out.split())
+                start, end, cpu, grown_mb = map(float, out.split())
                 times.append((start, end))
+                memory_mb[lp].append(grown_mb)
                 cpu_s[lp].append(cpu)
                 wall_s[lp].append(end - start)
                 print(f"lp={lp:7} wall {end - start:.2f} s  cpu {cpu:.2f} s")
             span_s[lp].append(max(end for _, end in times) - min(start for start, _ in times))
     result = result_files.SvtThreadsResult(
         **header.model_dump(), clip=args.clip.name, frames=args.frames, rounds=args.rounds,
-        cpu=args.cpus, idle=not args.normal_priority, verify=args.verify, cpu_s=cpu_s,
-        wall_s=wall_s, span_s=span_s)
+        cpu=args.cpus, idle=not args.normal_priority, verify=args.verify, encodes=args.encodes,
+        cpu_s=cpu_s,
+        wall_s=wall_s, span_s=span_s, memory_mb=memory_mb)
     path = result_files.save(result, args.output_dir)
     print(render(script_tables.svt_threads(result, path)))
     print(f"\nresults: {path}")

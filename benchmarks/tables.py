@@ -115,8 +115,15 @@ RAW_TRANSPORT = "raw_transport_1796582110"
 WORKER_EFFICIENCY = "worker_efficiency_1796630300"
 SPLIT_EPISODE = "split_episode_1796583173"
 STATUS_LATENCY = "status_latency_1796570795"
-SVT_THREADS = "svt_threads_1796601440"
-SVT_LEVELS = "svt_threads_1796631018"  # two workers on 2 CPUs, verifying
+# svt_threads.py, 2 encodes on 1 CPU in SCHED_IDLE; since 2026-12-07 09:00 its encodes
+# demote SVT's real-time threads as workers do (svt_threads_1796601440 did not, as root).
+SVT_THREADS = "svt_threads_1796634858"
+# SVT-AV1 levels, each encode verifying, threads demoted: two workers on 2 CPUs, one
+# encode on 2 CPUs, one at 1080p, one on 1 CPU (taskset).
+SVT_LEVELS = "svt_threads_1796634642"
+SVT_LEVEL_ONE = "svt_threads_1796635020"
+SVT_LEVEL_1080P = "svt_threads_1796635123"
+SVT_LEVEL_ONE_CPU = "svt_threads_1796635190"
 
 GOALS = [
     Goal("0 late capture slots, async, 4 cameras, 2 local workers (2 x 10 s at 30 fps)",
@@ -360,6 +367,11 @@ def readme_tables(r: Results) -> dict[str, Callable[[], Table | Pending]]:
                                  script_tables.status_latency),
         "svt-threads": script(SVT_THREADS, SvtThreadsResult, script_tables.svt_threads),
         "svt-levels": script(SVT_LEVELS, SvtThreadsResult, script_tables.svt_threads),
+        "svt-level-one": script(SVT_LEVEL_ONE, SvtThreadsResult, script_tables.svt_threads),
+        "svt-level-1080p": script(SVT_LEVEL_1080P, SvtThreadsResult,
+                                  script_tables.svt_threads),
+        "svt-level-one-cpu": script(SVT_LEVEL_ONE_CPU, SvtThreadsResult,
+                                    script_tables.svt_threads),
     }
 
 

@@ -70,8 +70,8 @@ READ_AHEAD_FRAMES = 45
 # SVT-AV1's level of parallelism (lp=) for an encode on a host of this many CPUs, where it
 # differs from SVT's own choice (SVT counts the host's CPUs, not the process's affinity).
 # SVT picks level 2 on 2 CPUs, which leaves them partly idle: level 3 encoded 640x480
-# 1.07-1.10x as fast there (1080p: 1.04x, a probe), the same bitstream, at about 40 MB
-# more memory (160 MB at 1080p), and so covers the verifier's decode beside it
+# 1.07-1.10x as fast there (1080p: 1.02x), the same bitstream, at about 40 MB more
+# memory (180 MB at 1080p), and so covers the verifier's decode beside it
 # (benchmarks/README.md, "Worker fps against bare PyAV"). Other CPU counts were not
 # measured to gain, so SVT chooses there.
 SVT_LEVEL_FOR_CPUS = {2: 3}

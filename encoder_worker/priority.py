@@ -155,7 +155,7 @@ class CaptureYield:
         it shares the host with: then it runs on the CPUs the capture leaves, with the other
         local workers, and SVT's thread pool for every CPU only costs it switches.
         Measured (benchmarks/svt_threads.py): two encodes of 300 frames on one CPU took
-        10-12 % less CPU each with lp=1 (benchmarks/README.md, the svt-threads table)."""
+        7-12 % less CPU each with lp=1 (benchmarks/README.md, the svt-threads table)."""
         options = job.options
         if not self.share or options.codec != "libsvtav1" or options.svt_level() is not None:
             return job

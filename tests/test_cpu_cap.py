@@ -148,7 +148,12 @@ def test_a_joined_worker_is_capped_on_every_cpu_while_a_capture_names_its_cpu_ti
             ledger.announce_capture(HOST, ttl_s=30, cpus=kept, cpu_time=0.85)
             limits: list[float | None] = []
             write = fake_joined.limit
-            fake_joined.limit = lambda cpus: (limits.append(cpus), write(cpus))[1]
+
+            def counted(cpus: float | None) -> None:
+                limits.append(cpus)
+                write(cpus)
+
+            fake_joined.limit = counted  # type: ignore[method-assign]
             share()
             share()
             assert limits == [round(len(all_cpus) - 0.85, 2)], "the same word, one write"
